@@ -1,1 +1,34 @@
-fn main() {}
+//! `cofferd`: the daemon. One binary, one role per process (`api`, `vault`), or all of them in
+//! one process on loopback (`dev`). The roles live in library crates; this binary only reads
+//! configuration, sets up logging and wires listeners.
+
+mod config;
+mod dev;
+mod logging;
+mod roles;
+
+use clap::Parser;
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    let cli = config::Cli::parse();
+    match run(cli).await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            if let Some(hint) = e.chain().find_map(|c| c.downcast_ref::<config::Hint>()) {
+                eprintln!("hint: {}", hint.0);
+            }
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: config::Cli) -> anyhow::Result<()> {
+    match cli.command {
+        config::Command::Dev(args) => dev::run(args).await,
+        config::Command::Api(args) => roles::api(args).await,
+        config::Command::Vault(args) => roles::vault(args).await,
+        config::Command::Init(args) => roles::init(args).await,
+    }
+}

@@ -196,3 +196,28 @@ impl fmt::Debug for CreatedToken {
         write!(f, "CreatedToken {{ token: [REDACTED], info: {:?} }}", self.info)
     }
 }
+
+/// Bodies of the vault's HTTP interface.
+pub mod vault {
+    use serde::{Deserialize, Serialize};
+
+    /// What the API may know of an app's keys: the public key and the digest (MAC) key, hex.
+    /// Neither can decrypt; the digest key is still kept out of logs and wiped on drop.
+    #[derive(Serialize, Deserialize)]
+    pub struct SealingKeysBody {
+        pub public_key: String,
+        pub digest_key: String,
+    }
+
+    impl std::fmt::Debug for SealingKeysBody {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            write!(f, "SealingKeysBody {{ public_key: {}, digest_key: [REDACTED] }}", self.public_key)
+        }
+    }
+
+    impl Drop for SealingKeysBody {
+        fn drop(&mut self) {
+            zeroize::Zeroize::zeroize(&mut self.digest_key);
+        }
+    }
+}

@@ -29,6 +29,40 @@ pub use envelope::{open_values, seal_values, EncryptedValue, SealedValue, ValueC
 pub use keys::{PrivateKey, PublicKey};
 pub use wrap::RootKey;
 
+/// An app's keys as the API holds them: the public key to seal values and the digest key to
+/// compute `secrets list` digests. Neither can decrypt a value.
+pub struct SealingKeys {
+    pub public_key: PublicKey,
+    pub digest_key: DigestKey,
+}
+
+impl SealingKeys {
+    /// Parses the vault's hex encoding.
+    pub fn from_hex(public_key: &str, digest_key: &str) -> Result<Self, CryptoError> {
+        let pk = hex::decode(public_key).map_err(|_| CryptoError::Malformed("public key"))?;
+        let mut dk = zeroize::Zeroizing::new([0u8; 32]);
+        hex::decode_to_slice(digest_key, dk.as_mut()).map_err(|_| CryptoError::Malformed("digest key"))?;
+        Ok(Self {
+            public_key: PublicKey::from_bytes(&pk)?,
+            digest_key: DigestKey::from_secret_bytes(coffer_core::SecretBytes::new(*dk)),
+        })
+    }
+
+    pub fn public_key_hex(&self) -> String {
+        hex::encode(self.public_key.to_bytes())
+    }
+
+    pub fn digest_key_hex(&self) -> String {
+        hex::encode(self.digest_key.expose())
+    }
+}
+
+impl std::fmt::Debug for SealingKeys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "SealingKeys {{ public_key: {:?}, digest_key: [REDACTED] }}", self.public_key)
+    }
+}
+
 /// Why a cryptographic operation failed. Deliberately coarse: an attacker learns nothing from
 /// which check failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

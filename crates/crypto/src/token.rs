@@ -33,7 +33,11 @@ pub fn parse_token(presented: &str) -> Option<(String, [u8; 32])> {
 }
 
 fn hash_secret(secret: &str) -> [u8; 32] {
-    Sha256::digest(secret.as_bytes()).into()
+    sha256(secret.as_bytes())
+}
+
+pub fn sha256(bytes: &[u8]) -> [u8; 32] {
+    Sha256::digest(bytes).into()
 }
 
 /// Constant-time equality of two hashes or MACs.

@@ -1,1 +1,159 @@
+//! The store of record: apps, secrets versions (ciphertexts only), API tokens and the vault's
+//! wrapped keys, on SQLite (embedded default) or PostgreSQL (several nodes).
+//!
+//! One [`Store`] type serves both engines through sqlx's `Any` driver: the SQL is written once
+//! in the dialect both understand (`$n` placeholders, `RETURNING`, `ON CONFLICT`), and the
+//! engine differences are confined to [`engine`] (URL parsing, connection setup, DDL). The
+//! conformance suite in `tests/conformance.rs` runs every behaviour on both engines.
+//!
+//! Invariants:
+//! * No plaintext secret value ever reaches this crate: it stores ciphertexts, keyed digests and
+//!   value lengths.
+//! * Secrets versions are immutable: a write inserts a new version and never updates one.
+//! * A write names the version it was based on; if the app moved on meanwhile the write fails
+//!   with [`StoreError::Conflict`] and changes nothing.
 
+pub mod engine;
+mod store;
+pub mod testing;
+
+pub use engine::{DatabaseUrl, Engine, OpenMode};
+pub use store::Store;
+
+use coffer_core::{Action, AppName, SecretName};
+
+/// Errors in the domain's words. Backend detail stays in `Backend` for the logs; it never
+/// contains bound values.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("{0} not found")]
+    NotFound(&'static str),
+    #[error("conflict: {0}")]
+    Conflict(String),
+    #[error("invalid database URL: {0}")]
+    InvalidUrl(String),
+    #[error("database error: {0}")]
+    Backend(#[from] sqlx::Error),
+    #[error("stored data is corrupt: {0}")]
+    Corrupt(String),
+}
+
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+/// Microseconds since the Unix epoch, UTC: the one time representation in the store.
+pub type Micros = i64;
+
+pub fn now_micros() -> Micros {
+    let d = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock after 1970");
+    d.as_micros() as i64
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AppRecord {
+    /// Random, never reused: ciphertexts and keys are bound to it, not to the name.
+    pub id: String,
+    pub name: AppName,
+    pub created_at: Micros,
+    pub secrets_version: i64,
+    pub deployed_version: i64,
+    pub crash_window_ms: i64,
+}
+
+/// One stored value of a secret, as part of a version's snapshot.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredSecret {
+    pub name: SecretName,
+    /// The version this ciphertext was written at: part of its associated data.
+    pub value_version: i64,
+    pub ciphertext: Vec<u8>,
+    pub digest: String,
+    pub value_len: i64,
+    /// When this name first got a value (kept across updates of the name).
+    pub created_at: Micros,
+    /// When this value was written.
+    pub updated_at: Micros,
+}
+
+/// A value to store in a new version: already sealed by the caller.
+#[derive(Debug, Clone)]
+pub struct NewValue {
+    pub name: SecretName,
+    pub ciphertext: Vec<u8>,
+    pub digest: String,
+    pub value_len: i64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ChangeKind {
+    Set,
+    Unset,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ChangeRecord {
+    pub name: String,
+    pub kind: ChangeKind,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub digest: Option<String>,
+}
+
+/// A new secrets version: what changed relative to `base_version`.
+#[derive(Debug, Clone)]
+pub struct NewVersion {
+    pub app_id: String,
+    /// The version the change was computed against; the write fails with `Conflict` if the
+    /// app's current version is another one.
+    pub base_version: i64,
+    /// The version to create (must be `base_version + 1`; the caller sealed the values for it).
+    pub version: i64,
+    pub actor: String,
+    pub sets: Vec<NewValue>,
+    pub unsets: Vec<SecretName>,
+    /// Mark the new version deployed in the same transaction (no `--stage`).
+    pub deploy: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VersionRecord {
+    pub version: i64,
+    pub actor: String,
+    pub created_at: Micros,
+    pub changes: Vec<ChangeRecord>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TokenRecord {
+    pub id: String,
+    pub secret_hash: Vec<u8>,
+    /// `None`: all apps.
+    pub app_id: Option<String>,
+    pub app_name: Option<AppName>,
+    pub action: Action,
+    pub description: String,
+    pub created_at: Micros,
+    pub expires_at: Micros,
+    pub revoked_at: Option<Micros>,
+}
+
+#[derive(Debug, Clone)]
+pub struct NewToken {
+    pub id: String,
+    pub secret_hash: Vec<u8>,
+    pub app_id: Option<String>,
+    pub action: Action,
+    pub description: String,
+    pub expires_at: Micros,
+}
+
+/// The vault's record of an app's keys: only the public key is in the clear.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AppKeyRecord {
+    pub app_id: String,
+    pub public_key: Vec<u8>,
+    pub wrapped_private_key: Vec<u8>,
+    pub wrapped_digest_key: Vec<u8>,
+    pub created_at: Micros,
+}

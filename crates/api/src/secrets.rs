@@ -1,0 +1,205 @@
+//! Secrets: the encrypt-only write path, listing and history.
+
+use crate::apps::authorized_app;
+use crate::auth::Caller;
+use crate::timefmt::rfc3339;
+use crate::ApiState;
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{Path, Query, State};
+use axum::Json;
+use base64::Engine as _;
+use coffer_core::wire::{
+    ChangeKind, DeployResult, NameChange, SecretInfo, SecretList, SecretPair, SecretStatus,
+    VersionInfo, VersionOutcome, WriteResult, WriteSecrets,
+};
+use coffer_core::{Action, ChangeSet, SecretName, SecretValue};
+use coffer_crypto::{digest_hex, seal_values};
+use coffer_http::{ApiError, ApiResult};
+use coffer_store::{NewValue, NewVersion, StoreError};
+use std::collections::HashMap;
+
+/// How often a write is recomputed when another write to the same app won the race.
+const WRITE_ATTEMPTS: usize = 5;
+
+fn decode_pairs(pairs: Vec<SecretPair>) -> ApiResult<Vec<(String, SecretValue)>> {
+    pairs
+        .into_iter()
+        .map(|mut p| {
+            let value = match (p.value.take(), p.value_base64.take()) {
+                (Some(v), None) => SecretValue::new(v.into_bytes()),
+                (None, Some(b)) => SecretValue::new(
+                    base64::engine::general_purpose::STANDARD
+                        .decode(zeroize::Zeroizing::new(b).as_bytes())
+                        .map_err(|_| ApiError::invalid(format!("value_base64 of {} is not valid base64", clip(&p.name))))?,
+                ),
+                _ => {
+                    return Err(ApiError::invalid(format!(
+                        "{} needs exactly one of value or value_base64",
+                        clip(&p.name)
+                    )))
+                }
+            };
+            Ok((std::mem::take(&mut p.name), value))
+        })
+        .collect()
+}
+
+fn clip(s: &str) -> String {
+    s.chars().take(64).collect()
+}
+
+pub async fn write(
+    caller: Caller,
+    State(s): State<ApiState>,
+    Path(app): Path<String>,
+    body: Result<Json<WriteSecrets>, JsonRejection>,
+) -> ApiResult<Json<WriteResult>> {
+    let mut app = authorized_app(&s, &caller, Action::Deploy, &app).await?;
+    let Json(mut body) = body?;
+    let stage = body.stage;
+    let unsets = std::mem::take(&mut body.unset);
+    let sets = decode_pairs(std::mem::take(&mut body.set))?;
+    let change = ChangeSet::new(sets, unsets).map_err(|e| ApiError::invalid(e.to_string()))?;
+    let keys = s.keys.get(&app.id).await?;
+
+    for attempt in 1..=WRITE_ATTEMPTS {
+        let base = app.secrets_version;
+        let current = s.store.snapshot(&app.id, base).await?;
+        let sizes: Vec<(SecretName, usize)> =
+            current.iter().map(|c| (c.name.clone(), c.value_len as usize)).collect();
+        change.check_against(&sizes).map_err(|e| ApiError::invalid(e.to_string()))?;
+
+        // The version is part of each ciphertext's associated data, so values are sealed
+        // for exactly the version they will be stored at, and resealed on a retry.
+        let version = base + 1;
+        let pairs: Vec<(&str, &SecretValue)> =
+            change.sets().iter().map(|(n, v)| (n.as_str(), v)).collect();
+        let sealed = seal_values(&keys.public_key, &app.id, version, &pairs)
+            .map_err(ApiError::internal)?;
+        let new_values = change
+            .sets()
+            .iter()
+            .zip(sealed)
+            .map(|((name, value), ct)| NewValue {
+                name: name.clone(),
+                ciphertext: ct.0,
+                digest: digest_hex(&keys.digest_key, value),
+                value_len: value.len() as i64,
+            })
+            .collect();
+        let new = NewVersion {
+            app_id: app.id.clone(),
+            base_version: base,
+            version,
+            actor: caller.actor.clone(),
+            sets: new_values,
+            unsets: change.unsets().to_vec(),
+            // The seam where releases plug in: until then a deploying write is deployed at once.
+            deploy: !stage,
+        };
+        match s.store.write_version(new).await {
+            Ok(version) => {
+                tracing::info!(app = %app.name, version, staged = stage, "secrets version written");
+                return Ok(Json(WriteResult { version, deployed: !stage, description: change.describe() }));
+            }
+            Err(StoreError::Conflict(_)) if attempt < WRITE_ATTEMPTS => {
+                app = s.store.app_by_id(&app.id).await?;
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    unreachable!("the last attempt returns")
+}
+
+pub async fn list(
+    caller: Caller,
+    State(s): State<ApiState>,
+    Path(app): Path<String>,
+) -> ApiResult<Json<SecretList>> {
+    let app = authorized_app(&s, &caller, Action::Read, &app).await?;
+    let current = s.store.snapshot(&app.id, app.secrets_version).await?;
+    let deployed: HashMap<SecretName, i64> = if app.deployed_version == app.secrets_version {
+        current.iter().map(|c| (c.name.clone(), c.value_version)).collect()
+    } else {
+        s.store
+            .snapshot(&app.id, app.deployed_version)
+            .await?
+            .into_iter()
+            .map(|c| (c.name, c.value_version))
+            .collect()
+    };
+    let secrets = current
+        .iter()
+        .map(|c| SecretInfo {
+            name: c.name.to_string(),
+            digest: c.digest.clone(),
+            created_at: rfc3339(c.created_at),
+            updated_at: rfc3339(c.updated_at),
+            status: if deployed.get(&c.name) == Some(&c.value_version) {
+                SecretStatus::Deployed
+            } else {
+                SecretStatus::Staged
+            },
+        })
+        .collect();
+    Ok(Json(SecretList { version: app.secrets_version, deployed_version: app.deployed_version, secrets }))
+}
+
+pub async fn deploy(
+    caller: Caller,
+    State(s): State<ApiState>,
+    Path(app): Path<String>,
+) -> ApiResult<Json<DeployResult>> {
+    let app = authorized_app(&s, &caller, Action::Deploy, &app).await?;
+    let changed = app.deployed_version != app.secrets_version;
+    if changed {
+        s.store.mark_deployed(&app.id, app.secrets_version).await?;
+        tracing::info!(app = %app.name, version = app.secrets_version, "secrets version deployed");
+    }
+    Ok(Json(DeployResult { version: app.secrets_version, changed }))
+}
+
+#[derive(serde::Deserialize)]
+pub struct HistoryQuery {
+    name: Option<String>,
+}
+
+pub async fn history(
+    caller: Caller,
+    State(s): State<ApiState>,
+    Path(app): Path<String>,
+    Query(q): Query<HistoryQuery>,
+) -> ApiResult<Json<Vec<VersionInfo>>> {
+    let app = authorized_app(&s, &caller, Action::Read, &app).await?;
+    if let Some(n) = &q.name {
+        SecretName::parse(n).map_err(|e| ApiError::invalid(e.to_string()))?;
+    }
+    let versions = s.store.versions(&app.id).await?;
+    let out = versions
+        .into_iter()
+        .filter(|v| q.name.as_ref().is_none_or(|n| v.changes.iter().any(|c| &c.name == n)))
+        .map(|v| VersionInfo {
+            version: v.version,
+            changes: v
+                .changes
+                .into_iter()
+                .map(|c| NameChange {
+                    name: c.name,
+                    kind: match c.kind {
+                        coffer_store::ChangeKind::Set => ChangeKind::Set,
+                        coffer_store::ChangeKind::Unset => ChangeKind::Unset,
+                    },
+                    digest: c.digest,
+                })
+                .collect(),
+            actor: v.actor,
+            created_at: rfc3339(v.created_at),
+            outcome: match v.version.cmp(&app.deployed_version) {
+                std::cmp::Ordering::Equal => VersionOutcome::Deployed,
+                std::cmp::Ordering::Greater => VersionOutcome::Staged,
+                std::cmp::Ordering::Less => VersionOutcome::Superseded,
+            },
+        })
+        .collect();
+    Ok(Json(out))
+}

@@ -1,0 +1,162 @@
+//! Command line and configuration. Layering, lowest to highest: built-in defaults, the config
+//! file (`--config`, TOML with the same keys as the long flags, `_` for `-`), `COFFER_*`
+//! environment variables, flags. Loading configuration writes nothing.
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+use serde::Deserialize;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+/// An error's recommendation, printed as `hint:` under it.
+#[derive(Debug)]
+pub struct Hint(pub String);
+
+impl std::fmt::Display for Hint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+impl std::error::Error for Hint {}
+
+pub fn hint(h: impl Into<String>) -> Hint {
+    Hint(h.into())
+}
+
+#[derive(Parser, Debug)]
+#[command(name = "cofferd", version, about = "coffer's daemon: API, vault, or everything at once for development")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Everything in one process on loopback over an embedded SQLite store: the zero-setup default.
+    Dev(DevArgs),
+    /// The control plane (encrypt-only API).
+    Api(ApiArgs),
+    /// Key custody: decrypts only for a valid machine token, only re-encrypted to the host.
+    Vault(VaultArgs),
+    /// Creates a store (runs migrations) and mints the first admin API token.
+    Init(InitArgs),
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct Common {
+    /// TOML config file; its keys are the long flags with `_` for `-`.
+    #[arg(long, env = "COFFER_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Log filter (error, warn, info, debug, trace, or a tracing directive list).
+    #[arg(long, env = "COFFER_LOG")]
+    pub log: Option<String>,
+}
+
+#[derive(Args, Debug)]
+pub struct DevArgs {
+    #[command(flatten)]
+    pub common: Common,
+    /// Where the store, the unseal key and the logs live [default: $XDG_DATA_HOME/coffer or ~/.local/share/coffer].
+    #[arg(long, env = "COFFER_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Address of the API [default: 127.0.0.1:7373]; use port 0 for any free port.
+    #[arg(long, env = "COFFER_LISTEN")]
+    pub listen: Option<SocketAddr>,
+    /// Store URL (sqlite://PATH or postgres://…) [default: SQLite in the data dir].
+    #[arg(long, env = "COFFER_DATABASE_URL", hide_env_values = true)]
+    pub database_url: Option<String>,
+    /// Do not write the CLI's config file.
+    #[arg(long)]
+    pub no_cli_config: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct ApiArgs {
+    #[command(flatten)]
+    pub common: Common,
+    /// Address to listen on [default: 127.0.0.1:7373].
+    #[arg(long, env = "COFFER_LISTEN")]
+    pub listen: Option<SocketAddr>,
+    /// Store URL: sqlite://PATH (must exist; see `cofferd init`) or postgres://…
+    #[arg(long, env = "COFFER_DATABASE_URL", hide_env_values = true)]
+    pub database_url: Option<String>,
+    /// Base URL of the vault.
+    #[arg(long, env = "COFFER_VAULT_URL")]
+    pub vault_url: Option<String>,
+    /// File holding the service token shared with the vault.
+    #[arg(long, env = "COFFER_SERVICE_TOKEN_FILE")]
+    pub service_token_file: Option<PathBuf>,
+}
+
+#[derive(Args, Debug)]
+pub struct VaultArgs {
+    #[command(flatten)]
+    pub common: Common,
+    /// Address to listen on [default: 127.0.0.1:7374].
+    #[arg(long, env = "COFFER_LISTEN")]
+    pub listen: Option<SocketAddr>,
+    /// Store URL: sqlite://PATH (must exist) or postgres://…
+    #[arg(long, env = "COFFER_DATABASE_URL", hide_env_values = true)]
+    pub database_url: Option<String>,
+    /// File holding the root (unseal) key, 64 hex characters, mode 0600.
+    #[arg(long, env = "COFFER_UNSEAL_KEY_FILE")]
+    pub unseal_key_file: Option<PathBuf>,
+    /// File holding the service token shared with the API.
+    #[arg(long, env = "COFFER_SERVICE_TOKEN_FILE")]
+    pub service_token_file: Option<PathBuf>,
+}
+
+#[derive(Args, Debug)]
+pub struct InitArgs {
+    #[command(flatten)]
+    pub common: Common,
+    /// Store URL to create: sqlite://PATH or postgres://…
+    #[arg(long, env = "COFFER_DATABASE_URL", hide_env_values = true)]
+    pub database_url: Option<String>,
+}
+
+/// The config file's keys. Unknown keys are an error, so a typo is not silently ignored.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    pub listen: Option<SocketAddr>,
+    pub database_url: Option<String>,
+    pub vault_url: Option<String>,
+    pub service_token_file: Option<PathBuf>,
+    pub unseal_key_file: Option<PathBuf>,
+    pub data_dir: Option<PathBuf>,
+    pub log: Option<String>,
+}
+
+impl FileConfig {
+    pub fn load(path: Option<&Path>) -> anyhow::Result<Self> {
+        let Some(path) = path else { return Ok(Self::default()) };
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read config file {}", path.display()))?;
+        toml::from_str(&text).with_context(|| format!("invalid config file {}", path.display()))
+    }
+}
+
+/// Picks the first value present: flag/env (clap merges those), then the file.
+pub fn pick<T>(flag: Option<T>, file: Option<T>) -> Option<T> {
+    flag.or(file)
+}
+
+pub fn required<T>(v: Option<T>, flag: &str, env: &str) -> anyhow::Result<T> {
+    v.ok_or_else(|| {
+        anyhow::Error::new(hint(format!("pass --{flag}, set {env}, or add {} to the config file", flag.replace('-', "_"))))
+            .context(format!("--{flag} is required"))
+    })
+}
+
+/// Reads a secret from a file (`*_FILE` convention): trimmed, must be non-empty.
+pub fn read_secret_file(path: &Path, what: &str) -> anyhow::Result<coffer_core::secret::SecretToken> {
+    let text = zeroize::Zeroizing::new(
+        std::fs::read_to_string(path).with_context(|| format!("cannot read the {what} file {}", path.display()))?,
+    );
+    let t = text.trim();
+    if t.is_empty() {
+        anyhow::bail!("the {what} file {} is empty", path.display());
+    }
+    Ok(coffer_core::secret::SecretToken::new(t.to_string()))
+}

@@ -1,0 +1,736 @@
+//! The engine-neutral queries. Every statement here runs unchanged on SQLite and PostgreSQL:
+//! `$n` placeholders in ascending order, `RETURNING`, `ON CONFLICT`, and only BIGINT, TEXT and
+//! BLOB/BYTEA values. Orderings by name are done in Rust, because PostgreSQL sorts text by the
+//! database's collation and SQLite by bytes.
+
+use crate::engine::{self, DatabaseUrl, Engine, OpenMode};
+use crate::{
+    AppKeyRecord, AppRecord, ChangeKind, ChangeRecord, Micros, NewToken, NewValue, NewVersion,
+    Result, StoreError, StoredSecret, TokenRecord, VersionRecord,
+};
+use coffer_core::{Action, AppName, SecretName};
+use sqlx::any::AnyRow;
+use sqlx::error::ErrorKind;
+use sqlx::{Any, AnyConnection, AnyPool, Executor, Row, Transaction};
+use std::collections::{HashMap, HashSet};
+use std::fmt;
+
+/// The store of record. Cheap to clone: the pools are shared.
+#[derive(Clone)]
+pub struct Store {
+    engine: Engine,
+    /// Reads. For PostgreSQL the same pool as `write`.
+    read: AnyPool,
+    /// Writes; for SQLite a single connection, so writers queue here rather than in SQLite.
+    write: AnyPool,
+}
+
+impl fmt::Debug for Store {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Store")
+            .field("engine", &self.engine)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Rows per multi-row INSERT: far below SQLite's and PostgreSQL's limits on bound parameters.
+const ROWS_PER_INSERT: usize = 100;
+
+const APP_COLUMNS: &str =
+    "id, name, created_at, secrets_version, deployed_version, crash_window_ms";
+
+const TOKEN_SELECT: &str = "SELECT t.id, t.secret_hash, t.app_id, a.name AS app_name, t.action, \
+     t.description, t.created_at, t.expires_at, t.revoked_at \
+     FROM api_tokens t LEFT JOIN apps a ON a.id = t.app_id";
+
+impl Store {
+    /// Connects and applies the migrations this build knows (idempotent; serialized across
+    /// processes). A SQLite file is created (mode 0600) only with [`OpenMode::CreateIfMissing`].
+    pub async fn open(url: &DatabaseUrl, mode: OpenMode) -> Result<Store> {
+        let pools = engine::connect(url, mode).await?;
+        let store = Store {
+            engine: url.engine(),
+            read: pools.read,
+            write: pools.write,
+        };
+        if let Err(e) = store.migrate().await {
+            store.close().await;
+            return Err(e);
+        }
+        tracing::debug!(database = %url, "store open");
+        Ok(store)
+    }
+
+    pub fn engine(&self) -> Engine {
+        self.engine
+    }
+
+    /// A round trip to the database, for `/readyz`.
+    pub async fn ping(&self) -> Result<()> {
+        sqlx::query("SELECT 1").execute(&self.read).await?;
+        Ok(())
+    }
+
+    /// Waits for the connections in use to be returned, then closes them all.
+    pub async fn close(&self) {
+        self.write.close().await;
+        self.read.close().await;
+    }
+
+    async fn begin_write(&self) -> Result<Transaction<'static, Any>> {
+        Ok(match engine::begin_write(self.engine) {
+            Some(begin) => self.write.begin_with(begin).await?,
+            None => self.write.begin().await?,
+        })
+    }
+
+    async fn migrate(&self) -> Result<()> {
+        let mut tx = self.begin_write().await?;
+        match self.migrate_in(&mut tx).await {
+            Ok(()) => Ok(tx.commit().await?),
+            Err(e) => {
+                let _ = tx.rollback().await;
+                Err(e)
+            }
+        }
+    }
+
+    async fn migrate_in(&self, tx: &mut AnyConnection) -> Result<()> {
+        if let Some(lock) = engine::migration_lock(self.engine) {
+            sqlx::query(lock).execute(&mut *tx).await?;
+        }
+        sqlx::query("CREATE TABLE IF NOT EXISTS coffer_schema (version BIGINT NOT NULL)")
+            .execute(&mut *tx)
+            .await?;
+        let current: Option<i64> = sqlx::query_scalar("SELECT MAX(version) FROM coffer_schema")
+            .fetch_one(&mut *tx)
+            .await?;
+        let current = current.unwrap_or(0);
+        let migrations = engine::migrations(self.engine);
+        let known = migrations.last().map_or(0, |m| m.version);
+        if current > known {
+            return Err(StoreError::Corrupt(format!(
+                "the database schema is at version {current}, newer than this coffer knows \
+                 ({known}); upgrade coffer"
+            )));
+        }
+        for m in migrations.iter().filter(|m| m.version > current) {
+            // A plain `&str` runs unprepared, so a file of several statements is fine on both
+            // engines. (`sqlx::raw_sql` would do the same, but its future is not `Send` for
+            // every lifetime, which makes `Store::open` unusable in `tokio::spawn`.)
+            tx.execute(m.sql).await?;
+            sqlx::query("INSERT INTO coffer_schema (version) VALUES ($1)")
+                .bind(m.version)
+                .execute(&mut *tx)
+                .await?;
+            tracing::info!(engine = %self.engine, version = m.version, "applied schema migration");
+        }
+        Ok(())
+    }
+
+    // ---------------------------------------------------------------------------------- apps
+
+    /// Creates an app at secrets version 0. `Conflict` if the name is taken.
+    pub async fn create_app(&self, id: &str, name: &AppName) -> Result<AppRecord> {
+        let sql = format!(
+            "INSERT INTO apps (id, name, created_at) VALUES ($1, $2, $3) \
+             ON CONFLICT (name) DO NOTHING RETURNING {APP_COLUMNS}"
+        );
+        let row = sqlx::query(&sql)
+            .bind(id)
+            .bind(name.as_str())
+            .bind(crate::now_micros())
+            .fetch_optional(&self.write)
+            .await
+            .map_err(|e| match kind(&e) {
+                Some(ErrorKind::UniqueViolation) => {
+                    StoreError::Conflict(format!("app ID {id} already exists"))
+                }
+                _ => e.into(),
+            })?;
+        match row {
+            Some(row) => app_from_row(&row),
+            None => Err(StoreError::Conflict(format!("app {name} already exists"))),
+        }
+    }
+
+    pub async fn app_by_name(&self, name: &AppName) -> Result<AppRecord> {
+        let sql = format!("SELECT {APP_COLUMNS} FROM apps WHERE name = $1");
+        let row = sqlx::query(&sql)
+            .bind(name.as_str())
+            .fetch_optional(&self.read)
+            .await?;
+        app_from_row(&row.ok_or(StoreError::NotFound("app"))?)
+    }
+
+    pub async fn app_by_id(&self, id: &str) -> Result<AppRecord> {
+        let sql = format!("SELECT {APP_COLUMNS} FROM apps WHERE id = $1");
+        let row = sqlx::query(&sql)
+            .bind(id)
+            .fetch_optional(&self.read)
+            .await?;
+        app_from_row(&row.ok_or(StoreError::NotFound("app"))?)
+    }
+
+    /// All apps, ordered by name.
+    pub async fn list_apps(&self) -> Result<Vec<AppRecord>> {
+        let sql = format!("SELECT {APP_COLUMNS} FROM apps");
+        let rows = sqlx::query(&sql).fetch_all(&self.read).await?;
+        let mut apps = rows.iter().map(app_from_row).collect::<Result<Vec<_>>>()?;
+        apps.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(apps)
+    }
+
+    /// Deletes the app with its versions, values and app-scoped tokens (by foreign-key
+    /// cascade). The vault's keys for it are the vault's to delete.
+    pub async fn delete_app(&self, id: &str) -> Result<()> {
+        let done = sqlx::query("DELETE FROM apps WHERE id = $1")
+            .bind(id)
+            .execute(&self.write)
+            .await?;
+        if done.rows_affected() == 0 {
+            return Err(StoreError::NotFound("app"));
+        }
+        Ok(())
+    }
+
+    pub async fn set_crash_window(&self, id: &str, ms: i64) -> Result<()> {
+        let done = sqlx::query("UPDATE apps SET crash_window_ms = $1 WHERE id = $2")
+            .bind(ms)
+            .bind(id)
+            .execute(&self.write)
+            .await?;
+        if done.rows_affected() == 0 {
+            return Err(StoreError::NotFound("app"));
+        }
+        Ok(())
+    }
+
+    // ------------------------------------------------------------------------------- secrets
+
+    /// The secrets of one version, ordered by name. Version 0 (before the first write) is
+    /// empty.
+    pub async fn snapshot(&self, app_id: &str, version: i64) -> Result<Vec<StoredSecret>> {
+        if version == 0 {
+            return Ok(Vec::new());
+        }
+        if version < 0 {
+            return Err(StoreError::NotFound("secrets version"));
+        }
+        let rows = sqlx::query(
+            "SELECT m.name, m.value_version, v.ciphertext, v.digest, v.value_len, v.created_at, \
+             v.updated_at \
+             FROM secret_members m JOIN secret_values v \
+             ON v.app_id = m.app_id AND v.name = m.name AND v.version = m.value_version \
+             WHERE m.app_id = $1 AND m.version = $2",
+        )
+        .bind(app_id)
+        .bind(version)
+        .fetch_all(&self.read)
+        .await?;
+        // A version may be empty (everything unset): tell that apart from a missing one.
+        if rows.is_empty() && !self.version_exists(app_id, version).await? {
+            return Err(StoreError::NotFound("secrets version"));
+        }
+        let mut secrets = rows
+            .iter()
+            .map(|row| {
+                Ok(StoredSecret {
+                    name: secret_name(row.try_get("name")?)?,
+                    value_version: row.try_get("value_version")?,
+                    ciphertext: row.try_get("ciphertext")?,
+                    digest: row.try_get("digest")?,
+                    value_len: row.try_get("value_len")?,
+                    created_at: row.try_get("created_at")?,
+                    updated_at: row.try_get("updated_at")?,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        secrets.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(secrets)
+    }
+
+    async fn version_exists(&self, app_id: &str, version: i64) -> Result<bool> {
+        let row = sqlx::query("SELECT 1 FROM secret_versions WHERE app_id = $1 AND version = $2")
+            .bind(app_id)
+            .bind(version)
+            .fetch_optional(&self.read)
+            .await?;
+        Ok(row.is_some())
+    }
+
+    /// Writes the next secrets version in one transaction, or nothing at all.
+    ///
+    /// `Conflict` if the app is no longer at `v.base_version` (someone else wrote meanwhile:
+    /// recompute and retry), if `v.version` is not `base_version + 1`, if a name is changed
+    /// twice, or if an unset name is not in the base version. `NotFound("app")` if the app is
+    /// gone. Returns the new version.
+    pub async fn write_version(&self, v: NewVersion) -> Result<i64> {
+        if v.base_version.checked_add(1) != Some(v.version) || v.base_version < 0 {
+            return Err(StoreError::Conflict(format!(
+                "secrets version {} cannot follow version {}",
+                v.version, v.base_version
+            )));
+        }
+        let mut seen = HashSet::new();
+        for name in v.sets.iter().map(|s| &s.name).chain(&v.unsets) {
+            if !seen.insert(name) {
+                return Err(StoreError::Conflict(format!(
+                    "{name} is changed twice in one write"
+                )));
+            }
+        }
+        let mut changes: Vec<ChangeRecord> = v
+            .sets
+            .iter()
+            .map(|s| ChangeRecord {
+                name: s.name.as_str().to_string(),
+                kind: ChangeKind::Set,
+                digest: Some(s.digest.clone()),
+            })
+            .collect();
+        changes.extend(v.unsets.iter().map(|n| ChangeRecord {
+            name: n.as_str().to_string(),
+            kind: ChangeKind::Unset,
+            digest: None,
+        }));
+        let changes = serde_json::to_string(&changes)
+            .map_err(|e| StoreError::Corrupt(format!("cannot encode the changes: {e}")))?;
+
+        let mut tx = self.begin_write().await?;
+        match write_version_in(&mut tx, &v, &changes, crate::now_micros()).await {
+            Ok(()) => {
+                tx.commit().await?;
+                Ok(v.version)
+            }
+            Err(e) => {
+                let _ = tx.rollback().await;
+                Err(e)
+            }
+        }
+    }
+
+    /// Records that `version` is what the app's machines run. `Conflict` if that version does
+    /// not exist (yet).
+    pub async fn mark_deployed(&self, app_id: &str, version: i64) -> Result<()> {
+        if version < 0 {
+            return Err(StoreError::Conflict(format!(
+                "secrets version {version} does not exist"
+            )));
+        }
+        let done = sqlx::query(
+            "UPDATE apps SET deployed_version = $1 WHERE id = $2 AND secrets_version >= $3",
+        )
+        .bind(version)
+        .bind(app_id)
+        .bind(version)
+        .execute(&self.write)
+        .await?;
+        if done.rows_affected() == 0 {
+            let app = self.app_by_id(app_id).await?;
+            return Err(StoreError::Conflict(format!(
+                "secrets version {version} does not exist (the app is at version {})",
+                app.secrets_version
+            )));
+        }
+        Ok(())
+    }
+
+    /// The app's secrets versions, newest first.
+    pub async fn versions(&self, app_id: &str) -> Result<Vec<VersionRecord>> {
+        let rows = sqlx::query(
+            "SELECT version, actor, created_at, changes FROM secret_versions \
+             WHERE app_id = $1 ORDER BY version DESC",
+        )
+        .bind(app_id)
+        .fetch_all(&self.read)
+        .await?;
+        if rows.is_empty() {
+            // No versions yet, or no such app.
+            self.app_by_id(app_id).await?;
+        }
+        rows.iter()
+            .map(|row| {
+                let changes: String = row.try_get("changes")?;
+                Ok(VersionRecord {
+                    version: row.try_get("version")?,
+                    actor: row.try_get("actor")?,
+                    created_at: row.try_get("created_at")?,
+                    changes: serde_json::from_str(&changes).map_err(|e| {
+                        StoreError::Corrupt(format!("changes of a secrets version: {e}"))
+                    })?,
+                })
+            })
+            .collect()
+    }
+
+    // ---------------------------------------------------------------------------- API tokens
+
+    /// `Conflict` if the ID is taken, `NotFound("app")` if the token's app does not exist.
+    pub async fn insert_token(&self, t: NewToken) -> Result<TokenRecord> {
+        sqlx::query(
+            "INSERT INTO api_tokens \
+             (id, secret_hash, app_id, action, description, created_at, expires_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7)",
+        )
+        .bind(&t.id)
+        .bind(&t.secret_hash)
+        .bind(&t.app_id)
+        .bind(t.action.as_str())
+        .bind(&t.description)
+        .bind(crate::now_micros())
+        .bind(t.expires_at)
+        .execute(&self.write)
+        .await
+        .map_err(|e| match kind(&e) {
+            Some(ErrorKind::UniqueViolation) => {
+                StoreError::Conflict(format!("token ID {} already exists", t.id))
+            }
+            Some(ErrorKind::ForeignKeyViolation) => StoreError::NotFound("app"),
+            _ => e.into(),
+        })?;
+        token_on(&self.write, &t.id).await
+    }
+
+    pub async fn token(&self, id: &str) -> Result<TokenRecord> {
+        token_on(&self.read, id).await
+    }
+
+    /// All tokens, oldest first.
+    pub async fn list_tokens(&self) -> Result<Vec<TokenRecord>> {
+        let sql = format!("{TOKEN_SELECT} ORDER BY t.created_at, t.id");
+        let rows = sqlx::query(&sql).fetch_all(&self.read).await?;
+        rows.iter().map(token_from_row).collect()
+    }
+
+    /// Revokes a token from now on. Revoking it again keeps the first revocation time.
+    pub async fn revoke_token(&self, id: &str) -> Result<()> {
+        let done = sqlx::query(
+            "UPDATE api_tokens SET revoked_at = COALESCE(revoked_at, $1) WHERE id = $2",
+        )
+        .bind(crate::now_micros())
+        .bind(id)
+        .execute(&self.write)
+        .await?;
+        if done.rows_affected() == 0 {
+            return Err(StoreError::NotFound("token"));
+        }
+        Ok(())
+    }
+
+    // ---------------------------------------------------------------------------- vault keys
+
+    /// `Conflict` if the app already has keys: they are never replaced silently.
+    pub async fn insert_app_key(&self, k: &AppKeyRecord) -> Result<()> {
+        let done = sqlx::query(
+            "INSERT INTO vault_app_keys \
+             (app_id, public_key, wrapped_private_key, wrapped_digest_key, created_at) \
+             VALUES ($1, $2, $3, $4, $5) ON CONFLICT (app_id) DO NOTHING",
+        )
+        .bind(&k.app_id)
+        .bind(&k.public_key)
+        .bind(&k.wrapped_private_key)
+        .bind(&k.wrapped_digest_key)
+        .bind(k.created_at)
+        .execute(&self.write)
+        .await?;
+        if done.rows_affected() == 0 {
+            return Err(StoreError::Conflict(format!(
+                "the app {} already has keys",
+                k.app_id
+            )));
+        }
+        Ok(())
+    }
+
+    pub async fn app_key(&self, app_id: &str) -> Result<AppKeyRecord> {
+        let row = sqlx::query(
+            "SELECT app_id, public_key, wrapped_private_key, wrapped_digest_key, created_at \
+             FROM vault_app_keys WHERE app_id = $1",
+        )
+        .bind(app_id)
+        .fetch_optional(&self.read)
+        .await?
+        .ok_or(StoreError::NotFound("app key"))?;
+        Ok(AppKeyRecord {
+            app_id: row.try_get("app_id")?,
+            public_key: row.try_get("public_key")?,
+            wrapped_private_key: row.try_get("wrapped_private_key")?,
+            wrapped_digest_key: row.try_get("wrapped_digest_key")?,
+            created_at: row.try_get("created_at")?,
+        })
+    }
+
+    /// Idempotent.
+    pub async fn delete_app_key(&self, app_id: &str) -> Result<()> {
+        sqlx::query("DELETE FROM vault_app_keys WHERE app_id = $1")
+            .bind(app_id)
+            .execute(&self.write)
+            .await?;
+        Ok(())
+    }
+
+    // ---------------------------------------------------------------------------------- meta
+
+    pub async fn meta_get(&self, key: &str) -> Result<Option<String>> {
+        Ok(sqlx::query_scalar("SELECT value FROM meta WHERE key = $1")
+            .bind(key)
+            .fetch_optional(&self.read)
+            .await?)
+    }
+
+    /// Stores `value` unless the key has one; returns the value stored, so that replicas
+    /// starting together agree on the first one written.
+    pub async fn meta_set_if_absent(&self, key: &str, value: &str) -> Result<String> {
+        let mut tx = self.begin_write().await?;
+        sqlx::query("INSERT INTO meta (key, value) VALUES ($1, $2) ON CONFLICT (key) DO NOTHING")
+            .bind(key)
+            .bind(value)
+            .execute(&mut *tx)
+            .await?;
+        let stored: String = sqlx::query_scalar("SELECT value FROM meta WHERE key = $1")
+            .bind(key)
+            .fetch_one(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(stored)
+    }
+}
+
+async fn write_version_in(
+    tx: &mut AnyConnection,
+    v: &NewVersion,
+    changes: &str,
+    now: Micros,
+) -> Result<()> {
+    // First, so that concurrent writers of one app serialize on its row (PostgreSQL) and the
+    // loser sees the new version and fails.
+    let moved = if v.deploy {
+        sqlx::query(
+            "UPDATE apps SET secrets_version = $1, deployed_version = $2 \
+             WHERE id = $3 AND secrets_version = $4",
+        )
+        .bind(v.version)
+        .bind(v.version)
+        .bind(&v.app_id)
+        .bind(v.base_version)
+    } else {
+        sqlx::query("UPDATE apps SET secrets_version = $1 WHERE id = $2 AND secrets_version = $3")
+            .bind(v.version)
+            .bind(&v.app_id)
+            .bind(v.base_version)
+    }
+    .execute(&mut *tx)
+    .await?;
+    if moved.rows_affected() == 0 {
+        let now_at: Option<i64> =
+            sqlx::query_scalar("SELECT secrets_version FROM apps WHERE id = $1")
+                .bind(&v.app_id)
+                .fetch_optional(&mut *tx)
+                .await?;
+        return Err(match now_at {
+            None => StoreError::NotFound("app"),
+            Some(n) => StoreError::Conflict(format!(
+                "the app's secrets changed meanwhile (now at version {n}); retry"
+            )),
+        });
+    }
+
+    // The base snapshot: which value each name has, and since when the name has had one.
+    let base = sqlx::query(
+        "SELECT m.name, m.value_version, v.created_at \
+         FROM secret_members m JOIN secret_values v \
+         ON v.app_id = m.app_id AND v.name = m.name AND v.version = m.value_version \
+         WHERE m.app_id = $1 AND m.version = $2",
+    )
+    .bind(&v.app_id)
+    .bind(v.base_version)
+    .fetch_all(&mut *tx)
+    .await?;
+    let mut base_members: HashMap<String, (i64, Micros)> = HashMap::with_capacity(base.len());
+    for row in &base {
+        base_members.insert(
+            row.try_get("name")?,
+            (row.try_get("value_version")?, row.try_get("created_at")?),
+        );
+    }
+    for name in &v.unsets {
+        if !base_members.contains_key(name.as_str()) {
+            return Err(StoreError::Conflict(format!(
+                "cannot unset {name}: it is not set in version {}",
+                v.base_version
+            )));
+        }
+    }
+
+    sqlx::query(
+        "INSERT INTO secret_versions (app_id, version, actor, created_at, changes) \
+         VALUES ($1, $2, $3, $4, $5)",
+    )
+    .bind(&v.app_id)
+    .bind(v.version)
+    .bind(&v.actor)
+    .bind(now)
+    .bind(changes)
+    .execute(&mut *tx)
+    .await?;
+
+    // The new values, then the members: each name kept from the base, plus each set.
+    for chunk in v.sets.chunks(ROWS_PER_INSERT) {
+        insert_values(tx, v, chunk, &base_members, now).await?;
+    }
+    let changed: HashSet<&str> = v
+        .sets
+        .iter()
+        .map(|s| s.name.as_str())
+        .chain(v.unsets.iter().map(SecretName::as_str))
+        .collect();
+    let members: Vec<(&str, i64)> = base_members
+        .iter()
+        .filter(|(name, _)| !changed.contains(name.as_str()))
+        .map(|(name, (value_version, _))| (name.as_str(), *value_version))
+        .chain(v.sets.iter().map(|s| (s.name.as_str(), v.version)))
+        .collect();
+    for chunk in members.chunks(ROWS_PER_INSERT) {
+        insert_members(tx, &v.app_id, v.version, chunk).await?;
+    }
+    Ok(())
+}
+
+async fn insert_values(
+    tx: &mut AnyConnection,
+    v: &NewVersion,
+    values: &[NewValue],
+    base: &HashMap<String, (i64, Micros)>,
+    now: Micros,
+) -> Result<()> {
+    let sql = multi_row_insert(
+        "INSERT INTO secret_values \
+         (app_id, name, version, ciphertext, digest, value_len, created_at, updated_at) VALUES ",
+        8,
+        values.len(),
+    );
+    let mut q = sqlx::query(&sql).persistent(false);
+    for value in values {
+        let created_at = base.get(value.name.as_str()).map_or(now, |(_, c)| *c);
+        q = q
+            .bind(&v.app_id)
+            .bind(value.name.as_str())
+            .bind(v.version)
+            .bind(&value.ciphertext)
+            .bind(&value.digest)
+            .bind(value.value_len)
+            .bind(created_at)
+            .bind(now);
+    }
+    q.execute(&mut *tx).await?;
+    Ok(())
+}
+
+async fn insert_members(
+    tx: &mut AnyConnection,
+    app_id: &str,
+    version: i64,
+    members: &[(&str, i64)],
+) -> Result<()> {
+    let sql = multi_row_insert(
+        "INSERT INTO secret_members (app_id, version, name, value_version) VALUES ",
+        4,
+        members.len(),
+    );
+    let mut q = sqlx::query(&sql).persistent(false);
+    for (name, value_version) in members {
+        q = q
+            .bind(app_id)
+            .bind(version)
+            .bind(*name)
+            .bind(*value_version);
+    }
+    q.execute(&mut *tx).await?;
+    Ok(())
+}
+
+/// `prefix ($1, $2), ($3, $4)`: placeholders numbered in order of appearance.
+fn multi_row_insert(prefix: &str, columns: usize, rows: usize) -> String {
+    let mut sql = String::from(prefix);
+    let mut n = 0;
+    for r in 0..rows {
+        sql.push_str(if r == 0 { "(" } else { ", (" });
+        for c in 0..columns {
+            n += 1;
+            if c > 0 {
+                sql.push_str(", ");
+            }
+            sql.push('$');
+            sql.push_str(&n.to_string());
+        }
+        sql.push(')');
+    }
+    sql
+}
+
+async fn token_on(pool: &AnyPool, id: &str) -> Result<TokenRecord> {
+    let sql = format!("{TOKEN_SELECT} WHERE t.id = $1");
+    let row = sqlx::query(&sql)
+        .bind(id)
+        .fetch_optional(pool)
+        .await?
+        .ok_or(StoreError::NotFound("token"))?;
+    token_from_row(&row)
+}
+
+fn kind(e: &sqlx::Error) -> Option<ErrorKind> {
+    match e {
+        sqlx::Error::Database(db) => Some(db.kind()),
+        _ => None,
+    }
+}
+
+fn app_from_row(row: &AnyRow) -> Result<AppRecord> {
+    Ok(AppRecord {
+        id: row.try_get("id")?,
+        name: app_name(row.try_get("name")?)?,
+        created_at: row.try_get("created_at")?,
+        secrets_version: row.try_get("secrets_version")?,
+        deployed_version: row.try_get("deployed_version")?,
+        crash_window_ms: row.try_get("crash_window_ms")?,
+    })
+}
+
+fn token_from_row(row: &AnyRow) -> Result<TokenRecord> {
+    let action: String = row.try_get("action")?;
+    let app_name_col: Option<String> = row.try_get("app_name")?;
+    Ok(TokenRecord {
+        id: row.try_get("id")?,
+        secret_hash: row.try_get("secret_hash")?,
+        app_id: row.try_get("app_id")?,
+        app_name: app_name_col.map(app_name).transpose()?,
+        action: Action::parse(&action)
+            .ok_or_else(|| StoreError::Corrupt(format!("unknown token action {action:?}")))?,
+        description: row.try_get("description")?,
+        created_at: row.try_get("created_at")?,
+        expires_at: row.try_get("expires_at")?,
+        revoked_at: row.try_get("revoked_at")?,
+    })
+}
+
+fn app_name(s: String) -> Result<AppName> {
+    AppName::parse(&s).map_err(|e| StoreError::Corrupt(format!("app name in the store: {e}")))
+}
+
+fn secret_name(s: String) -> Result<SecretName> {
+    SecretName::parse(&s).map_err(|e| StoreError::Corrupt(format!("secret name in the store: {e}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::multi_row_insert;
+
+    #[test]
+    fn placeholders_ascend() {
+        assert_eq!(
+            multi_row_insert("INSERT INTO t (a, b) VALUES ", 2, 3),
+            "INSERT INTO t (a, b) VALUES ($1, $2), ($3, $4), ($5, $6)"
+        );
+    }
+}

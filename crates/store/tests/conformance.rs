@@ -1,0 +1,936 @@
+//! The conformance suite: every scenario is written once, against `Store`, and runs on a fresh
+//! SQLite file (`sqlite::…` tests) and on a fresh PostgreSQL database (`postgres::…` tests).
+//!
+//! PostgreSQL tests need a server (see `coffer_store::testing`): run them with
+//! `pg_virtualenv -c '-c fsync=off' cargo test -p coffer-store`. Without one they are skipped
+//! with a note, unless `CI` is set, in which case they fail.
+
+use coffer_core::{Action, AppName, SecretName};
+use coffer_store::{
+    testing, AppKeyRecord, ChangeKind, ChangeRecord, DatabaseUrl, Engine, NewToken, NewValue,
+    NewVersion, OpenMode, Store, StoreError, StoredSecret,
+};
+use std::future::Future;
+
+async fn on_sqlite<F, Fut>(scenario: F)
+where
+    F: FnOnce(Store) -> Fut,
+    Fut: Future<Output = ()>,
+{
+    let dir = tempfile::tempdir().unwrap();
+    let url = testing::sqlite_url_in(dir.path());
+    let store = Store::open(&url, OpenMode::CreateIfMissing).await.unwrap();
+    assert_eq!(store.engine(), Engine::Sqlite);
+    scenario(store.clone()).await;
+    store.close().await;
+}
+
+async fn on_postgres<F, Fut>(scenario: F)
+where
+    F: FnOnce(Store) -> Fut,
+    Fut: Future<Output = ()>,
+{
+    let Some(admin) = testing::require_postgres() else {
+        return;
+    };
+    let db = testing::fresh_postgres_database(&admin).await;
+    let url = DatabaseUrl::parse(&db).unwrap();
+    let store = Store::open(&url, OpenMode::MustExist).await.unwrap();
+    assert_eq!(store.engine(), Engine::Postgres);
+    scenario(store.clone()).await;
+    store.close().await;
+    testing::drop_postgres_database(&admin, &db).await;
+}
+
+/// One test per scenario and engine: `sqlite::NAME` and `postgres::NAME`.
+macro_rules! conformance {
+    ($($scenario:ident),+ $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+                async fn $scenario() {
+                    super::on_sqlite(super::scenarios::$scenario).await;
+                }
+            )+
+        }
+        mod postgres {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+                async fn $scenario() {
+                    super::on_postgres(super::scenarios::$scenario).await;
+                }
+            )+
+        }
+    };
+}
+
+conformance!(
+    apps,
+    delete_app_cascades,
+    write_versions,
+    stale_base_conflicts,
+    unset_of_a_missing_name_rolls_back,
+    deploy_flag_and_mark_deployed,
+    tokens,
+    vault_keys,
+    meta,
+    concurrent_writers,
+);
+
+// ------------------------------------------------------------------------------- fixtures
+
+fn app_name(s: &str) -> AppName {
+    AppName::parse(s).unwrap()
+}
+
+fn secret(s: &str) -> SecretName {
+    SecretName::parse(s).unwrap()
+}
+
+/// A stand-in for a sealed value: the store never looks inside.
+fn value(name: &str, tag: &str) -> NewValue {
+    NewValue {
+        name: secret(name),
+        ciphertext: format!("sealed({name}={tag})").into_bytes(),
+        digest: format!("{:0>32}", tag),
+        value_len: tag.len() as i64,
+    }
+}
+
+fn change(
+    app_id: &str,
+    base: i64,
+    sets: Vec<NewValue>,
+    unsets: &[&str],
+    deploy: bool,
+) -> NewVersion {
+    NewVersion {
+        app_id: app_id.into(),
+        base_version: base,
+        version: base + 1,
+        actor: "tester".into(),
+        sets,
+        unsets: unsets.iter().map(|n| secret(n)).collect(),
+        deploy,
+    }
+}
+
+fn names(snapshot: &[StoredSecret]) -> Vec<&str> {
+    snapshot.iter().map(|s| s.name.as_str()).collect()
+}
+
+fn find<'a>(snapshot: &'a [StoredSecret], name: &str) -> &'a StoredSecret {
+    snapshot
+        .iter()
+        .find(|s| s.name.as_str() == name)
+        .unwrap_or_else(|| panic!("{name} not in {:?}", names(snapshot)))
+}
+
+fn token(id: &str, app_id: Option<&str>, action: Action) -> NewToken {
+    NewToken {
+        id: id.into(),
+        secret_hash: format!("hash-of-{id}").into_bytes(),
+        app_id: app_id.map(Into::into),
+        action,
+        description: format!("token {id}"),
+        expires_at: coffer_store::now_micros() + 3_600_000_000,
+    }
+}
+
+#[track_caller]
+fn assert_conflict<T: std::fmt::Debug>(r: Result<T, StoreError>, needle: &str) {
+    match r {
+        Err(StoreError::Conflict(msg)) => assert!(msg.contains(needle), "{msg:?} lacks {needle:?}"),
+        other => panic!("expected a conflict mentioning {needle:?}, got {other:?}"),
+    }
+}
+
+#[track_caller]
+fn assert_not_found<T: std::fmt::Debug>(r: Result<T, StoreError>, what: &str) {
+    match r {
+        Err(StoreError::NotFound(w)) => assert_eq!(w, what),
+        other => panic!("expected NotFound({what:?}), got {other:?}"),
+    }
+}
+
+// ------------------------------------------------------------------------------ scenarios
+
+mod scenarios {
+    use super::*;
+
+    pub async fn apps(store: Store) {
+        assert!(store.list_apps().await.unwrap().is_empty());
+        store.ping().await.unwrap();
+
+        let before = coffer_store::now_micros();
+        let web = store.create_app("id-web", &app_name("web")).await.unwrap();
+        assert_eq!(web.id, "id-web");
+        assert_eq!(web.name, app_name("web"));
+        assert_eq!((web.secrets_version, web.deployed_version), (0, 0));
+        assert_eq!(web.crash_window_ms, 30_000);
+        assert!(web.created_at >= before && web.created_at <= coffer_store::now_micros());
+
+        assert_conflict(
+            store.create_app("id-other", &app_name("web")).await,
+            "app web already exists",
+        );
+        assert_conflict(
+            store.create_app("id-web", &app_name("web2")).await,
+            "id-web",
+        );
+        assert_not_found(store.app_by_name(&app_name("web2")).await, "app");
+
+        assert_eq!(store.app_by_name(&app_name("web")).await.unwrap(), web);
+        assert_eq!(store.app_by_id("id-web").await.unwrap(), web);
+        assert_not_found(store.app_by_id("nope").await, "app");
+        assert_not_found(store.app_by_name(&app_name("nope")).await, "app");
+
+        // Ordered by name, bytewise on both engines ('-' sorts before letters; a PostgreSQL
+        // locale collation would ignore it and put "ba" first).
+        for (id, name) in [("id-ba", "ba"), ("id-b-app", "b-app"), ("id-a", "a")] {
+            store.create_app(id, &app_name(name)).await.unwrap();
+        }
+        let listed: Vec<String> = store
+            .list_apps()
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|a| a.name.to_string())
+            .collect();
+        assert_eq!(listed, ["a", "b-app", "ba", "web"]);
+
+        store.set_crash_window("id-web", 5_000).await.unwrap();
+        assert_eq!(
+            store.app_by_id("id-web").await.unwrap().crash_window_ms,
+            5_000
+        );
+        assert_eq!(
+            store.app_by_id("id-a").await.unwrap().crash_window_ms,
+            30_000
+        );
+        assert_not_found(store.set_crash_window("nope", 1).await, "app");
+    }
+
+    pub async fn delete_app_cascades(store: Store) {
+        let app = store
+            .create_app("id-doomed", &app_name("doomed"))
+            .await
+            .unwrap();
+        let other = store
+            .create_app("id-other", &app_name("other"))
+            .await
+            .unwrap();
+        store
+            .write_version(change(
+                &app.id,
+                0,
+                vec![value("A", "1"), value("B", "1")],
+                &[],
+                true,
+            ))
+            .await
+            .unwrap();
+        store
+            .write_version(change(&app.id, 1, vec![value("A", "2")], &["B"], false))
+            .await
+            .unwrap();
+        store
+            .write_version(change(&other.id, 0, vec![value("A", "x")], &[], false))
+            .await
+            .unwrap();
+        store
+            .insert_token(token("t-app", Some(&app.id), Action::Deploy))
+            .await
+            .unwrap();
+        store
+            .insert_token(token("t-other", Some(&other.id), Action::Read))
+            .await
+            .unwrap();
+        store
+            .insert_token(token("t-all", None, Action::Admin))
+            .await
+            .unwrap();
+        let key = AppKeyRecord {
+            app_id: app.id.clone(),
+            public_key: vec![1; 32],
+            wrapped_private_key: vec![2; 60],
+            wrapped_digest_key: vec![3; 60],
+            created_at: 1,
+        };
+        store.insert_app_key(&key).await.unwrap();
+
+        store.delete_app(&app.id).await.unwrap();
+
+        assert_not_found(store.app_by_id(&app.id).await, "app");
+        assert_not_found(store.app_by_name(&app.name).await, "app");
+        assert_not_found(store.versions(&app.id).await, "app");
+        assert_not_found(store.snapshot(&app.id, 1).await, "secrets version");
+        assert_not_found(store.snapshot(&app.id, 2).await, "secrets version");
+        assert_not_found(store.token("t-app").await, "token");
+        let left: Vec<String> = store
+            .list_tokens()
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|t| t.id)
+            .collect();
+        assert_eq!(left, ["t-other", "t-all"]);
+        // The vault's keys are the vault's to delete.
+        assert_eq!(store.app_key(&app.id).await.unwrap(), key);
+        // The other app is untouched.
+        assert_eq!(store.versions(&other.id).await.unwrap().len(), 1);
+        assert_eq!(names(&store.snapshot(&other.id, 1).await.unwrap()), ["A"]);
+
+        assert_not_found(store.delete_app(&app.id).await, "app");
+
+        // Nothing of the old app is left behind: an app with the same ID (which should never
+        // happen, IDs are random) starts from scratch and can write the same rows again.
+        let again = store
+            .create_app(&app.id, &app_name("doomed"))
+            .await
+            .unwrap();
+        assert_eq!(again.secrets_version, 0);
+        assert!(store.versions(&app.id).await.unwrap().is_empty());
+        store
+            .write_version(change(&app.id, 0, vec![value("B", "new")], &[], false))
+            .await
+            .unwrap();
+        let snap = store.snapshot(&app.id, 1).await.unwrap();
+        assert_eq!(names(&snap), ["B"]);
+        assert_eq!(snap[0].ciphertext, b"sealed(B=new)");
+        store
+            .write_version(change(&app.id, 1, vec![value("A", "new")], &[], false))
+            .await
+            .unwrap();
+        assert_eq!(
+            names(&store.snapshot(&app.id, 2).await.unwrap()),
+            ["A", "B"]
+        );
+    }
+
+    pub async fn write_versions(store: Store) {
+        let app = store.create_app("id-web", &app_name("web")).await.unwrap();
+        assert!(store.versions(&app.id).await.unwrap().is_empty());
+        assert!(store.snapshot(&app.id, 0).await.unwrap().is_empty());
+        assert_not_found(store.snapshot(&app.id, 1).await, "secrets version");
+
+        // v1: set A and B (given out of order: snapshots are ordered by name).
+        let t0 = coffer_store::now_micros();
+        let v = store
+            .write_version(change(
+                &app.id,
+                0,
+                vec![value("B", "b1"), value("A", "a1")],
+                &[],
+                false,
+            ))
+            .await
+            .unwrap();
+        assert_eq!(v, 1);
+        let a = store.app_by_id(&app.id).await.unwrap();
+        assert_eq!((a.secrets_version, a.deployed_version), (1, 0));
+        let v1 = store.snapshot(&app.id, 1).await.unwrap();
+        assert_eq!(names(&v1), ["A", "B"]);
+        for s in &v1 {
+            assert_eq!(s.value_version, 1);
+            assert_eq!(s.created_at, s.updated_at);
+            assert!(s.created_at >= t0);
+        }
+        let a1 = find(&v1, "A");
+        assert_eq!(a1.ciphertext, b"sealed(A=a1)");
+        assert_eq!(a1.digest, format!("{:0>32}", "a1"));
+        assert_eq!(a1.value_len, 2);
+
+        // v2: update B, add C; A is carried over as it was.
+        store
+            .write_version(change(
+                &app.id,
+                1,
+                vec![value("B", "b2"), value("C", "c2")],
+                &[],
+                false,
+            ))
+            .await
+            .unwrap();
+        let v2 = store.snapshot(&app.id, 2).await.unwrap();
+        assert_eq!(names(&v2), ["A", "B", "C"]);
+        assert_eq!(find(&v2, "A"), find(&v1, "A"));
+        let (b1, b2) = (find(&v1, "B"), find(&v2, "B"));
+        assert_eq!(b2.value_version, 2);
+        assert_eq!(b2.ciphertext, b"sealed(B=b2)");
+        assert_eq!(
+            b2.created_at, b1.created_at,
+            "created_at is kept across updates"
+        );
+        assert!(b2.updated_at > b1.updated_at, "updated_at moves on");
+        let c2 = find(&v2, "C");
+        assert_eq!((c2.value_version, c2.created_at), (2, c2.updated_at));
+        assert_eq!(c2.updated_at, b2.updated_at, "one write, one time");
+
+        // v3: unset A.
+        store
+            .write_version(change(&app.id, 2, vec![], &["A"], false))
+            .await
+            .unwrap();
+        let v3 = store.snapshot(&app.id, 3).await.unwrap();
+        assert_eq!(names(&v3), ["B", "C"]);
+        assert_eq!(find(&v3, "B"), b2);
+        assert_eq!(find(&v3, "C"), c2);
+
+        // v4: set A again: a new name as far as created_at goes.
+        store
+            .write_version(change(&app.id, 3, vec![value("A", "a4")], &[], false))
+            .await
+            .unwrap();
+        let v4 = store.snapshot(&app.id, 4).await.unwrap();
+        let a4 = find(&v4, "A");
+        assert_eq!(a4.value_version, 4);
+        assert_eq!(a4.created_at, a4.updated_at);
+        assert!(a4.created_at > a1.created_at);
+
+        // v5: unset everything: an empty version, which exists.
+        store
+            .write_version(change(&app.id, 4, vec![], &["A", "B", "C"], false))
+            .await
+            .unwrap();
+        assert!(store.snapshot(&app.id, 5).await.unwrap().is_empty());
+        assert_not_found(store.snapshot(&app.id, 6).await, "secrets version");
+        assert_not_found(store.snapshot(&app.id, -1).await, "secrets version");
+
+        // Old versions are immutable.
+        assert_eq!(store.snapshot(&app.id, 1).await.unwrap(), v1);
+        assert_eq!(store.snapshot(&app.id, 2).await.unwrap(), v2);
+        assert_eq!(store.snapshot(&app.id, 3).await.unwrap(), v3);
+        assert_eq!(store.snapshot(&app.id, 4).await.unwrap(), v4);
+
+        // History, newest first, with what changed.
+        let history = store.versions(&app.id).await.unwrap();
+        assert_eq!(
+            history.iter().map(|v| v.version).collect::<Vec<_>>(),
+            [5, 4, 3, 2, 1]
+        );
+        assert!(history.iter().all(|v| v.actor == "tester"));
+        assert!(history
+            .windows(2)
+            .all(|w| w[0].created_at >= w[1].created_at));
+        let set = |name: &str, tag: &str| ChangeRecord {
+            name: name.into(),
+            kind: ChangeKind::Set,
+            digest: Some(format!("{:0>32}", tag)),
+        };
+        let unset = |name: &str| ChangeRecord {
+            name: name.into(),
+            kind: ChangeKind::Unset,
+            digest: None,
+        };
+        assert_eq!(history[4].changes, [set("B", "b1"), set("A", "a1")]);
+        assert_eq!(history[3].changes, [set("B", "b2"), set("C", "c2")]);
+        assert_eq!(history[2].changes, [unset("A")]);
+        assert_eq!(history[1].changes, [set("A", "a4")]);
+        assert_eq!(history[0].changes, [unset("A"), unset("B"), unset("C")]);
+        assert_eq!(history[4].created_at, v1[0].updated_at);
+
+        let a = store.app_by_id(&app.id).await.unwrap();
+        assert_eq!((a.secrets_version, a.deployed_version), (5, 0));
+
+        // Many names in one write (more rows than one multi-row INSERT takes).
+        let many: Vec<NewValue> = (0..250).map(|i| value(&format!("K{i:03}"), "v")).collect();
+        store
+            .write_version(change(&app.id, 5, many, &[], false))
+            .await
+            .unwrap();
+        store
+            .write_version(change(
+                &app.id,
+                6,
+                vec![value("K000", "w")],
+                &["K001"],
+                false,
+            ))
+            .await
+            .unwrap();
+        let v7 = store.snapshot(&app.id, 7).await.unwrap();
+        assert_eq!(v7.len(), 249);
+        assert_eq!(find(&v7, "K000").value_version, 7);
+        assert_eq!(find(&v7, "K249").value_version, 6);
+    }
+
+    pub async fn stale_base_conflicts(store: Store) {
+        let app = store.create_app("id-web", &app_name("web")).await.unwrap();
+        store
+            .write_version(change(&app.id, 0, vec![value("A", "1")], &[], false))
+            .await
+            .unwrap();
+
+        // Two writers computed their change against version 1; the first one wins.
+        let first = change(&app.id, 1, vec![value("B", "first")], &[], false);
+        let second = change(
+            &app.id,
+            1,
+            vec![value("B", "second"), value("C", "2")],
+            &["A"],
+            true,
+        );
+        assert_eq!(store.write_version(first).await.unwrap(), 2);
+        assert_conflict(store.write_version(second).await, "now at version 2");
+
+        // Nothing of the second write is visible.
+        let a = store.app_by_id(&app.id).await.unwrap();
+        assert_eq!((a.secrets_version, a.deployed_version), (2, 0));
+        assert_eq!(store.versions(&app.id).await.unwrap().len(), 2);
+        let v2 = store.snapshot(&app.id, 2).await.unwrap();
+        assert_eq!(names(&v2), ["A", "B"]);
+        assert_eq!(find(&v2, "B").ciphertext, b"sealed(B=first)");
+        assert_not_found(store.snapshot(&app.id, 3).await, "secrets version");
+
+        // A base from the future conflicts too.
+        assert_conflict(
+            store
+                .write_version(change(&app.id, 5, vec![value("A", "x")], &[], false))
+                .await,
+            "now at version 2",
+        );
+        // The new version must follow its base.
+        let mut skip = change(&app.id, 2, vec![value("A", "x")], &[], false);
+        skip.version = 4;
+        assert_conflict(store.write_version(skip).await, "cannot follow");
+        let mut same = change(&app.id, 2, vec![value("A", "x")], &[], false);
+        same.version = 2;
+        assert_conflict(store.write_version(same).await, "cannot follow");
+        // A name changed twice in one write.
+        assert_conflict(
+            store
+                .write_version(change(
+                    &app.id,
+                    2,
+                    vec![value("A", "x"), value("A", "y")],
+                    &[],
+                    false,
+                ))
+                .await,
+            "A is changed twice",
+        );
+        assert_conflict(
+            store
+                .write_version(change(&app.id, 2, vec![value("A", "x")], &["A"], false))
+                .await,
+            "A is changed twice",
+        );
+        // No such app.
+        assert_not_found(
+            store
+                .write_version(change("nope", 0, vec![value("A", "x")], &[], false))
+                .await,
+            "app",
+        );
+        assert_not_found(
+            store
+                .write_version(change("nope", 0, vec![], &[], false))
+                .await,
+            "app",
+        );
+
+        let a = store.app_by_id(&app.id).await.unwrap();
+        assert_eq!(a.secrets_version, 2);
+        assert_eq!(store.snapshot(&app.id, 2).await.unwrap(), v2);
+        // And the next write from the right base goes through.
+        store
+            .write_version(change(&app.id, 2, vec![value("A", "3")], &[], false))
+            .await
+            .unwrap();
+    }
+
+    pub async fn unset_of_a_missing_name_rolls_back(store: Store) {
+        let app = store.create_app("id-web", &app_name("web")).await.unwrap();
+        store
+            .write_version(change(&app.id, 0, vec![value("A", "1")], &[], true))
+            .await
+            .unwrap();
+        let v1 = store.snapshot(&app.id, 1).await.unwrap();
+
+        // The sets come before the unset in the change: they must go too.
+        assert_conflict(
+            store
+                .write_version(change(
+                    &app.id,
+                    1,
+                    vec![value("B", "2")],
+                    &["A", "MISSING"],
+                    true,
+                ))
+                .await,
+            "MISSING",
+        );
+        let a = store.app_by_id(&app.id).await.unwrap();
+        assert_eq!((a.secrets_version, a.deployed_version), (1, 1));
+        let history = store.versions(&app.id).await.unwrap();
+        assert_eq!(history.len(), 1);
+        assert_eq!(history[0].version, 1);
+        assert_not_found(store.snapshot(&app.id, 2).await, "secrets version");
+        assert_eq!(store.snapshot(&app.id, 1).await.unwrap(), v1);
+
+        // Nothing was left behind: the same version with the same rows can be written now.
+        store
+            .write_version(change(&app.id, 1, vec![value("B", "2")], &["A"], true))
+            .await
+            .unwrap();
+        let v2 = store.snapshot(&app.id, 2).await.unwrap();
+        assert_eq!(names(&v2), ["B"]);
+        assert_eq!(v2[0].ciphertext, b"sealed(B=2)");
+        // Unsetting a name of an empty app is refused too.
+        let empty = store
+            .create_app("id-empty", &app_name("empty"))
+            .await
+            .unwrap();
+        assert_conflict(
+            store
+                .write_version(change(&empty.id, 0, vec![], &["A"], false))
+                .await,
+            "cannot unset A",
+        );
+        assert_eq!(store.app_by_id(&empty.id).await.unwrap().secrets_version, 0);
+    }
+
+    pub async fn deploy_flag_and_mark_deployed(store: Store) {
+        let app = store.create_app("id-web", &app_name("web")).await.unwrap();
+        let versions = |a: coffer_store::AppRecord| (a.secrets_version, a.deployed_version);
+
+        // Staged: written but not deployed.
+        store
+            .write_version(change(&app.id, 0, vec![value("A", "1")], &[], false))
+            .await
+            .unwrap();
+        assert_eq!(versions(store.app_by_id(&app.id).await.unwrap()), (1, 0));
+        store.mark_deployed(&app.id, 1).await.unwrap();
+        assert_eq!(versions(store.app_by_id(&app.id).await.unwrap()), (1, 1));
+
+        // Deployed in the same transaction.
+        store
+            .write_version(change(&app.id, 1, vec![value("A", "2")], &[], true))
+            .await
+            .unwrap();
+        assert_eq!(versions(store.app_by_id(&app.id).await.unwrap()), (2, 2));
+
+        // A failed release goes back to the previous version.
+        store.mark_deployed(&app.id, 1).await.unwrap();
+        assert_eq!(versions(store.app_by_id(&app.id).await.unwrap()), (2, 1));
+        store.mark_deployed(&app.id, 2).await.unwrap();
+
+        assert_conflict(
+            store.mark_deployed(&app.id, 3).await,
+            "the app is at version 2",
+        );
+        assert_conflict(store.mark_deployed(&app.id, -1).await, "-1");
+        assert_eq!(versions(store.app_by_id(&app.id).await.unwrap()), (2, 2));
+        assert_not_found(store.mark_deployed("nope", 1).await, "app");
+
+        // A staged write leaves the deployed version alone.
+        store
+            .write_version(change(&app.id, 2, vec![value("B", "3")], &[], false))
+            .await
+            .unwrap();
+        assert_eq!(versions(store.app_by_id(&app.id).await.unwrap()), (3, 2));
+    }
+
+    pub async fn tokens(store: Store) {
+        let web = store.create_app("id-web", &app_name("web")).await.unwrap();
+        let api = store.create_app("id-api", &app_name("api")).await.unwrap();
+        let t0 = coffer_store::now_micros();
+        let admin = store
+            .insert_token(token("t1", None, Action::Admin))
+            .await
+            .unwrap();
+        assert_eq!(admin.id, "t1");
+        assert_eq!(admin.secret_hash, b"hash-of-t1");
+        assert_eq!(
+            (admin.app_id.as_deref(), admin.app_name.as_ref()),
+            (None, None)
+        );
+        assert_eq!(admin.action, Action::Admin);
+        assert_eq!(admin.description, "token t1");
+        assert!(admin.created_at >= t0 && admin.created_at <= coffer_store::now_micros());
+        assert!(admin.expires_at > admin.created_at);
+        assert_eq!(admin.revoked_at, None);
+
+        let deploy = store
+            .insert_token(token("t2", Some(&web.id), Action::Deploy))
+            .await
+            .unwrap();
+        assert_eq!(deploy.app_id.as_deref(), Some("id-web"));
+        assert_eq!(deploy.app_name, Some(app_name("web")));
+        let read = store
+            .insert_token(token("t3", Some(&api.id), Action::Read))
+            .await
+            .unwrap();
+
+        assert_eq!(store.token("t1").await.unwrap(), admin);
+        assert_eq!(store.token("t2").await.unwrap(), deploy);
+        assert_not_found(store.token("nope").await, "token");
+        assert_eq!(
+            store.list_tokens().await.unwrap(),
+            [admin.clone(), deploy.clone(), read]
+        );
+
+        assert_conflict(
+            store.insert_token(token("t1", None, Action::Read)).await,
+            "t1",
+        );
+        assert_eq!(store.token("t1").await.unwrap(), admin);
+        assert_not_found(
+            store
+                .insert_token(token("t4", Some("nope"), Action::Read))
+                .await,
+            "app",
+        );
+        assert_not_found(store.token("t4").await, "token");
+
+        // Revocation.
+        let before = coffer_store::now_micros();
+        store.revoke_token("t2").await.unwrap();
+        let revoked = store.token("t2").await.unwrap();
+        let at = revoked.revoked_at.expect("revoked");
+        assert!(at >= before && at <= coffer_store::now_micros());
+        assert_eq!(revoked.app_name, Some(app_name("web")));
+        store.revoke_token("t2").await.unwrap();
+        assert_eq!(
+            store.token("t2").await.unwrap().revoked_at,
+            Some(at),
+            "first time kept"
+        );
+        assert_eq!(store.token("t1").await.unwrap().revoked_at, None);
+        assert_not_found(store.revoke_token("nope").await, "token");
+
+        // An app's tokens go with it.
+        store.delete_app(&web.id).await.unwrap();
+        assert_not_found(store.token("t2").await, "token");
+        let left: Vec<String> = store
+            .list_tokens()
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|t| t.id)
+            .collect();
+        assert_eq!(left, ["t1", "t3"]);
+    }
+
+    pub async fn vault_keys(store: Store) {
+        // No foreign key: the vault may use another database than the API.
+        let key = AppKeyRecord {
+            app_id: "id-elsewhere".into(),
+            public_key: (0..32).collect(),
+            wrapped_private_key: vec![0, 255, 7, 0, 9],
+            wrapped_digest_key: vec![42; 72],
+            created_at: coffer_store::now_micros(),
+        };
+        assert_not_found(store.app_key(&key.app_id).await, "app key");
+        store.insert_app_key(&key).await.unwrap();
+        assert_eq!(store.app_key(&key.app_id).await.unwrap(), key);
+
+        let replacement = AppKeyRecord {
+            public_key: vec![9; 32],
+            ..key.clone()
+        };
+        assert_conflict(store.insert_app_key(&replacement).await, "already has keys");
+        assert_eq!(store.app_key(&key.app_id).await.unwrap(), key);
+
+        let other = AppKeyRecord {
+            app_id: "id-other".into(),
+            ..replacement
+        };
+        store.insert_app_key(&other).await.unwrap();
+
+        store.delete_app_key(&key.app_id).await.unwrap();
+        assert_not_found(store.app_key(&key.app_id).await, "app key");
+        store.delete_app_key(&key.app_id).await.unwrap();
+        assert_eq!(store.app_key("id-other").await.unwrap(), other);
+        // After a delete, keys may be created afresh.
+        store.insert_app_key(&key).await.unwrap();
+        assert_eq!(store.app_key(&key.app_id).await.unwrap(), key);
+    }
+
+    pub async fn meta(store: Store) {
+        assert_eq!(store.meta_get("cluster_id").await.unwrap(), None);
+        assert_eq!(
+            store
+                .meta_set_if_absent("cluster_id", "first")
+                .await
+                .unwrap(),
+            "first"
+        );
+        assert_eq!(
+            store
+                .meta_set_if_absent("cluster_id", "second")
+                .await
+                .unwrap(),
+            "first"
+        );
+        assert_eq!(
+            store.meta_get("cluster_id").await.unwrap().as_deref(),
+            Some("first")
+        );
+        assert_eq!(store.meta_get("other").await.unwrap(), None);
+        assert_eq!(store.meta_set_if_absent("other", "").await.unwrap(), "");
+
+        // Replicas racing to set the same key all agree on one value.
+        let tasks: Vec<_> = (0..8)
+            .map(|i| {
+                let store = store.clone();
+                tokio::spawn(async move {
+                    store
+                        .meta_set_if_absent("race", &format!("v{i}"))
+                        .await
+                        .unwrap()
+                })
+            })
+            .collect();
+        let mut seen = Vec::new();
+        for t in tasks {
+            seen.push(t.await.unwrap());
+        }
+        let stored = store.meta_get("race").await.unwrap().unwrap();
+        assert!(seen.iter().all(|v| *v == stored), "{seen:?} vs {stored}");
+    }
+
+    pub async fn concurrent_writers(store: Store) {
+        const WRITERS: usize = 8;
+        let app = store.create_app("id-web", &app_name("web")).await.unwrap();
+        let tasks: Vec<_> = (0..WRITERS)
+            .map(|i| {
+                let store = store.clone();
+                let app_id = app.id.clone();
+                tokio::spawn(async move {
+                    let mut conflicts = 0;
+                    loop {
+                        let base = store.app_by_id(&app_id).await.unwrap().secrets_version;
+                        let name = format!("W{i}");
+                        let sets = vec![value(&name, &i.to_string())];
+                        match store
+                            .write_version(change(&app_id, base, sets, &[], false))
+                            .await
+                        {
+                            Ok(v) => return (i, v, conflicts),
+                            Err(StoreError::Conflict(_)) => conflicts += 1,
+                            Err(e) => panic!("writer {i}: {e}"),
+                        }
+                        assert!(conflicts < 1000, "writer {i} starved");
+                    }
+                })
+            })
+            .collect();
+        let mut written = Vec::new();
+        for t in tasks {
+            written.push(t.await.unwrap());
+        }
+        let mut got: Vec<i64> = written.iter().map(|(_, v, _)| *v).collect();
+        got.sort_unstable();
+        assert_eq!(
+            got,
+            (1..=WRITERS as i64).collect::<Vec<_>>(),
+            "no gaps, no duplicates"
+        );
+
+        let history = store.versions(&app.id).await.unwrap();
+        assert_eq!(
+            history.iter().map(|v| v.version).collect::<Vec<_>>(),
+            (1..=WRITERS as i64).rev().collect::<Vec<_>>()
+        );
+        let last = store.snapshot(&app.id, WRITERS as i64).await.unwrap();
+        assert_eq!(
+            names(&last),
+            (0..WRITERS).map(|i| format!("W{i}")).collect::<Vec<_>>()
+        );
+        for (i, v, _) in &written {
+            let s = find(&last, &format!("W{i}"));
+            assert_eq!(s.value_version, *v, "W{i} was written at version {v}");
+            // Each version holds exactly the names written up to it.
+            assert_eq!(store.snapshot(&app.id, *v).await.unwrap().len() as i64, *v);
+        }
+        let app = store.app_by_id(&app.id).await.unwrap();
+        assert_eq!(app.secrets_version, WRITERS as i64);
+    }
+}
+
+// -------------------------------------------------------------------- opening and migrating
+
+/// Several processes (here: stores) opening one database at once: the migrations run once.
+async fn open_concurrently(url: DatabaseUrl, mode: OpenMode) {
+    let opens: Vec<_> = (0..4)
+        .map(|_| {
+            let url = url.clone();
+            tokio::spawn(async move { Store::open(&url, mode).await })
+        })
+        .collect();
+    let mut stores = Vec::new();
+    for o in opens {
+        stores.push(o.await.unwrap().unwrap());
+    }
+    stores[0]
+        .create_app("id-web", &app_name("web"))
+        .await
+        .unwrap();
+    for s in &stores {
+        assert_eq!(s.list_apps().await.unwrap().len(), 1);
+        s.close().await;
+    }
+    // And again, on an existing schema.
+    let store = Store::open(&url, OpenMode::MustExist).await.unwrap();
+    assert_eq!(
+        store.app_by_name(&app_name("web")).await.unwrap().id,
+        "id-web"
+    );
+    store.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sqlite_open_concurrently() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = testing::sqlite_url_in(dir.path());
+    open_concurrently(url, OpenMode::CreateIfMissing).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn postgres_open_concurrently() {
+    let Some(admin) = testing::require_postgres() else {
+        return;
+    };
+    let db = testing::fresh_postgres_database(&admin).await;
+    open_concurrently(DatabaseUrl::parse(&db).unwrap(), OpenMode::MustExist).await;
+    testing::drop_postgres_database(&admin, &db).await;
+}
+
+/// Compiles only if every method's future can be spawned (is `Send + 'static` once it owns its
+/// arguments), as axum handlers and `tokio::spawn` require. Never run.
+#[allow(dead_code)]
+fn every_future_is_spawnable(s: Store, url: DatabaseUrl, key: AppKeyRecord, n: AppName) {
+    fn spawnable<F: Future + Send + 'static>(_: F) {}
+    macro_rules! check {
+        ($($v:ident),* => $call:expr) => {{
+            $(let $v = $v.clone();)*
+            spawnable(async move { $call });
+        }};
+    }
+    check!(url => Store::open(&url, OpenMode::MustExist).await);
+    check!(s => s.ping().await);
+    check!(s => s.close().await);
+    check!(s, n => s.create_app("id", &n).await);
+    check!(s, n => s.app_by_name(&n).await);
+    check!(s => s.app_by_id("id").await);
+    check!(s => s.list_apps().await);
+    check!(s => s.delete_app("id").await);
+    check!(s => s.set_crash_window("id", 1).await);
+    check!(s => s.snapshot("id", 1).await);
+    check!(s => s.write_version(change("id", 0, vec![], &[], false)).await);
+    check!(s => s.mark_deployed("id", 1).await);
+    check!(s => s.versions("id").await);
+    check!(s => s.insert_token(token("t", None, Action::Read)).await);
+    check!(s => s.token("t").await);
+    check!(s => s.list_tokens().await);
+    check!(s => s.revoke_token("t").await);
+    check!(s, key => s.insert_app_key(&key).await);
+    check!(s => s.app_key("id").await);
+    check!(s => s.delete_app_key("id").await);
+    check!(s => s.meta_get("k").await);
+    check!(s => s.meta_set_if_absent("k", "v").await);
+    check!(=> testing::fresh_postgres_database("postgres://x").await);
+    check!(=> testing::drop_postgres_database("postgres://x", "postgres://x/coffer_test_0").await);
+}

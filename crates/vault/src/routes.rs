@@ -1,0 +1,127 @@
+//! The vault's HTTP interface.
+//!
+//! | route | who | what |
+//! |---|---|---|
+//! | `POST /v1/apps/{app_id}/keys` | API (service token) | create the app's keys (idempotent); returns public + digest key |
+//! | `GET /v1/apps/{app_id}/keys` | API (service token) | the same, for an existing app |
+//! | `DELETE /v1/apps/{app_id}/keys` | API (service token) | destroy the app's keys |
+//! | `GET /healthz`, `GET /readyz`, `GET /metrics` | anyone | liveness, readiness (store reachable), metrics |
+
+use crate::wire::SealingKeysBody;
+use crate::{Vault, VaultError};
+use coffer_crypto::SealingKeys;
+use axum::extract::{FromRequestParts, Path, State};
+use axum::http::request::Parts;
+use axum::http::StatusCode;
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use coffer_http::{ApiError, ApiResult, Metrics};
+use sha2_compat::service_token_hash;
+use std::sync::Arc;
+
+#[derive(Clone)]
+pub struct VaultState {
+    pub vault: Vault,
+    /// SHA-256 of the service token shared with the API.
+    pub service_token_hash: Arc<[u8; 32]>,
+}
+
+impl VaultState {
+    pub fn new(vault: Vault, service_token: &str) -> Self {
+        Self { vault, service_token_hash: Arc::new(service_token_hash(service_token)) }
+    }
+}
+
+pub fn router(state: VaultState, metrics: Metrics) -> Router {
+    let routes = Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(readyz))
+        .route("/v1/apps/{app_id}/keys", post(create_keys).get(get_keys).delete(delete_keys))
+        .with_state(state);
+    coffer_http::with_common_layers(routes, metrics)
+}
+
+/// Proof that the caller holds the service token (the API).
+struct Service;
+
+impl FromRequestParts<VaultState> for Service {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &VaultState) -> Result<Self, ApiError> {
+        let presented = coffer_http::bearer(&parts.headers).ok_or_else(ApiError::unauthorized)?;
+        if coffer_crypto::token::ct_eq(&service_token_hash(presented), state.service_token_hash.as_ref()) {
+            Ok(Service)
+        } else {
+            Err(ApiError::unauthorized())
+        }
+    }
+}
+
+async fn readyz(State(s): State<VaultState>) -> ApiResult<&'static str> {
+    s.vault
+        .store()
+        .ping()
+        .await
+        .map_err(|e| ApiError::unavailable("store unreachable", e))?;
+    Ok("ready")
+}
+
+fn check_app_id(app_id: &str) -> ApiResult<()> {
+    if app_id.len() == 32 && app_id.bytes().all(|b| b.is_ascii_hexdigit()) {
+        Ok(())
+    } else {
+        Err(ApiError::bad_request("malformed app id"))
+    }
+}
+
+fn body(keys: SealingKeys) -> Json<SealingKeysBody> {
+    Json(SealingKeysBody { public_key: keys.public_key_hex(), digest_key: keys.digest_key_hex() })
+}
+
+impl From<VaultError> for ApiError {
+    fn from(e: VaultError) -> Self {
+        match e {
+            VaultError::NoKey => ApiError::not_found("app key"),
+            VaultError::Integrity => ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "integrity", e.to_string()),
+            VaultError::Malformed(m) => ApiError::bad_request(m),
+            VaultError::Store(s) => s.into(),
+            other @ VaultError::WrongRootKey { .. } => ApiError::internal(other),
+        }
+    }
+}
+
+async fn create_keys(
+    _: Service,
+    State(s): State<VaultState>,
+    Path(app_id): Path<String>,
+) -> ApiResult<Json<SealingKeysBody>> {
+    check_app_id(&app_id)?;
+    Ok(body(s.vault.ensure_app_keys(&app_id).await?))
+}
+
+async fn get_keys(
+    _: Service,
+    State(s): State<VaultState>,
+    Path(app_id): Path<String>,
+) -> ApiResult<Json<SealingKeysBody>> {
+    check_app_id(&app_id)?;
+    Ok(body(s.vault.sealing_keys(&app_id).await?))
+}
+
+async fn delete_keys(
+    _: Service,
+    State(s): State<VaultState>,
+    Path(app_id): Path<String>,
+) -> ApiResult<StatusCode> {
+    check_app_id(&app_id)?;
+    s.vault.destroy_app_keys(&app_id).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+mod sha2_compat {
+    /// The service token is compared by hash so that the comparison is constant-time and the
+    /// process keeps no copy of the token itself.
+    pub fn service_token_hash(token: &str) -> [u8; 32] {
+        coffer_crypto::token::sha256(token.as_bytes())
+    }
+}
