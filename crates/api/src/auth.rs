@@ -45,10 +45,24 @@ impl FromRequestParts<ApiState> for Caller {
             Err(StoreError::NotFound(_)) => return Err(ApiError::unauthorized()),
             Err(e) => return Err(e.into()),
         };
-        if !ct_eq(&hash, &rec.secret_hash) || rec.revoked_at.is_some() || rec.expires_at <= now_micros() {
+        if !ct_eq(&hash, &rec.secret_hash)
+            || rec.revoked_at.is_some()
+            || rec.expires_at <= now_micros()
+        {
             return Err(ApiError::unauthorized());
         }
-        let actor = if rec.description.is_empty() { format!("token {}", rec.id) } else { rec.description.clone() };
-        Ok(Caller { token_id: rec.id, scope: Scope { app: rec.app_name, action: rec.action }, actor })
+        let actor = if rec.description.is_empty() {
+            format!("token {}", rec.id)
+        } else {
+            rec.description.clone()
+        };
+        Ok(Caller {
+            token_id: rec.id,
+            scope: Scope {
+                app: rec.app_name,
+                action: rec.action,
+            },
+            actor,
+        })
     }
 }

@@ -16,19 +16,29 @@ pub struct VaultClient {
 }
 
 impl VaultClient {
-    pub fn new(base_url: &str, service_token: coffer_core::secret::SecretToken) -> anyhow::Result<Self> {
+    pub fn new(
+        base_url: &str,
+        service_token: coffer_core::secret::SecretToken,
+    ) -> anyhow::Result<Self> {
         let http = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(5))
             .timeout(Duration::from_secs(30))
             .build()?;
-        Ok(Self { http, base: base_url.trim_end_matches('/').to_string(), service_token: Arc::new(service_token) })
+        Ok(Self {
+            http,
+            base: base_url.trim_end_matches('/').to_string(),
+            service_token: Arc::new(service_token),
+        })
     }
 
     fn url(&self, app_id: &str) -> String {
         format!("{}/v1/apps/{app_id}/keys", self.base)
     }
 
-    async fn call(&self, req: reqwest::RequestBuilder) -> Result<Option<reqwest::Response>, ApiError> {
+    async fn call(
+        &self,
+        req: reqwest::RequestBuilder,
+    ) -> Result<Option<reqwest::Response>, ApiError> {
         let resp = req
             .bearer_auth(self.service_token.expose())
             .send()
@@ -38,7 +48,10 @@ impl VaultClient {
             return Ok(None);
         }
         if !resp.status().is_success() {
-            return Err(vault_unreachable(&format!("vault answered {}", resp.status())));
+            return Err(vault_unreachable(&format!(
+                "vault answered {}",
+                resp.status()
+            )));
         }
         Ok(Some(resp))
     }
@@ -61,7 +74,9 @@ impl VaultClient {
     }
 
     pub async fn delete_keys(&self, app_id: &str) -> Result<(), ApiError> {
-        self.call(self.http.delete(self.url(app_id))).await.map(|_| ())
+        self.call(self.http.delete(self.url(app_id)))
+            .await
+            .map(|_| ())
     }
 }
 
@@ -79,7 +94,10 @@ pub struct KeyCache {
 
 impl KeyCache {
     pub fn new(vault: VaultClient) -> Self {
-        Self { vault, map: RwLock::new(HashMap::new()) }
+        Self {
+            vault,
+            map: RwLock::new(HashMap::new()),
+        }
     }
 
     pub fn vault(&self) -> &VaultClient {
@@ -96,12 +114,18 @@ impl KeyCache {
             None => self.vault.create_keys(app_id).await?,
         };
         let keys = Arc::new(keys);
-        self.map.write().expect("key cache lock").insert(app_id.to_string(), keys.clone());
+        self.map
+            .write()
+            .expect("key cache lock")
+            .insert(app_id.to_string(), keys.clone());
         Ok(keys)
     }
 
     pub fn insert(&self, app_id: &str, keys: SealingKeys) {
-        self.map.write().expect("key cache lock").insert(app_id.to_string(), Arc::new(keys));
+        self.map
+            .write()
+            .expect("key cache lock")
+            .insert(app_id.to_string(), Arc::new(keys));
     }
 
     pub fn evict(&self, app_id: &str) {

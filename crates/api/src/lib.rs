@@ -40,7 +40,10 @@ pub struct ApiState {
 
 impl ApiState {
     pub fn new(store: Store, vault: VaultClient) -> Self {
-        Self { store, keys: Arc::new(KeyCache::new(vault)) }
+        Self {
+            store,
+            keys: Arc::new(KeyCache::new(vault)),
+        }
     }
 }
 
@@ -50,7 +53,10 @@ pub fn router(state: ApiState, metrics: Metrics) -> Router {
         .route("/readyz", get(readyz))
         .route("/v1/apps", post(apps::create).get(apps::list))
         .route("/v1/apps/{app}", get(apps::get).delete(apps::destroy))
-        .route("/v1/apps/{app}/secrets", get(secrets::list).post(secrets::write))
+        .route(
+            "/v1/apps/{app}/secrets",
+            get(secrets::list).post(secrets::write),
+        )
         .route("/v1/apps/{app}/secrets/deploy", post(secrets::deploy))
         .route("/v1/apps/{app}/secrets/history", get(secrets::history))
         .route("/v1/tokens", post(tokens::create).get(tokens::list))
@@ -60,7 +66,12 @@ pub fn router(state: ApiState, metrics: Metrics) -> Router {
     coffer_http::with_common_layers(routes, metrics)
 }
 
-async fn readyz(axum::extract::State(s): axum::extract::State<ApiState>) -> ApiResult<&'static str> {
-    s.store.ping().await.map_err(|e| ApiError::unavailable("store unreachable", e))?;
+async fn readyz(
+    axum::extract::State(s): axum::extract::State<ApiState>,
+) -> ApiResult<&'static str> {
+    s.store
+        .ping()
+        .await
+        .map_err(|e| ApiError::unavailable("store unreachable", e))?;
     Ok("ready")
 }

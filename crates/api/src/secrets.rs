@@ -30,7 +30,12 @@ fn decode_pairs(pairs: Vec<SecretPair>) -> ApiResult<Vec<(String, SecretValue)>>
                 (None, Some(b)) => SecretValue::new(
                     base64::engine::general_purpose::STANDARD
                         .decode(zeroize::Zeroizing::new(b).as_bytes())
-                        .map_err(|_| ApiError::invalid(format!("value_base64 of {} is not valid base64", clip(&p.name))))?,
+                        .map_err(|_| {
+                            ApiError::invalid(format!(
+                                "value_base64 of {} is not valid base64",
+                                clip(&p.name)
+                            ))
+                        })?,
                 ),
                 _ => {
                     return Err(ApiError::invalid(format!(
@@ -65,17 +70,21 @@ pub async fn write(
     for attempt in 1..=WRITE_ATTEMPTS {
         let base = app.secrets_version;
         let current = s.store.snapshot(&app.id, base).await?;
-        let sizes: Vec<(SecretName, usize)> =
-            current.iter().map(|c| (c.name.clone(), c.value_len as usize)).collect();
-        change.check_against(&sizes).map_err(|e| ApiError::invalid(e.to_string()))?;
+        let sizes: Vec<(SecretName, usize)> = current
+            .iter()
+            .map(|c| (c.name.clone(), c.value_len as usize))
+            .collect();
+        change
+            .check_against(&sizes)
+            .map_err(|e| ApiError::invalid(e.to_string()))?;
 
         // The version is part of each ciphertext's associated data, so values are sealed
         // for exactly the version they will be stored at, and resealed on a retry.
         let version = base + 1;
         let pairs: Vec<(&str, &SecretValue)> =
             change.sets().iter().map(|(n, v)| (n.as_str(), v)).collect();
-        let sealed = seal_values(&keys.public_key, &app.id, version, &pairs)
-            .map_err(ApiError::internal)?;
+        let sealed =
+            seal_values(&keys.public_key, &app.id, version, &pairs).map_err(ApiError::internal)?;
         let new_values = change
             .sets()
             .iter()
@@ -100,7 +109,11 @@ pub async fn write(
         match s.store.write_version(new).await {
             Ok(version) => {
                 tracing::info!(app = %app.name, version, staged = stage, "secrets version written");
-                return Ok(Json(WriteResult { version, deployed: !stage, description: change.describe() }));
+                return Ok(Json(WriteResult {
+                    version,
+                    deployed: !stage,
+                    description: change.describe(),
+                }));
             }
             Err(StoreError::Conflict(_)) if attempt < WRITE_ATTEMPTS => {
                 app = s.store.app_by_id(&app.id).await?;
@@ -119,7 +132,10 @@ pub async fn list(
     let app = authorized_app(&s, &caller, Action::Read, &app).await?;
     let current = s.store.snapshot(&app.id, app.secrets_version).await?;
     let deployed: HashMap<SecretName, i64> = if app.deployed_version == app.secrets_version {
-        current.iter().map(|c| (c.name.clone(), c.value_version)).collect()
+        current
+            .iter()
+            .map(|c| (c.name.clone(), c.value_version))
+            .collect()
     } else {
         s.store
             .snapshot(&app.id, app.deployed_version)
@@ -142,7 +158,11 @@ pub async fn list(
             },
         })
         .collect();
-    Ok(Json(SecretList { version: app.secrets_version, deployed_version: app.deployed_version, secrets }))
+    Ok(Json(SecretList {
+        version: app.secrets_version,
+        deployed_version: app.deployed_version,
+        secrets,
+    }))
 }
 
 pub async fn deploy(
@@ -156,7 +176,10 @@ pub async fn deploy(
         s.store.mark_deployed(&app.id, app.secrets_version).await?;
         tracing::info!(app = %app.name, version = app.secrets_version, "secrets version deployed");
     }
-    Ok(Json(DeployResult { version: app.secrets_version, changed }))
+    Ok(Json(DeployResult {
+        version: app.secrets_version,
+        changed,
+    }))
 }
 
 #[derive(serde::Deserialize)]
@@ -177,7 +200,11 @@ pub async fn history(
     let versions = s.store.versions(&app.id).await?;
     let out = versions
         .into_iter()
-        .filter(|v| q.name.as_ref().is_none_or(|n| v.changes.iter().any(|c| &c.name == n)))
+        .filter(|v| {
+            q.name
+                .as_ref()
+                .is_none_or(|n| v.changes.iter().any(|c| &c.name == n))
+        })
         .map(|v| VersionInfo {
             version: v.version,
             changes: v

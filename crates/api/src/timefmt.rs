@@ -16,6 +16,9 @@ pub fn rfc3339(micros: Micros) -> String {
 mod tests {
     #[test]
     fn formats_utc_seconds() {
-        assert_eq!(super::rfc3339(1_700_000_000_123_456), "2023-11-14T22:13:20Z");
+        assert_eq!(
+            super::rfc3339(1_700_000_000_123_456),
+            "2023-11-14T22:13:20Z"
+        );
     }
 }

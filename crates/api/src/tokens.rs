@@ -38,17 +38,25 @@ pub async fn create(
     let Json(body) = body?;
     let ttl = body.expires_in_secs.unwrap_or(DEFAULT_TTL_SECS);
     if !(60..=MAX_TTL_SECS).contains(&ttl) {
-        return Err(ApiError::invalid("expiry must be between 1 minute and 366 days"));
+        return Err(ApiError::invalid(
+            "expiry must be between 1 minute and 366 days",
+        ));
     }
     // A token without --app reaches every app (read-only auditors, an organisation's deploy
     // bot); with --app it reaches that app only and dies with it.
     let app_id = match &body.app {
-        Some(name) => Some(crate::apps::authorized_app(&s, &caller, Action::Admin, name).await?.id),
+        Some(name) => Some(
+            crate::apps::authorized_app(&s, &caller, Action::Admin, name)
+                .await?
+                .id,
+        ),
         None => None,
     };
     let description = body.description.unwrap_or_default();
     if description.len() > 200 || description.chars().any(char::is_control) {
-        return Err(ApiError::invalid("description must be at most 200 printable characters"));
+        return Err(ApiError::invalid(
+            "description must be at most 200 printable characters",
+        ));
     }
     let minted = mint_token();
     let rec = s
@@ -65,13 +73,18 @@ pub async fn create(
     tracing::info!(token_id = %rec.id, scope = rec.action.as_str(), "token created");
     Ok((
         StatusCode::CREATED,
-        Json(CreatedToken { token: minted.token.expose().to_string(), info: to_wire(&rec) }),
+        Json(CreatedToken {
+            token: minted.token.expose().to_string(),
+            info: to_wire(&rec),
+        }),
     ))
 }
 
 pub async fn list(caller: Caller, State(s): State<ApiState>) -> ApiResult<Json<Vec<TokenInfo>>> {
     caller.require(Action::Admin, None)?;
-    Ok(Json(s.store.list_tokens().await?.iter().map(to_wire).collect()))
+    Ok(Json(
+        s.store.list_tokens().await?.iter().map(to_wire).collect(),
+    ))
 }
 
 pub async fn revoke(

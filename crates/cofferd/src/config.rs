@@ -24,7 +24,11 @@ pub fn hint(h: impl Into<String>) -> Hint {
 }
 
 #[derive(Parser, Debug)]
-#[command(name = "cofferd", version, about = "coffer's daemon: API, vault, or everything at once for development")]
+#[command(
+    name = "cofferd",
+    version,
+    about = "coffer's daemon: API, vault, or everything at once for development"
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
@@ -130,7 +134,9 @@ pub struct FileConfig {
 
 impl FileConfig {
     pub fn load(path: Option<&Path>) -> anyhow::Result<Self> {
-        let Some(path) = path else { return Ok(Self::default()) };
+        let Some(path) = path else {
+            return Ok(Self::default());
+        };
         let text = std::fs::read_to_string(path)
             .with_context(|| format!("cannot read config file {}", path.display()))?;
         toml::from_str(&text).with_context(|| format!("invalid config file {}", path.display()))
@@ -144,15 +150,22 @@ pub fn pick<T>(flag: Option<T>, file: Option<T>) -> Option<T> {
 
 pub fn required<T>(v: Option<T>, flag: &str, env: &str) -> anyhow::Result<T> {
     v.ok_or_else(|| {
-        anyhow::Error::new(hint(format!("pass --{flag}, set {env}, or add {} to the config file", flag.replace('-', "_"))))
-            .context(format!("--{flag} is required"))
+        anyhow::Error::new(hint(format!(
+            "pass --{flag}, set {env}, or add {} to the config file",
+            flag.replace('-', "_")
+        )))
+        .context(format!("--{flag} is required"))
     })
 }
 
 /// Reads a secret from a file (`*_FILE` convention): trimmed, must be non-empty.
-pub fn read_secret_file(path: &Path, what: &str) -> anyhow::Result<coffer_core::secret::SecretToken> {
+pub fn read_secret_file(
+    path: &Path,
+    what: &str,
+) -> anyhow::Result<coffer_core::secret::SecretToken> {
     let text = zeroize::Zeroizing::new(
-        std::fs::read_to_string(path).with_context(|| format!("cannot read the {what} file {}", path.display()))?,
+        std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read the {what} file {}", path.display()))?,
     );
     let t = text.trim();
     if t.is_empty() {

@@ -31,7 +31,9 @@ fn cli_config_path() -> PathBuf {
 }
 
 fn home() -> PathBuf {
-    std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("/"))
+    std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/"))
 }
 
 pub async fn run(args: DevArgs) -> anyhow::Result<()> {
@@ -40,7 +42,10 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     std::fs::create_dir_all(&data_dir)
         .with_context(|| format!("cannot create the data dir {}", data_dir.display()))?;
     std::fs::set_permissions(&data_dir, std::fs::Permissions::from_mode(0o700))?;
-    crate::logging::init(pick(args.common.log, file.log).as_deref(), Some(&data_dir.join("cofferd.log")))?;
+    crate::logging::init(
+        pick(args.common.log, file.log).as_deref(),
+        Some(&data_dir.join("cofferd.log")),
+    )?;
 
     let db_url = pick(args.database_url, file.database_url)
         .unwrap_or_else(|| format!("sqlite://{}", data_dir.join("coffer.db").display()));
@@ -54,7 +59,8 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     let service_token = SecretToken::new(hex::encode(coffer_crypto::random_array::<32>()));
     let vault_listener = roles::bind("127.0.0.1:0".parse()?, "vault").await?;
     let vault_url = format!("http://{}", vault_listener.local_addr()?);
-    let listen = pick(args.listen, file.listen).unwrap_or_else(|| roles::DEFAULT_API_ADDR.parse().expect("valid default"));
+    let listen = pick(args.listen, file.listen)
+        .unwrap_or_else(|| roles::DEFAULT_API_ADDR.parse().expect("valid default"));
     let api_listener = roles::bind(listen, "API").await?;
     let api_url = format!("http://{}", api_listener.local_addr()?);
 
@@ -71,16 +77,25 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     println!("  API:         {api_url}");
     println!("  vault:       {vault_url} (loopback only)");
     println!("  data dir:    {}", data_dir.display());
-    println!("  store:       {}", coffer_store::DatabaseUrl::parse(&db_url)?.redacted());
+    println!(
+        "  store:       {}",
+        coffer_store::DatabaseUrl::parse(&db_url)?.redacted()
+    );
     println!(
         "  unseal key:  {} (mode 0600{}) -- dev only: whoever reads this file and the store can decrypt every secret",
         key_path.display(),
         if created { ", just created" } else { "" }
     );
     if args.no_cli_config {
-        println!("  CLI config:  not written (--no-cli-config); admin token is in {}", data_dir.join(ADMIN_TOKEN_FILE).display());
+        println!(
+            "  CLI config:  not written (--no-cli-config); admin token is in {}",
+            data_dir.join(ADMIN_TOKEN_FILE).display()
+        );
     } else {
-        println!("  CLI config:  {} (API URL + admin token)", config_path.display());
+        println!(
+            "  CLI config:  {} (API URL + admin token)",
+            config_path.display()
+        );
     }
     println!("Next: coffer apps create my-app");
     std::io::stdout().flush()?;
@@ -90,7 +105,11 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     let stop = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|v| *v).await;
     };
-    let vault_task = tokio::spawn(coffer_http::serve(vault_listener, vault_router, stop(rx.clone())));
+    let vault_task = tokio::spawn(coffer_http::serve(
+        vault_listener,
+        vault_router,
+        stop(rx.clone()),
+    ));
     let api_task = tokio::spawn(coffer_http::serve(api_listener, api_router, stop(rx)));
     coffer_http::shutdown_signal().await;
     let _ = tx.send(true);
@@ -130,7 +149,8 @@ fn write_cli_config(path: &Path, api_url: &str, token: &SecretToken) -> anyhow::
         toml_string(api_url),
         toml_string(token.expose())
     );
-    write_private_file(path, &text).with_context(|| format!("cannot write the CLI config {}", path.display()))
+    write_private_file(path, &text)
+        .with_context(|| format!("cannot write the CLI config {}", path.display()))
 }
 
 fn toml_string(s: &str) -> String {
@@ -141,8 +161,17 @@ fn toml_string(s: &str) -> String {
 fn write_private_file(path: &Path, text: &str) -> anyhow::Result<()> {
     let dir = path.parent().unwrap_or(Path::new("."));
     std::fs::create_dir_all(dir)?;
-    let tmp = dir.join(format!(".{}.tmp-{}", path.file_name().and_then(|n| n.to_str()).unwrap_or("file"), std::process::id()));
-    let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tmp)?;
+    let tmp = dir.join(format!(
+        ".{}.tmp-{}",
+        path.file_name().and_then(|n| n.to_str()).unwrap_or("file"),
+        std::process::id()
+    ));
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)?;
     f.write_all(text.as_bytes())?;
     f.sync_all()?;
     std::fs::rename(&tmp, path)?;

@@ -7,11 +7,17 @@ use tracing_subscriber::EnvFilter;
 
 pub fn init(filter: Option<&str>, file: Option<&Path>) -> anyhow::Result<()> {
     let filter = EnvFilter::try_new(filter.unwrap_or("info"))?;
-    let stderr = tracing_subscriber::fmt::layer().with_writer(std::io::stderr).with_target(false);
+    let stderr = tracing_subscriber::fmt::layer()
+        .with_writer(std::io::stderr)
+        .with_target(false);
     let file_layer = match file {
         Some(path) => {
             use std::os::unix::fs::OpenOptionsExt;
-            let f = std::fs::OpenOptions::new().create(true).append(true).mode(0o600).open(path)?;
+            let f = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .mode(0o600)
+                .open(path)?;
             Some(
                 tracing_subscriber::fmt::layer()
                     .with_writer(std::sync::Mutex::new(f))
@@ -21,6 +27,10 @@ pub fn init(filter: Option<&str>, file: Option<&Path>) -> anyhow::Result<()> {
         }
         None => None,
     };
-    tracing_subscriber::registry().with(filter).with(stderr).with(file_layer).try_init()?;
+    tracing_subscriber::registry()
+        .with(filter)
+        .with(stderr)
+        .with(file_layer)
+        .try_init()?;
     Ok(())
 }

@@ -20,8 +20,13 @@ pub async fn open_store(url: &str, mode: OpenMode) -> anyhow::Result<Store> {
     match Store::open(&parsed, mode).await {
         Ok(s) => Ok(s),
         Err(e @ StoreError::InvalidUrl(_)) => Err(e.into()),
-        Err(e) => Err(anyhow::Error::new(hint("check that the database is reachable and the URL is right")))
-            .context(format!("cannot open the store at {}: {e}", parsed.redacted())),
+        Err(e) => Err(anyhow::Error::new(hint(
+            "check that the database is reachable and the URL is right",
+        )))
+        .context(format!(
+            "cannot open the store at {}: {e}",
+            parsed.redacted()
+        )),
     }
 }
 
@@ -33,16 +38,30 @@ pub async fn bind(addr: SocketAddr, what: &str) -> anyhow::Result<TcpListener> {
 }
 
 pub fn vault_router(vault: Vault, service_token: &SecretToken) -> axum::Router {
-    coffer_vault::routes::router(VaultState::new(vault, service_token.expose()), Metrics::new("coffer_vault"))
+    coffer_vault::routes::router(
+        VaultState::new(vault, service_token.expose()),
+        Metrics::new("coffer_vault"),
+    )
 }
 
-pub fn api_router(store: Store, vault_url: &str, service_token: SecretToken) -> anyhow::Result<axum::Router> {
+pub fn api_router(
+    store: Store,
+    vault_url: &str,
+    service_token: SecretToken,
+) -> anyhow::Result<axum::Router> {
     let vault = VaultClient::new(vault_url, service_token)?;
-    Ok(coffer_api::router(ApiState::new(store, vault), Metrics::new("coffer_api")))
+    Ok(coffer_api::router(
+        ApiState::new(store, vault),
+        Metrics::new("coffer_api"),
+    ))
 }
 
 /// Opens the vault over `store` with `root`, turning a root-key mismatch into advice.
-pub async fn open_vault(store: Store, root: coffer_crypto::RootKey, key_path: &std::path::Path) -> anyhow::Result<Vault> {
+pub async fn open_vault(
+    store: Store,
+    root: coffer_crypto::RootKey,
+    key_path: &std::path::Path,
+) -> anyhow::Result<Vault> {
     Vault::open(store, root).await.map_err(|e| match e {
         coffer_vault::VaultError::WrongRootKey { .. } => anyhow::Error::new(hint(format!(
             "the unseal key at {} is not the one this store was created with; restore the right key file",
@@ -54,7 +73,11 @@ pub async fn open_vault(store: Store, root: coffer_crypto::RootKey, key_path: &s
 }
 
 /// Mints a global admin token and stores its hash. Returns the token text (shown once).
-pub async fn mint_admin_token(store: &Store, description: &str, ttl_secs: i64) -> anyhow::Result<SecretToken> {
+pub async fn mint_admin_token(
+    store: &Store,
+    description: &str,
+    ttl_secs: i64,
+) -> anyhow::Result<SecretToken> {
     let minted = coffer_crypto::token::mint_token();
     store
         .insert_token(NewToken {
@@ -72,13 +95,29 @@ pub async fn mint_admin_token(store: &Store, description: &str, ttl_secs: i64) -
 pub async fn api(args: ApiArgs) -> anyhow::Result<()> {
     let file = FileConfig::load(args.common.config.as_deref())?;
     crate::logging::init(pick(args.common.log, file.log).as_deref(), None)?;
-    let url = required(pick(args.database_url, file.database_url), "database-url", "COFFER_DATABASE_URL")?;
-    let vault_url = required(pick(args.vault_url, file.vault_url), "vault-url", "COFFER_VAULT_URL")?;
-    let token_file =
-        required(pick(args.service_token_file, file.service_token_file), "service-token-file", "COFFER_SERVICE_TOKEN_FILE")?;
-    let listen = pick(args.listen, file.listen).unwrap_or_else(|| DEFAULT_API_ADDR.parse().expect("valid default"));
+    let url = required(
+        pick(args.database_url, file.database_url),
+        "database-url",
+        "COFFER_DATABASE_URL",
+    )?;
+    let vault_url = required(
+        pick(args.vault_url, file.vault_url),
+        "vault-url",
+        "COFFER_VAULT_URL",
+    )?;
+    let token_file = required(
+        pick(args.service_token_file, file.service_token_file),
+        "service-token-file",
+        "COFFER_SERVICE_TOKEN_FILE",
+    )?;
+    let listen = pick(args.listen, file.listen)
+        .unwrap_or_else(|| DEFAULT_API_ADDR.parse().expect("valid default"));
     let store = open_store(&url, OpenMode::MustExist).await?;
-    let router = api_router(store, &vault_url, config::read_secret_file(&token_file, "service token")?)?;
+    let router = api_router(
+        store,
+        &vault_url,
+        config::read_secret_file(&token_file, "service token")?,
+    )?;
     let listener = bind(listen, "API").await?;
     tracing::info!(addr = %listener.local_addr()?, "coffer API listening");
     coffer_http::serve(listener, router, coffer_http::shutdown_signal()).await?;
@@ -88,15 +127,30 @@ pub async fn api(args: ApiArgs) -> anyhow::Result<()> {
 pub async fn vault(args: VaultArgs) -> anyhow::Result<()> {
     let file = FileConfig::load(args.common.config.as_deref())?;
     crate::logging::init(pick(args.common.log, file.log).as_deref(), None)?;
-    let url = required(pick(args.database_url, file.database_url), "database-url", "COFFER_DATABASE_URL")?;
-    let key_file = required(pick(args.unseal_key_file, file.unseal_key_file), "unseal-key-file", "COFFER_UNSEAL_KEY_FILE")?;
-    let token_file =
-        required(pick(args.service_token_file, file.service_token_file), "service-token-file", "COFFER_SERVICE_TOKEN_FILE")?;
-    let listen = pick(args.listen, file.listen).unwrap_or_else(|| DEFAULT_VAULT_ADDR.parse().expect("valid default"));
+    let url = required(
+        pick(args.database_url, file.database_url),
+        "database-url",
+        "COFFER_DATABASE_URL",
+    )?;
+    let key_file = required(
+        pick(args.unseal_key_file, file.unseal_key_file),
+        "unseal-key-file",
+        "COFFER_UNSEAL_KEY_FILE",
+    )?;
+    let token_file = required(
+        pick(args.service_token_file, file.service_token_file),
+        "service-token-file",
+        "COFFER_SERVICE_TOKEN_FILE",
+    )?;
+    let listen = pick(args.listen, file.listen)
+        .unwrap_or_else(|| DEFAULT_VAULT_ADDR.parse().expect("valid default"));
     let root = coffer_vault::unseal::read_key_file(&key_file)?;
     let store = open_store(&url, OpenMode::MustExist).await?;
     let vault = open_vault(store, root, &key_file).await?;
-    let router = vault_router(vault, &config::read_secret_file(&token_file, "service token")?);
+    let router = vault_router(
+        vault,
+        &config::read_secret_file(&token_file, "service token")?,
+    );
     let listener = bind(listen, "vault").await?;
     tracing::info!(addr = %listener.local_addr()?, "coffer vault listening");
     coffer_http::serve(listener, router, coffer_http::shutdown_signal()).await?;
@@ -106,10 +160,17 @@ pub async fn vault(args: VaultArgs) -> anyhow::Result<()> {
 pub async fn init(args: InitArgs) -> anyhow::Result<()> {
     let file = FileConfig::load(args.common.config.as_deref())?;
     crate::logging::init(pick(args.common.log, file.log).as_deref(), None)?;
-    let url = required(pick(args.database_url, file.database_url), "database-url", "COFFER_DATABASE_URL")?;
+    let url = required(
+        pick(args.database_url, file.database_url),
+        "database-url",
+        "COFFER_DATABASE_URL",
+    )?;
     let store = open_store(&url, OpenMode::CreateIfMissing).await?;
     let token = mint_admin_token(&store, "initial admin (cofferd init)", 90 * 24 * 3600).await?;
     println!("store ready at {}", DatabaseUrl::parse(&url)?.redacted());
-    println!("admin token (shown once, valid 90 days): {}", token.expose());
+    println!(
+        "admin token (shown once, valid 90 days): {}",
+        token.expose()
+    );
     Ok(())
 }

@@ -20,7 +20,9 @@ pub enum Problem {
     SetAndUnset(String),
     #[error("{0} is not set, so it cannot be unset")]
     NotSet(String),
-    #[error("the app's secrets would total {total} bytes; the limit is 524288 bytes (512 KiB) per app")]
+    #[error(
+        "the app's secrets would total {total} bytes; the limit is 524288 bytes (512 KiB) per app"
+    )]
     AppTooLarge { total: usize },
     #[error("nothing to change: give at least one NAME=VALUE pair (or NAME to unset)")]
     Empty,
@@ -76,7 +78,10 @@ impl ChangeSet {
                 continue;
             }
             if value.len() > MAX_VALUE_BYTES {
-                problems.push(Problem::ValueTooLarge { name: raw, len: value.len() });
+                problems.push(Problem::ValueTooLarge {
+                    name: raw,
+                    len: value.len(),
+                });
                 continue;
             }
             ok_sets.push((name, value));
@@ -101,7 +106,10 @@ impl ChangeSet {
             problems.push(Problem::Empty);
         }
         if problems.is_empty() {
-            Ok(Self { sets: ok_sets, unsets: ok_unsets })
+            Ok(Self {
+                sets: ok_sets,
+                unsets: ok_unsets,
+            })
         } else {
             Err(ValidationError(problems))
         }
@@ -117,10 +125,7 @@ impl ChangeSet {
 
     /// Checks the change against the app's current secrets (name → value length): unset names
     /// must exist and the app must stay within [`MAX_APP_BYTES`].
-    pub fn check_against(
-        &self,
-        current: &[(SecretName, usize)],
-    ) -> Result<(), ValidationError> {
+    pub fn check_against(&self, current: &[(SecretName, usize)]) -> Result<(), ValidationError> {
         let mut problems = Vec::new();
         for n in &self.unsets {
             if !current.iter().any(|(c, _)| c == n) {
@@ -129,9 +134,7 @@ impl ChangeSet {
         }
         let kept: usize = current
             .iter()
-            .filter(|(c, _)| {
-                !self.unsets.contains(c) && !self.sets.iter().any(|(s, _)| s == c)
-            })
+            .filter(|(c, _)| !self.unsets.contains(c) && !self.sets.iter().any(|(s, _)| s == c))
             .map(|(_, len)| *len)
             .sum();
         let total = kept + self.sets.iter().map(|(_, v)| v.len()).sum::<usize>();
@@ -173,7 +176,10 @@ mod tests {
     }
 
     fn set(pairs: &[(&str, &str)]) -> Result<ChangeSet, ValidationError> {
-        ChangeSet::new(pairs.iter().map(|(n, x)| (n.to_string(), v(x))).collect(), vec![])
+        ChangeSet::new(
+            pairs.iter().map(|(n, x)| (n.to_string(), v(x))).collect(),
+            vec![],
+        )
     }
 
     #[test]
@@ -189,7 +195,10 @@ mod tests {
         let err = ChangeSet::new(
             vec![
                 ("COFFER_X".into(), v("1")),
-                ("NUL".into(), SecretValue::new(b"se\0cret-sentinel".to_vec())),
+                (
+                    "NUL".into(),
+                    SecretValue::new(b"se\0cret-sentinel".to_vec()),
+                ),
                 ("BIG".into(), v(&big)),
                 ("A".into(), v("1")),
                 ("A".into(), v("2")),
@@ -210,7 +219,10 @@ mod tests {
 
     #[test]
     fn empty_change_is_refused() {
-        assert_eq!(ChangeSet::new(vec![], vec![]).unwrap_err().0, vec![Problem::Empty]);
+        assert_eq!(
+            ChangeSet::new(vec![], vec![]).unwrap_err().0,
+            vec![Problem::Empty]
+        );
     }
 
     #[test]
@@ -218,18 +230,29 @@ mod tests {
         let n = |s: &str| SecretName::parse(s).unwrap();
         let current = vec![(n("A"), 300 * 1024), (n("B"), 200 * 1024)];
         // Replacing A by a small value keeps the app within the limit.
-        assert!(set(&[("A", "small")]).unwrap().check_against(&current).is_ok());
+        assert!(set(&[("A", "small")])
+            .unwrap()
+            .check_against(&current)
+            .is_ok());
         // Adding 60 KiB on top of 500 KiB goes over.
-        let err = set(&[("C", &"x".repeat(60 * 1024))]).unwrap().check_against(&current);
+        let err = set(&[("C", &"x".repeat(60 * 1024))])
+            .unwrap()
+            .check_against(&current);
         assert!(matches!(err.unwrap_err().0[0], Problem::AppTooLarge { .. }));
         // Unsetting B makes room.
-        let c = ChangeSet::new(vec![("C".into(), v(&"x".repeat(60 * 1024)))], vec!["B".into()]);
+        let c = ChangeSet::new(
+            vec![("C".into(), v(&"x".repeat(60 * 1024)))],
+            vec!["B".into()],
+        );
         assert!(c.unwrap().check_against(&current).is_ok());
     }
 
     #[test]
     fn unset_of_missing_name_is_refused() {
         let c = ChangeSet::new(vec![], vec!["NOPE".into()]).unwrap();
-        assert_eq!(c.check_against(&[]).unwrap_err().0, vec![Problem::NotSet("NOPE".into())]);
+        assert_eq!(
+            c.check_against(&[]).unwrap_err().0,
+            vec![Problem::NotSet("NOPE".into())]
+        );
     }
 }

@@ -10,7 +10,9 @@ pub enum NameError {
     EmptySecret,
     #[error("secret name {0:?} is too long (at most 256 bytes)")]
     SecretTooLong(String),
-    #[error("secret name {0:?} is invalid: use letters, digits and '_', not starting with a digit")]
+    #[error(
+        "secret name {0:?} is invalid: use letters, digits and '_', not starting with a digit"
+    )]
     SecretInvalid(String),
     #[error("secret name {0:?} uses the reserved prefix COFFER_")]
     Reserved(String),
@@ -88,7 +90,8 @@ impl AppName {
         let ok = (1..=63).contains(&s.len())
             && s.as_bytes()[0].is_ascii_lowercase()
             && !s.ends_with('-')
-            && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+            && s.bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
         if ok {
             Ok(Self(s.to_string()))
         } else {
@@ -144,14 +147,25 @@ mod tests {
         for ok in ["a", "my-app", "app2", &"a".repeat(63)] {
             assert!(AppName::parse(ok).is_ok(), "{ok}");
         }
-        for bad in ["", "A", "1app", "app-", "my_app", "my app", &"a".repeat(64), "../x"] {
+        for bad in [
+            "",
+            "A",
+            "1app",
+            "app-",
+            "my_app",
+            "my app",
+            &"a".repeat(64),
+            "../x",
+        ] {
             assert!(AppName::parse(bad).is_err(), "{bad:?}");
         }
     }
 
     #[test]
     fn long_names_are_clipped_in_errors() {
-        let e = SecretName::parse(&"-".repeat(100_000)).unwrap_err().to_string();
+        let e = SecretName::parse(&"-".repeat(100_000))
+            .unwrap_err()
+            .to_string();
         assert!(e.len() < 200, "{}", e.len());
     }
 

@@ -69,7 +69,10 @@ mod tests {
 
     #[test]
     fn read_token_cannot_write() {
-        let s = Scope { app: Some(app("a")), action: Action::Read };
+        let s = Scope {
+            app: Some(app("a")),
+            action: Action::Read,
+        };
         assert!(s.allows(Action::Read, Some(&app("a"))));
         assert!(!s.allows(Action::Deploy, Some(&app("a"))));
         assert!(!s.allows(Action::Read, Some(&app("b"))));
@@ -77,7 +80,10 @@ mod tests {
 
     #[test]
     fn app_token_gets_nothing_of_another_app() {
-        let s = Scope { app: Some(app("a")), action: Action::Deploy };
+        let s = Scope {
+            app: Some(app("a")),
+            action: Action::Deploy,
+        };
         assert!(s.allows(Action::Deploy, Some(&app("a"))));
         assert!(!s.allows(Action::Read, Some(&app("b"))));
         assert!(!s.allows(Action::Admin, None));
@@ -85,7 +91,10 @@ mod tests {
 
     #[test]
     fn global_admin_does_all() {
-        let s = Scope { app: None, action: Action::Admin };
+        let s = Scope {
+            app: None,
+            action: Action::Admin,
+        };
         assert!(s.allows(Action::Admin, None));
         assert!(s.allows(Action::Deploy, Some(&app("z"))));
     }

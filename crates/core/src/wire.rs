@@ -49,7 +49,11 @@ pub struct SecretPair {
 
 impl fmt::Debug for SecretPair {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "SecretPair {{ name: {:?}, value: [REDACTED] }}", self.name)
+        write!(
+            f,
+            "SecretPair {{ name: {:?}, value: [REDACTED] }}",
+            self.name
+        )
     }
 }
 
@@ -193,7 +197,11 @@ pub struct CreatedToken {
 
 impl fmt::Debug for CreatedToken {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "CreatedToken {{ token: [REDACTED], info: {:?} }}", self.info)
+        write!(
+            f,
+            "CreatedToken {{ token: [REDACTED], info: {:?} }}",
+            self.info
+        )
     }
 }
 
@@ -211,7 +219,11 @@ pub mod vault {
 
     impl std::fmt::Debug for SealingKeysBody {
         fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-            write!(f, "SealingKeysBody {{ public_key: {}, digest_key: [REDACTED] }}", self.public_key)
+            write!(
+                f,
+                "SealingKeysBody {{ public_key: {}, digest_key: [REDACTED] }}",
+                self.public_key
+            )
         }
     }
 

@@ -68,14 +68,19 @@ pub fn open_bundle(
     let mut rest: &[u8] = &plain;
     let take = |rest: &mut &[u8]| -> Result<Vec<u8>, CryptoError> {
         let bad = CryptoError::Malformed("bundle");
-        let len_bytes: [u8; 4] = rest.get(..4).ok_or(bad.clone())?.try_into().map_err(|_| bad.clone())?;
+        let len_bytes: [u8; 4] = rest
+            .get(..4)
+            .ok_or(bad.clone())?
+            .try_into()
+            .map_err(|_| bad.clone())?;
         let len = u32::from_be_bytes(len_bytes) as usize;
         let field = rest.get(4..4 + len).ok_or(bad)?.to_vec();
         *rest = &rest[4 + len..];
         Ok(field)
     };
     while !rest.is_empty() {
-        let name = String::from_utf8(take(&mut rest)?).map_err(|_| CryptoError::Malformed("bundle"))?;
+        let name =
+            String::from_utf8(take(&mut rest)?).map_err(|_| CryptoError::Malformed("bundle"))?;
         let value = SecretValue::new(take(&mut rest)?);
         out.push((name, value));
     }
@@ -97,8 +102,14 @@ mod tests {
         assert_eq!(opened[0].0, "A");
         assert_eq!(opened[0].1.expose_bytes(), b"s3cret");
         assert!(opened[1].1.is_empty());
-        assert_eq!(open_bundle(&sk, &[b"app", b"m2"], &b).unwrap_err(), CryptoError::Integrity);
+        assert_eq!(
+            open_bundle(&sk, &[b"app", b"m2"], &b).unwrap_err(),
+            CryptoError::Integrity
+        );
         let (other, _) = PrivateKey::generate();
-        assert_eq!(open_bundle(&other, &[b"app", b"m1"], &b).unwrap_err(), CryptoError::Integrity);
+        assert_eq!(
+            open_bundle(&other, &[b"app", b"m1"], &b).unwrap_err(),
+            CryptoError::Integrity
+        );
     }
 }

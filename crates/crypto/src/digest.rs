@@ -47,9 +47,17 @@ mod tests {
         let v = SecretValue::from_str_value("postgres://x");
         let d = digest_hex(&k1, &v);
         assert_eq!(d.len(), 32);
-        assert!(d.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()));
-        assert_eq!(d, digest_hex(&k1, &SecretValue::from_str_value("postgres://x")));
+        assert!(d
+            .bytes()
+            .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()));
+        assert_eq!(
+            d,
+            digest_hex(&k1, &SecretValue::from_str_value("postgres://x"))
+        );
         assert_ne!(d, digest_hex(&k2, &v));
-        assert_ne!(d, digest_hex(&k1, &SecretValue::from_str_value("postgres://y")));
+        assert_ne!(
+            d,
+            digest_hex(&k1, &SecretValue::from_str_value("postgres://y"))
+        );
     }
 }

@@ -22,6 +22,7 @@ use chacha20poly1305::{XChaCha20Poly1305, XNonce};
 use coffer_core::SecretValue;
 use hpke::{aead::ChaCha20Poly1305 as HpkeAead, kdf::HkdfSha256, Deserializable, Kem, OpModeR};
 use hpke::{OpModeS, Serializable};
+use std::collections::hash_map::Entry;
 use std::collections::HashMap;
 use zeroize::Zeroizing;
 
@@ -53,13 +54,20 @@ impl std::fmt::Debug for EncryptedValue {
 pub type SealedValue = EncryptedValue;
 
 fn write_info(app_id: &str, version: i64) -> Vec<u8> {
-    encode_context(b"coffer/v1/write", &[app_id.as_bytes(), &version.to_be_bytes()])
+    encode_context(
+        b"coffer/v1/write",
+        &[app_id.as_bytes(), &version.to_be_bytes()],
+    )
 }
 
 fn value_aad(ctx: &ValueContext<'_>) -> Vec<u8> {
     encode_context(
         b"coffer/v1/value",
-        &[ctx.app_id.as_bytes(), ctx.name.as_bytes(), &ctx.version.to_be_bytes()],
+        &[
+            ctx.app_id.as_bytes(),
+            ctx.name.as_bytes(),
+            &ctx.version.to_be_bytes(),
+        ],
     )
 }
 
@@ -87,9 +95,19 @@ pub fn seal_values(
         .iter()
         .map(|(name, value)| {
             let nonce: [u8; NONCE_LEN] = random_array();
-            let aad = value_aad(&ValueContext { app_id, name, version });
+            let aad = value_aad(&ValueContext {
+                app_id,
+                name,
+                version,
+            });
             let ct = cipher
-                .encrypt(XNonce::from_slice(&nonce), Payload { msg: value.expose_bytes(), aad: &aad })
+                .encrypt(
+                    XNonce::from_slice(&nonce),
+                    Payload {
+                        msg: value.expose_bytes(),
+                        aad: &aad,
+                    },
+                )
                 .map_err(|_| CryptoError::Malformed("value"))?;
             let mut out = Vec::with_capacity(HEADER_LEN + ct.len());
             out.push(FORMAT_V1);
@@ -120,13 +138,19 @@ pub fn open_values(
         let enc = &bytes[1..1 + ENC_LEN];
         let nonce = &bytes[1 + ENC_LEN..HEADER_LEN];
         let key_id = (enc, ctx.app_id, ctx.version);
-        if !keys.contains_key(&key_id) {
-            keys.insert(key_id, derive_data_key(app_sk, enc, ctx.app_id, ctx.version)?);
-        }
-        let cipher = &keys[&key_id];
+        let cipher = match keys.entry(key_id) {
+            Entry::Occupied(e) => e.into_mut(),
+            Entry::Vacant(e) => e.insert(derive_data_key(app_sk, enc, ctx.app_id, ctx.version)?),
+        };
         let aad = value_aad(ctx);
         let plain = cipher
-            .decrypt(XNonce::from_slice(nonce), Payload { msg: &bytes[HEADER_LEN..], aad: &aad })
+            .decrypt(
+                XNonce::from_slice(nonce),
+                Payload {
+                    msg: &bytes[HEADER_LEN..],
+                    aad: &aad,
+                },
+            )
             .map_err(|_| CryptoError::Integrity)?;
         out.push(SecretValue::new(plain));
     }
@@ -162,7 +186,11 @@ mod tests {
     use proptest::prelude::*;
 
     fn ctx<'a>(app_id: &'a str, name: &'a str, version: i64) -> ValueContext<'a> {
-        ValueContext { app_id, name, version }
+        ValueContext {
+            app_id,
+            name,
+            version,
+        }
     }
 
     #[test]
@@ -171,15 +199,27 @@ mod tests {
         let a = SecretValue::from_str_value("alpha");
         let b = SecretValue::from_str_value("beta");
         let sealed = seal_values(&pk, "app1", 3, &[("A", &a), ("B", &b)]).unwrap();
-        let opened =
-            open_values(&sk, &[(ctx("app1", "A", 3), &sealed[0].0), (ctx("app1", "B", 3), &sealed[1].0)])
-                .unwrap();
+        let opened = open_values(
+            &sk,
+            &[
+                (ctx("app1", "A", 3), &sealed[0].0),
+                (ctx("app1", "B", 3), &sealed[1].0),
+            ],
+        )
+        .unwrap();
         assert_eq!(opened[0].expose_bytes(), b"alpha");
         assert_eq!(opened[1].expose_bytes(), b"beta");
 
         // Moved to another name, version or app: integrity error, never a value.
-        for wrong in [ctx("app1", "B", 3), ctx("app1", "A", 4), ctx("app2", "A", 3)] {
-            assert_eq!(open_values(&sk, &[(wrong, &sealed[0].0)]).unwrap_err(), CryptoError::Integrity);
+        for wrong in [
+            ctx("app1", "B", 3),
+            ctx("app1", "A", 4),
+            ctx("app2", "A", 3),
+        ] {
+            assert_eq!(
+                open_values(&sk, &[(wrong, &sealed[0].0)]).unwrap_err(),
+                CryptoError::Integrity
+            );
         }
         // Another app's key.
         let (sk2, _) = PrivateKey::generate();
@@ -191,7 +231,10 @@ mod tests {
         for i in 1..sealed[0].0.len() {
             let mut t = sealed[0].0.clone();
             t[i] ^= 1;
-            assert!(open_values(&sk, &[(ctx("app1", "A", 3), &t)]).is_err(), "byte {i}");
+            assert!(
+                open_values(&sk, &[(ctx("app1", "A", 3), &t)]).is_err(),
+                "byte {i}"
+            );
         }
         // Truncated and unknown versions.
         assert!(open_values(&sk, &[(ctx("app1", "A", 3), &sealed[0].0[..40])]).is_err());

@@ -41,7 +41,8 @@ impl SealingKeys {
     pub fn from_hex(public_key: &str, digest_key: &str) -> Result<Self, CryptoError> {
         let pk = hex::decode(public_key).map_err(|_| CryptoError::Malformed("public key"))?;
         let mut dk = zeroize::Zeroizing::new([0u8; 32]);
-        hex::decode_to_slice(digest_key, dk.as_mut()).map_err(|_| CryptoError::Malformed("digest key"))?;
+        hex::decode_to_slice(digest_key, dk.as_mut())
+            .map_err(|_| CryptoError::Malformed("digest key"))?;
         Ok(Self {
             public_key: PublicKey::from_bytes(&pk)?,
             digest_key: DigestKey::from_secret_bytes(coffer_core::SecretBytes::new(*dk)),
@@ -59,7 +60,11 @@ impl SealingKeys {
 
 impl std::fmt::Debug for SealingKeys {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "SealingKeys {{ public_key: {:?}, digest_key: [REDACTED] }}", self.public_key)
+        write!(
+            f,
+            "SealingKeys {{ public_key: {:?}, digest_key: [REDACTED] }}",
+            self.public_key
+        )
     }
 }
 
@@ -69,7 +74,9 @@ impl std::fmt::Debug for SealingKeys {
 pub enum CryptoError {
     /// Authentication failed: wrong key, tampered bytes, or a ciphertext presented in another
     /// context (app, name, version) than the one it was sealed for.
-    #[error("integrity check failed: the ciphertext was altered, moved, or sealed for another key")]
+    #[error(
+        "integrity check failed: the ciphertext was altered, moved, or sealed for another key"
+    )]
     Integrity,
     #[error("malformed {0}")]
     Malformed(&'static str),
@@ -87,7 +94,8 @@ pub fn random_array<const N: usize>() -> [u8; N] {
 
 /// Length-prefixed concatenation, so that ("ab","c") and ("a","bc") never collide.
 pub(crate) fn encode_context(label: &[u8], parts: &[&[u8]]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(label.len() + parts.iter().map(|p| p.len() + 4).sum::<usize>());
+    let mut out =
+        Vec::with_capacity(label.len() + parts.iter().map(|p| p.len() + 4).sum::<usize>());
     out.extend_from_slice(label);
     for p in parts {
         out.extend_from_slice(&(p.len() as u32).to_be_bytes());

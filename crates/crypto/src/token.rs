@@ -18,7 +18,11 @@ pub fn mint_token() -> MintedToken {
     let id = hex::encode(crate::random_array::<8>());
     let secret = hex::encode(crate::random_array::<32>());
     let secret_hash = hash_secret(&secret);
-    MintedToken { token: SecretToken::new(format!("{TOKEN_PREFIX}{id}_{secret}")), id, secret_hash }
+    MintedToken {
+        token: SecretToken::new(format!("{TOKEN_PREFIX}{id}_{secret}")),
+        id,
+        secret_hash,
+    }
 }
 
 /// Splits a presented token into (id, secret hash). `None` for anything not shaped like ours.

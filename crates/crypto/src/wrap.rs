@@ -45,7 +45,13 @@ impl RootKey {
         let nonce: [u8; 24] = random_array();
         let aad = encode_context(b"coffer/v1/wrap", &[purpose.as_bytes(), app_id.as_bytes()]);
         let ct = cipher
-            .encrypt(XNonce::from_slice(&nonce), Payload { msg: plaintext, aad: &aad })
+            .encrypt(
+                XNonce::from_slice(&nonce),
+                Payload {
+                    msg: plaintext,
+                    aad: &aad,
+                },
+            )
             .expect("XChaCha20-Poly1305 encryption cannot fail for in-memory sizes");
         let mut out = Vec::with_capacity(1 + 24 + ct.len());
         out.push(1);
@@ -70,7 +76,13 @@ impl RootKey {
         let aad = encode_context(b"coffer/v1/wrap", &[purpose.as_bytes(), app_id.as_bytes()]);
         let plain = Zeroizing::new(
             cipher
-                .decrypt(XNonce::from_slice(&wrapped[1..25]), Payload { msg: &wrapped[25..], aad: &aad })
+                .decrypt(
+                    XNonce::from_slice(&wrapped[1..25]),
+                    Payload {
+                        msg: &wrapped[25..],
+                        aad: &aad,
+                    },
+                )
                 .map_err(|_| CryptoError::Integrity)?,
         );
         SecretBytes::from_slice(&plain).ok_or(CryptoError::Malformed("wrapped key"))
@@ -85,10 +97,15 @@ mod tests {
     fn wrap_binds_purpose_and_app() {
         let root = RootKey::generate();
         let w = root.wrap("private-key", "app1", &[9u8; 32]);
-        assert_eq!(root.unwrap_key("private-key", "app1", &w).unwrap().expose(), &[9u8; 32]);
+        assert_eq!(
+            root.unwrap_key("private-key", "app1", &w).unwrap().expose(),
+            &[9u8; 32]
+        );
         assert!(root.unwrap_key("digest-key", "app1", &w).is_err());
         assert!(root.unwrap_key("private-key", "app2", &w).is_err());
-        assert!(RootKey::generate().unwrap_key("private-key", "app1", &w).is_err());
+        assert!(RootKey::generate()
+            .unwrap_key("private-key", "app1", &w)
+            .is_err());
         assert_ne!(root.fingerprint(), RootKey::generate().fingerprint());
     }
 }

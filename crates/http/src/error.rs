@@ -21,7 +21,13 @@ pub type ApiResult<T> = Result<T, ApiError>;
 
 impl ApiError {
     pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
-        Self { status, code, message: message.into(), hint: None, detail: None }
+        Self {
+            status,
+            code,
+            message: message.into(),
+            hint: None,
+            detail: None,
+        }
     }
 
     pub fn with_hint(mut self, hint: impl Into<String>) -> Self {
@@ -30,8 +36,12 @@ impl ApiError {
     }
 
     pub fn unauthorized() -> Self {
-        Self::new(StatusCode::UNAUTHORIZED, "unauthorized", "missing, invalid or expired token")
-            .with_hint("pass a valid token (coffer tokens list shows them)")
+        Self::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "missing, invalid or expired token",
+        )
+        .with_hint("pass a valid token (coffer tokens list shows them)")
     }
 
     pub fn forbidden(message: impl Into<String>) -> Self {
@@ -39,7 +49,11 @@ impl ApiError {
     }
 
     pub fn not_found(what: &str) -> Self {
-        Self::new(StatusCode::NOT_FOUND, "not_found", format!("{what} not found"))
+        Self::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("{what} not found"),
+        )
     }
 
     pub fn conflict(message: impl Into<String>) -> Self {
@@ -56,7 +70,11 @@ impl ApiError {
 
     /// A failure that is ours, not the caller's: generic message, detail to the log.
     pub fn internal(detail: impl std::fmt::Display) -> Self {
-        let mut e = Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "internal error");
+        let mut e = Self::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            "internal error",
+        );
         e.detail = Some(detail.to_string());
         e
     }
@@ -75,7 +93,11 @@ impl IntoResponse for ApiError {
         } else {
             tracing::debug!(code = self.code, status = %self.status, "request refused");
         }
-        let body = ErrorBody { code: self.code.to_string(), message: self.message, hint: self.hint };
+        let body = ErrorBody {
+            code: self.code.to_string(),
+            message: self.message,
+            hint: self.hint,
+        };
         (self.status, axum::Json(body)).into_response()
     }
 }
@@ -100,7 +122,10 @@ impl From<JsonRejection> for ApiError {
             JsonRejection::BytesRejection(_) => ApiError::new(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 "payload_too_large",
-                format!("request body is larger than {} bytes", crate::MAX_BODY_BYTES),
+                format!(
+                    "request body is larger than {} bytes",
+                    crate::MAX_BODY_BYTES
+                ),
             ),
             JsonRejection::MissingJsonContentType(_) => {
                 ApiError::bad_request("expected Content-Type: application/json")
@@ -108,9 +133,10 @@ impl From<JsonRejection> for ApiError {
             JsonRejection::JsonSyntaxError(_) => {
                 ApiError::bad_request("request body is not valid JSON")
             }
-            JsonRejection::JsonDataError(e) => {
-                ApiError::bad_request(format!("request body has the wrong shape: {}", redact(&e.body_text())))
-            }
+            JsonRejection::JsonDataError(e) => ApiError::bad_request(format!(
+                "request body has the wrong shape: {}",
+                redact(&e.body_text())
+            )),
             other => ApiError::bad_request(other.body_text()),
         }
     }
@@ -148,6 +174,9 @@ mod tests {
             super::redact(r#"invalid type: string "hunter2", expected a sequence"#),
             r#"invalid type: string "…", expected a sequence"#
         );
-        assert_eq!(super::redact("invalid type: integer `5`, expected"), "invalid type: integer `…`, expected");
+        assert_eq!(
+            super::redact("invalid type: integer `5`, expected"),
+            "invalid type: integer `…`, expected"
+        );
     }
 }

@@ -24,8 +24,14 @@ pub const MAX_BODY_BYTES: usize = 2 * 1024 * 1024;
 pub fn with_common_layers(routes: Router, metrics: Metrics) -> Router {
     let m = metrics.clone();
     routes
-        .route("/metrics", axum::routing::get(move || async move { m.render() }))
-        .layer(axum::middleware::from_fn_with_state(metrics, metrics::track))
+        .route(
+            "/metrics",
+            axum::routing::get(move || async move { m.render() }),
+        )
+        .layer(axum::middleware::from_fn_with_state(
+            metrics,
+            metrics::track,
+        ))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(TimeoutLayer::with_status_code(
             http::StatusCode::REQUEST_TIMEOUT,
@@ -63,5 +69,7 @@ pub async fn shutdown_signal() {
 pub fn bearer(headers: &http::HeaderMap) -> Option<&str> {
     let v = headers.get(http::header::AUTHORIZATION)?.to_str().ok()?;
     let (scheme, token) = v.split_once(' ')?;
-    scheme.eq_ignore_ascii_case("bearer").then_some(token.trim())
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then_some(token.trim())
 }

@@ -27,18 +27,32 @@ impl Metrics {
         let mut registry = Registry::with_prefix(prefix);
         let requests = Family::<RequestLabels, Counter>::default();
         registry.register("http_requests", "HTTP requests served", requests.clone());
-        Self { registry: Arc::new(Mutex::new(registry)), requests }
+        Self {
+            registry: Arc::new(Mutex::new(registry)),
+            requests,
+        }
     }
 
     /// Adds a role's own metrics.
-    pub fn register(&self, name: &str, help: &str, metric: impl prometheus_client::registry::Metric) {
-        self.registry.lock().expect("metrics lock").register(name, help, metric);
+    pub fn register(
+        &self,
+        name: &str,
+        help: &str,
+        metric: impl prometheus_client::registry::Metric,
+    ) {
+        self.registry
+            .lock()
+            .expect("metrics lock")
+            .register(name, help, metric);
     }
 
     pub fn render(&self) -> String {
         let mut out = String::new();
-        prometheus_client::encoding::text::encode(&mut out, &self.registry.lock().expect("metrics lock"))
-            .expect("writing to a String cannot fail");
+        prometheus_client::encoding::text::encode(
+            &mut out,
+            &self.registry.lock().expect("metrics lock"),
+        )
+        .expect("writing to a String cannot fail");
         out
     }
 }
@@ -53,7 +67,11 @@ pub(crate) async fn track(State(m): State<Metrics>, req: Request, next: Next) ->
     let method = req.method().as_str().to_string();
     let resp = next.run(req).await;
     m.requests
-        .get_or_create(&RequestLabels { route, method, status: resp.status().as_u16() })
+        .get_or_create(&RequestLabels {
+            route,
+            method,
+            status: resp.status().as_u16(),
+        })
         .inc();
     resp
 }

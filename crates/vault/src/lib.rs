@@ -15,7 +15,9 @@ pub mod unseal;
 pub mod wire;
 
 use coffer_core::SecretBytes;
-use coffer_crypto::{bundle, open_values, DigestKey, PrivateKey, PublicKey, RootKey, SealingKeys, ValueContext};
+use coffer_crypto::{
+    bundle, open_values, DigestKey, PrivateKey, PublicKey, RootKey, SealingKeys, ValueContext,
+};
 use coffer_store::{now_micros, AppKeyRecord, Store, StoreError};
 use std::sync::Arc;
 
@@ -58,11 +60,16 @@ impl Vault {
     /// one else can unwrap.
     pub async fn open(store: Store, root: RootKey) -> Result<Self, VaultError> {
         let ours = root.fingerprint();
-        let stored = store.meta_set_if_absent(ROOT_FINGERPRINT_KEY, &ours).await?;
+        let stored = store
+            .meta_set_if_absent(ROOT_FINGERPRINT_KEY, &ours)
+            .await?;
         if stored != ours {
             return Err(VaultError::WrongRootKey { stored, ours });
         }
-        Ok(Self { store, root: Arc::new(root) })
+        Ok(Self {
+            store,
+            root: Arc::new(root),
+        })
     }
 
     pub fn store(&self) -> &Store {
@@ -82,12 +89,19 @@ impl Vault {
         let rec = AppKeyRecord {
             app_id: app_id.to_string(),
             public_key: pk.to_bytes().to_vec(),
-            wrapped_private_key: self.root.wrap(PURPOSE_PRIVATE, app_id, sk.to_secret_bytes().expose()),
+            wrapped_private_key: self.root.wrap(
+                PURPOSE_PRIVATE,
+                app_id,
+                sk.to_secret_bytes().expose(),
+            ),
             wrapped_digest_key: self.root.wrap(PURPOSE_DIGEST, app_id, digest.expose()),
             created_at: now_micros(),
         };
         match self.store.insert_app_key(&rec).await {
-            Ok(()) => Ok(SealingKeys { public_key: pk, digest_key: digest }),
+            Ok(()) => Ok(SealingKeys {
+                public_key: pk,
+                digest_key: digest,
+            }),
             // Another replica won the race: use its keys.
             Err(StoreError::Conflict(_)) => {
                 let rec = self.store.app_key(app_id).await?;
@@ -119,18 +133,30 @@ impl Vault {
         context: &[&[u8]],
     ) -> Result<Vec<u8>, VaultError> {
         let rec = self.app_key(app_id).await?;
-        let sk_bytes = self.root.unwrap_key(PURPOSE_PRIVATE, app_id, &rec.wrapped_private_key)
+        let sk_bytes = self
+            .root
+            .unwrap_key(PURPOSE_PRIVATE, app_id, &rec.wrapped_private_key)
             .map_err(|_| VaultError::Integrity)?;
         let sk = PrivateKey::from_secret_bytes(&sk_bytes).map_err(|_| VaultError::Integrity)?;
         let items: Vec<(ValueContext<'_>, &[u8])> = presented
             .iter()
             .map(|p| {
-                (ValueContext { app_id, name: &p.name, version: p.version }, p.ciphertext.as_slice())
+                (
+                    ValueContext {
+                        app_id,
+                        name: &p.name,
+                        version: p.version,
+                    },
+                    p.ciphertext.as_slice(),
+                )
             })
             .collect();
         let values = open_values(&sk, &items).map_err(|_| VaultError::Integrity)?;
-        let entries: Vec<(&str, &coffer_core::SecretValue)> =
-            presented.iter().map(|p| p.name.as_str()).zip(values.iter()).collect();
+        let entries: Vec<(&str, &coffer_core::SecretValue)> = presented
+            .iter()
+            .map(|p| p.name.as_str())
+            .zip(values.iter())
+            .collect();
         bundle::seal_bundle(recipient, context, &entries)
             .map_err(|e| VaultError::Malformed(e.to_string()))
     }
@@ -150,6 +176,9 @@ impl Vault {
             .root
             .unwrap_key(PURPOSE_DIGEST, &rec.app_id, &rec.wrapped_digest_key)
             .map_err(|_| VaultError::Integrity)?;
-        Ok(SealingKeys { public_key, digest_key: DigestKey::from_secret_bytes(digest) })
+        Ok(SealingKeys {
+            public_key,
+            digest_key: DigestKey::from_secret_bytes(digest),
+        })
     }
 }

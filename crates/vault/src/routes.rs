@@ -9,12 +9,12 @@
 
 use crate::wire::SealingKeysBody;
 use crate::{Vault, VaultError};
-use coffer_crypto::SealingKeys;
 use axum::extract::{FromRequestParts, Path, State};
 use axum::http::request::Parts;
 use axum::http::StatusCode;
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use coffer_crypto::SealingKeys;
 use coffer_http::{ApiError, ApiResult, Metrics};
 use sha2_compat::service_token_hash;
 use std::sync::Arc;
@@ -28,7 +28,10 @@ pub struct VaultState {
 
 impl VaultState {
     pub fn new(vault: Vault, service_token: &str) -> Self {
-        Self { vault, service_token_hash: Arc::new(service_token_hash(service_token)) }
+        Self {
+            vault,
+            service_token_hash: Arc::new(service_token_hash(service_token)),
+        }
     }
 }
 
@@ -36,7 +39,10 @@ pub fn router(state: VaultState, metrics: Metrics) -> Router {
     let routes = Router::new()
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
-        .route("/v1/apps/{app_id}/keys", post(create_keys).get(get_keys).delete(delete_keys))
+        .route(
+            "/v1/apps/{app_id}/keys",
+            post(create_keys).get(get_keys).delete(delete_keys),
+        )
         .with_state(state);
     coffer_http::with_common_layers(routes, metrics)
 }
@@ -49,7 +55,10 @@ impl FromRequestParts<VaultState> for Service {
 
     async fn from_request_parts(parts: &mut Parts, state: &VaultState) -> Result<Self, ApiError> {
         let presented = coffer_http::bearer(&parts.headers).ok_or_else(ApiError::unauthorized)?;
-        if coffer_crypto::token::ct_eq(&service_token_hash(presented), state.service_token_hash.as_ref()) {
+        if coffer_crypto::token::ct_eq(
+            &service_token_hash(presented),
+            state.service_token_hash.as_ref(),
+        ) {
             Ok(Service)
         } else {
             Err(ApiError::unauthorized())
@@ -75,14 +84,19 @@ fn check_app_id(app_id: &str) -> ApiResult<()> {
 }
 
 fn body(keys: SealingKeys) -> Json<SealingKeysBody> {
-    Json(SealingKeysBody { public_key: keys.public_key_hex(), digest_key: keys.digest_key_hex() })
+    Json(SealingKeysBody {
+        public_key: keys.public_key_hex(),
+        digest_key: keys.digest_key_hex(),
+    })
 }
 
 impl From<VaultError> for ApiError {
     fn from(e: VaultError) -> Self {
         match e {
             VaultError::NoKey => ApiError::not_found("app key"),
-            VaultError::Integrity => ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "integrity", e.to_string()),
+            VaultError::Integrity => {
+                ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "integrity", e.to_string())
+            }
             VaultError::Malformed(m) => ApiError::bad_request(m),
             VaultError::Store(s) => s.into(),
             other @ VaultError::WrongRootKey { .. } => ApiError::internal(other),

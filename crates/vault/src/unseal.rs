@@ -10,12 +10,20 @@ use std::path::Path;
 #[derive(Debug, thiserror::Error)]
 pub enum UnsealError {
     #[error("cannot read the unseal key file {path}: {source}")]
-    Read { path: String, source: std::io::Error },
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
     #[error("cannot create the unseal key file {path}: {source}")]
-    Create { path: String, source: std::io::Error },
+    Create {
+        path: String,
+        source: std::io::Error,
+    },
     #[error("the unseal key file {0} does not hold a 64-character hex key")]
     Malformed(String),
-    #[error("the unseal key file {path} is readable by others (mode {mode:o}); run chmod 600 {path}")]
+    #[error(
+        "the unseal key file {path} is readable by others (mode {mode:o}); run chmod 600 {path}"
+    )]
     TooOpen { path: String, mode: u32 },
 }
 
@@ -23,14 +31,20 @@ pub enum UnsealError {
 /// that group or others can read.
 pub fn read_key_file(path: &Path) -> Result<RootKey, UnsealError> {
     let shown = path.display().to_string();
-    let meta = std::fs::metadata(path).map_err(|source| UnsealError::Read { path: shown.clone(), source })?;
+    let meta = std::fs::metadata(path).map_err(|source| UnsealError::Read {
+        path: shown.clone(),
+        source,
+    })?;
     let mode = meta.permissions().mode() & 0o777;
     if mode & 0o077 != 0 {
         return Err(UnsealError::TooOpen { path: shown, mode });
     }
-    let text = zeroize::Zeroizing::new(
-        std::fs::read_to_string(path).map_err(|source| UnsealError::Read { path: shown.clone(), source })?,
-    );
+    let text = zeroize::Zeroizing::new(std::fs::read_to_string(path).map_err(|source| {
+        UnsealError::Read {
+            path: shown.clone(),
+            source,
+        }
+    })?);
     let mut bytes = zeroize::Zeroizing::new([0u8; 32]);
     hex::decode_to_slice(text.trim(), bytes.as_mut()).map_err(|_| UnsealError::Malformed(shown))?;
     Ok(RootKey::from_secret_bytes(SecretBytes::new(*bytes)))
@@ -49,11 +63,17 @@ pub fn read_or_create_key_file(path: &Path) -> Result<(RootKey, bool), UnsealErr
         .create_new(true)
         .mode(0o600)
         .open(path)
-        .map_err(|source| UnsealError::Create { path: shown.clone(), source })?;
+        .map_err(|source| UnsealError::Create {
+            path: shown.clone(),
+            source,
+        })?;
     let text = zeroize::Zeroizing::new(format!("{}\n", hex::encode(key.expose())));
     f.write_all(text.as_bytes())
         .and_then(|_| f.sync_all())
-        .map_err(|source| UnsealError::Create { path: shown, source })?;
+        .map_err(|source| UnsealError::Create {
+            path: shown,
+            source,
+        })?;
     Ok((key, true))
 }
 
@@ -63,17 +83,26 @@ mod tests {
 
     #[test]
     fn creates_0600_and_reads_back() {
-        let dir = std::env::temp_dir().join(format!("coffer-unseal-{}", hex::encode(coffer_crypto::random_array::<6>())));
+        let dir = std::env::temp_dir().join(format!(
+            "coffer-unseal-{}",
+            hex::encode(coffer_crypto::random_array::<6>())
+        ));
         std::fs::create_dir_all(&dir).unwrap();
         let p = dir.join("unseal.key");
         let (k1, created) = read_or_create_key_file(&p).unwrap();
         assert!(created);
-        assert_eq!(std::fs::metadata(&p).unwrap().permissions().mode() & 0o777, 0o600);
+        assert_eq!(
+            std::fs::metadata(&p).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
         let (k2, created) = read_or_create_key_file(&p).unwrap();
         assert!(!created);
         assert_eq!(k1.fingerprint(), k2.fingerprint());
         std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o644)).unwrap();
-        assert!(matches!(read_key_file(&p), Err(UnsealError::TooOpen { .. })));
+        assert!(matches!(
+            read_key_file(&p),
+            Err(UnsealError::TooOpen { .. })
+        ));
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

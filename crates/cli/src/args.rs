@@ -1,0 +1,244 @@
+//! The command line, as clap types. Parsing only: nothing here reads the environment or files
+//! (environment variables are read once, into [`crate::config::Env`], and resolved there, so
+//! that precedence is testable without touching the process environment).
+
+use std::ffi::OsString;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use coffer_core::Action;
+
+use crate::error::EXIT_CODES_HELP;
+
+/// coffer: app secrets you can set but never read back.
+#[derive(Debug, Parser)]
+#[command(name = "coffer", version, after_long_help = EXIT_CODES_HELP)]
+pub struct Cli {
+    /// URL of the coffer API [env: COFFER_API_URL] [config: api_url]
+    #[arg(long, global = true, value_name = "URL")]
+    pub api_url: Option<String>,
+
+    /// API token [env: COFFER_API_TOKEN] [config: token]
+    #[arg(long, global = true, value_name = "TOKEN")]
+    pub token: Option<String>,
+
+    /// Print results as JSON (stable field names) instead of tables and sentences
+    #[arg(long, global = true)]
+    pub json: bool,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Create, list and destroy apps
+    #[command(subcommand)]
+    Apps(AppsCommand),
+    /// Set, unset, import, list and deploy an app's secrets
+    Secrets(SecretsArgs),
+    /// Create, list and revoke scoped, expiring API tokens
+    #[command(subcommand)]
+    Tokens(TokensCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AppsCommand {
+    /// Create an app
+    Create {
+        /// 1 to 63 lowercase letters, digits and '-', starting with a letter
+        name: String,
+    },
+    /// List the apps this token can see
+    List,
+    /// Destroy an app: its machines, keys and secrets (asks for confirmation)
+    Destroy {
+        name: String,
+        /// Do not ask for confirmation (required when stdin is not a terminal)
+        #[arg(long, short = 'y')]
+        yes: bool,
+    },
+}
+
+/// Which app a command acts on.
+#[derive(Debug, Args)]
+pub struct AppArg {
+    /// The app [env: COFFER_APP] [default: app = "…" in ./coffer.toml]
+    #[arg(short = 'a', long = "app", global = true, value_name = "APP")]
+    pub app: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct SecretsArgs {
+    #[command(flatten)]
+    pub app: AppArg,
+    #[command(subcommand)]
+    pub command: SecretsCommand,
+}
+
+/// Flags of every write (`set`, `unset`, `import`).
+#[derive(Debug, Clone, Copy, Args)]
+pub struct WriteFlags {
+    /// Record the change without deploying it (deploy later with `coffer secrets deploy`)
+    #[arg(long)]
+    pub stage: bool,
+    /// Return once the release has started instead of following it
+    #[arg(long)]
+    pub detach: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SecretsCommand {
+    /// Set one or more secrets in one atomic change, then deploy them
+    #[command(after_long_help = SET_HELP)]
+    Set {
+        /// NAME=VALUE pairs; NAME=- reads that value from stdin (at most one per command)
+        #[arg(required = true, value_name = "NAME=VALUE")]
+        pairs: Vec<OsString>,
+        #[command(flatten)]
+        write: WriteFlags,
+    },
+    /// Remove one or more secrets in one atomic change, then deploy
+    Unset {
+        #[arg(required = true, value_name = "NAME")]
+        names: Vec<String>,
+        #[command(flatten)]
+        write: WriteFlags,
+    },
+    /// Set every pair of a dotenv file read from stdin, atomically, then deploy
+    #[command(after_long_help = IMPORT_HELP)]
+    Import {
+        #[command(flatten)]
+        write: WriteFlags,
+    },
+    /// List the app's secrets: names, digests, dates, status — never values
+    List,
+    /// Deploy what was staged
+    Deploy {
+        /// Return once the release has started instead of following it
+        #[arg(long)]
+        detach: bool,
+    },
+    /// Show the app's secrets versions, newest first
+    History {
+        /// Only the versions that changed this secret
+        name: Option<String>,
+    },
+}
+
+const SET_HELP: &str = "\
+Examples:
+  coffer secrets set DATABASE_URL=postgres://db/app API_KEY=abc123
+  coffer secrets set TLS_KEY=- < key.pem
+
+A value read with NAME=- is stored byte for byte as read, trailing newline included.
+Values may be any bytes but NUL, up to 64 KiB each and 512 KiB per app.";
+
+const IMPORT_HELP: &str = "\
+Example:
+  coffer secrets import < .env
+
+Accepts comments, single and double quotes, multi-line \"\"\" values and an `export ` prefix.
+$VAR is never expanded. On any error nothing is imported.";
+
+#[derive(Debug, Subcommand)]
+pub enum TokensCommand {
+    /// Create a token; it is printed once, on stdout
+    Create {
+        /// Limit the token to this app (default: every app; never taken from COFFER_APP)
+        #[arg(short = 'a', long, value_name = "APP")]
+        app: Option<String>,
+        /// What the token may do: read lists names and digests only
+        #[arg(long, value_enum, default_value_t = ScopeArg::Deploy)]
+        scope: ScopeArg,
+        /// Lifetime, e.g. 30m, 24h, 7d (default: the server's, 24h)
+        #[arg(long, value_name = "DURATION", value_parser = parse_expires)]
+        expires: Option<Duration>,
+        /// A note to recognise the token by in `coffer tokens list`
+        #[arg(long, value_name = "TEXT")]
+        description: Option<String>,
+    },
+    /// List tokens
+    List,
+    /// Revoke a token by its ID
+    Revoke { id: String },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ScopeArg {
+    Read,
+    Deploy,
+    Admin,
+}
+
+impl From<ScopeArg> for Action {
+    fn from(s: ScopeArg) -> Action {
+        match s {
+            ScopeArg::Read => Action::Read,
+            ScopeArg::Deploy => Action::Deploy,
+            ScopeArg::Admin => Action::Admin,
+        }
+    }
+}
+
+fn parse_expires(s: &str) -> Result<Duration, String> {
+    let d = coffer_core::duration::parse_duration(s).map_err(|e| e.to_string())?;
+    if d.is_zero() {
+        return Err("a token must live at least 1s".into());
+    }
+    Ok(d)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn the_command_line_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn app_flag_goes_before_or_after_the_subcommand() {
+        for argv in [
+            &["coffer", "secrets", "-a", "x", "list"][..],
+            &["coffer", "secrets", "list", "-a", "x"][..],
+            &["coffer", "secrets", "list", "--app=x", "--json"][..],
+        ] {
+            let cli = Cli::try_parse_from(argv).unwrap();
+            let Command::Secrets(s) = cli.command else {
+                panic!()
+            };
+            assert_eq!(s.app.app.as_deref(), Some("x"), "{argv:?}");
+        }
+    }
+
+    #[test]
+    fn values_that_look_like_flags_are_pairs() {
+        let cli =
+            Cli::try_parse_from(["coffer", "secrets", "set", "A=-", "B=--x", "--stage"]).unwrap();
+        let Command::Secrets(SecretsArgs {
+            command: SecretsCommand::Set { pairs, write },
+            ..
+        }) = cli.command
+        else {
+            panic!()
+        };
+        assert_eq!(pairs, vec![OsString::from("A=-"), OsString::from("B=--x")]);
+        assert!(write.stage && !write.detach);
+    }
+
+    #[test]
+    fn usage_errors_exit_2() {
+        for argv in [
+            &["coffer", "secrets", "set"][..],
+            &["coffer", "tokens", "create", "--scope", "root"][..],
+            &["coffer", "tokens", "create", "--expires", "soon"][..],
+            &["coffer", "apps", "destroy"][..],
+        ] {
+            let e = Cli::try_parse_from(argv).unwrap_err();
+            assert_eq!(e.exit_code(), 2, "{argv:?}");
+        }
+    }
+}

@@ -1,0 +1,292 @@
+//! Turning `secrets set` arguments and `secrets import` input into a validated change.
+//!
+//! Arguments are taken as raw bytes (`OsStr`), so a value may be any bytes the shell can pass,
+//! not only UTF-8. Error messages name secrets but never show a value; an argument that has no
+//! `=` is shown only if it looks like a name, since it could be a value typed in the wrong
+//! place.
+
+use std::ffi::OsString;
+use std::os::unix::ffi::OsStrExt;
+
+use coffer_core::{ChangeSet, SecretValue};
+
+use crate::error::{CliError, Exit};
+
+/// Where the value of one `NAME=VALUE` argument comes from.
+pub enum ValueSource {
+    Inline(SecretValue),
+    /// `NAME=-`: the bytes of stdin, exactly as read.
+    Stdin,
+}
+
+impl std::fmt::Debug for ValueSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ValueSource::Inline(v) => write!(f, "Inline({v:?})"),
+            ValueSource::Stdin => f.write_str("Stdin"),
+        }
+    }
+}
+
+/// One `NAME=VALUE` argument, split at its first `=`.
+#[derive(Debug)]
+pub struct PairArg {
+    pub name: String,
+    pub value: ValueSource,
+}
+
+/// Splits `NAME=VALUE` arguments at their first `=` (so the value may contain `=`). Every
+/// argument without `=` is reported, all at once. At most one `NAME=-` is allowed, since
+/// stdin can be read only once.
+pub fn parse_pairs(args: &[OsString]) -> Result<Vec<PairArg>, CliError> {
+    let mut pairs = Vec::with_capacity(args.len());
+    let mut problems = Vec::new();
+    for (i, arg) in args.iter().enumerate() {
+        let bytes = arg.as_bytes();
+        match bytes.iter().position(|&b| b == b'=') {
+            Some(eq) => {
+                if looks_like_value(&bytes[..eq]) {
+                    problems.push(format!(
+                        "argument {} does not start with NAME= (not shown, in case it is a \
+                         secret value)",
+                        i + 1
+                    ));
+                    continue;
+                }
+                // A name is not secret; a non-UTF-8 one is refused by validation later,
+                // quoted lossily.
+                let name = String::from_utf8_lossy(&bytes[..eq]).into_owned();
+                let raw = &bytes[eq + 1..];
+                let value = if raw == b"-" {
+                    ValueSource::Stdin
+                } else {
+                    ValueSource::Inline(SecretValue::new(raw.to_vec()))
+                };
+                pairs.push(PairArg { name, value });
+            }
+            None => problems.push(missing_equals(i + 1, bytes)),
+        }
+    }
+    if !problems.is_empty() {
+        return Err(
+            CliError::problems(Exit::Invalid, "nothing was changed", &problems)
+                .with_hint("write NAME=VALUE, or NAME=- to read the value from stdin"),
+        );
+    }
+    let from_stdin: Vec<&str> = pairs
+        .iter()
+        .filter(|p| matches!(p.value, ValueSource::Stdin))
+        .map(|p| p.name.as_str())
+        .collect();
+    if from_stdin.len() > 1 {
+        return Err(CliError::new(
+            Exit::Usage,
+            format!(
+                "only one value can be read from stdin, but {} use NAME=-",
+                from_stdin.join(", ")
+            ),
+        )
+        .with_hint("set the others in a separate command, or use `coffer secrets import`"));
+    }
+    Ok(pairs)
+}
+
+/// The message for an argument without `=`. It names the argument only when it looks like an
+/// environment variable name (upper case, digits, `_`), since anything else may be a value
+/// given without its `NAME=` (`coffer secrets set STRIPE_KEY sk_live_…`).
+fn missing_equals(position: usize, arg: &[u8]) -> String {
+    if looks_like_env_name(arg) {
+        let name = String::from_utf8_lossy(arg);
+        format!("{name} has no value: write {name}=VALUE")
+    } else {
+        format!("argument {position} is not NAME=VALUE (not shown, in case it is a secret value)")
+    }
+}
+
+/// `[A-Z_][A-Z0-9_]*`, at most 64 bytes: what a name is conventionally, and what a value
+/// rarely is.
+fn looks_like_env_name(s: &[u8]) -> bool {
+    matches!(s.first(), Some(b'A'..=b'Z' | b'_'))
+        && s.len() <= 64
+        && s.iter()
+            .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || *b == b'_')
+}
+
+/// Is the part before the first `=` plausibly a value rather than a mistyped name? (A URL
+/// with a query string, `postgres://u:pw@h/db?a=b`, has an `=` too.) Such a part is not
+/// quoted in errors.
+fn looks_like_value(name: &[u8]) -> bool {
+    name.len() > 64 || name.iter().any(|b| b":/@ \t\n".contains(b))
+}
+
+/// The name of the pair whose value comes from stdin, if any.
+pub fn stdin_name(pairs: &[PairArg]) -> Option<&str> {
+    pairs
+        .iter()
+        .find(|p| matches!(p.value, ValueSource::Stdin))
+        .map(|p| p.name.as_str())
+}
+
+/// Fills in the stdin value and validates the whole change locally, reporting every problem.
+pub fn build_set(pairs: Vec<PairArg>, stdin: Option<Vec<u8>>) -> Result<ChangeSet, CliError> {
+    let mut stdin = stdin;
+    let sets = pairs
+        .into_iter()
+        .map(|p| {
+            let value = match p.value {
+                ValueSource::Inline(v) => v,
+                ValueSource::Stdin => SecretValue::new(stdin.take().unwrap_or_default()),
+            };
+            (p.name, value)
+        })
+        .collect();
+    validate(sets, vec![])
+}
+
+/// Validates a change with [`ChangeSet::new`], turning its problems into one error.
+pub fn validate(
+    sets: Vec<(String, SecretValue)>,
+    unsets: Vec<String>,
+) -> Result<ChangeSet, CliError> {
+    ChangeSet::new(sets, unsets).map_err(|e| {
+        let problems: Vec<String> = e.0.iter().map(ToString::to_string).collect();
+        CliError::problems(Exit::Invalid, "nothing was changed", &problems)
+    })
+}
+
+/// Parses dotenv text from `secrets import` and validates it. Nothing is imported on any
+/// error, and no error shows a value.
+pub fn build_import(input: &[u8]) -> Result<ChangeSet, CliError> {
+    let text = std::str::from_utf8(input).map_err(|e| {
+        let line = input[..e.valid_up_to()]
+            .iter()
+            .filter(|&&b| b == b'\n')
+            .count()
+            + 1;
+        CliError::new(
+            Exit::Invalid,
+            format!("line {line}: the input is not valid UTF-8"),
+        )
+    })?;
+    let pairs = coffer_core::dotenv::parse(text)
+        .map_err(|e| CliError::new(Exit::Invalid, e.to_string()))?;
+    if pairs.is_empty() {
+        return Err(CliError::new(
+            Exit::Invalid,
+            "the input has no NAME=VALUE lines; nothing was imported",
+        )
+        .with_hint("pipe a dotenv file into it: coffer secrets import < .env"));
+    }
+    ChangeSet::new(pairs, vec![]).map_err(|e| {
+        let problems: Vec<String> = e.0.iter().map(ToString::to_string).collect();
+        CliError::problems(Exit::Invalid, "nothing was imported", &problems)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::ffi::OsStringExt;
+
+    fn args(a: &[&[u8]]) -> Vec<OsString> {
+        a.iter().map(|b| OsString::from_vec(b.to_vec())).collect()
+    }
+
+    fn inline(p: &PairArg) -> &[u8] {
+        match &p.value {
+            ValueSource::Inline(v) => v.expose_bytes(),
+            ValueSource::Stdin => panic!("stdin"),
+        }
+    }
+
+    #[test]
+    fn splits_at_the_first_equals() {
+        let p = parse_pairs(&args(&[
+            b"URL=postgres://u@h/db?a=b&c=d",
+            b"EMPTY=",
+            b"EQ==",
+        ]))
+        .unwrap();
+        assert_eq!(p[0].name, "URL");
+        assert_eq!(inline(&p[0]), b"postgres://u@h/db?a=b&c=d");
+        assert_eq!(p[1].name, "EMPTY");
+        assert_eq!(inline(&p[1]), b"");
+        assert_eq!(p[2].name, "EQ");
+        assert_eq!(inline(&p[2]), b"=");
+    }
+
+    #[test]
+    fn values_may_be_any_bytes() {
+        let p = parse_pairs(&args(&[b"BIN=\xff\xfe x\n"])).unwrap();
+        assert_eq!(inline(&p[0]), b"\xff\xfe x\n");
+    }
+
+    #[test]
+    fn dash_reads_stdin() {
+        let p = parse_pairs(&args(&[b"A=1", b"KEY=-", b"B=--"])).unwrap();
+        assert!(matches!(p[1].value, ValueSource::Stdin));
+        assert_eq!(inline(&p[2]), b"--");
+        assert_eq!(stdin_name(&p), Some("KEY"));
+        // The value is taken exactly as read: no trimming.
+        let change = build_set(p, Some(b" pem\n\n".to_vec())).unwrap();
+        let (name, value) = &change.sets()[1];
+        assert_eq!(name.as_str(), "KEY");
+        assert_eq!(value.expose_bytes(), b" pem\n\n");
+    }
+
+    #[test]
+    fn at_most_one_dash() {
+        let e = parse_pairs(&args(&[b"A=-", b"B=-"])).unwrap_err();
+        assert_eq!(e.exit, Exit::Usage);
+        assert!(e.message.contains("A, B"), "{}", e.message);
+    }
+
+    #[test]
+    fn missing_equals_names_only_name_like_arguments() {
+        let e = parse_pairs(&args(&[
+            b"A=1",
+            b"DATABASE_URL",
+            b"postgres://user:hunter2@db",
+            b"sk_live_hunter2",
+            b"postgres://u:hunter2@h/db?sslmode=require",
+        ]))
+        .unwrap_err();
+        assert_eq!(e.exit, Exit::Invalid);
+        let shown = e.render();
+        assert!(shown.contains("DATABASE_URL has no value"), "{shown}");
+        assert!(shown.contains("argument 3 is not NAME=VALUE"), "{shown}");
+        assert!(!shown.contains("hunter2"), "{shown}");
+        insta::assert_snapshot!(shown);
+    }
+
+    #[test]
+    fn validation_reports_every_problem_without_values() {
+        let p = parse_pairs(&args(&[
+            b"1A=sentinel1",
+            b"COFFER_X=sentinel2",
+            b"OK=fine",
+            b"N=a\0b",
+        ]))
+        .unwrap();
+        let e = build_set(p, None).unwrap_err();
+        assert_eq!(e.exit, Exit::Invalid);
+        let shown = e.render();
+        assert!(!shown.contains("sentinel"), "{shown}");
+        insta::assert_snapshot!(shown);
+    }
+
+    #[test]
+    fn import_errors() {
+        let e = build_import(b"A=1\nB=\"unterminated\n").unwrap_err();
+        assert_eq!(e.exit, Exit::Invalid);
+        assert!(e.message.starts_with("line 2: "), "{}", e.message);
+        let e = build_import(b"A=1\nB=\xff\n").unwrap_err();
+        assert_eq!(e.message, "line 2: the input is not valid UTF-8");
+        let e = build_import(b"# only a comment\n\n").unwrap_err();
+        assert!(e.message.contains("nothing was imported"));
+        let e = build_import(b"COFFER_A=1\n").unwrap_err();
+        assert!(e.message.contains("reserved prefix"), "{}", e.message);
+        let c = build_import(b"export A=1\nB='two words'\n").unwrap();
+        assert_eq!(c.describe(), "Set A, B");
+    }
+}

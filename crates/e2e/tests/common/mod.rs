@@ -1,0 +1,347 @@
+//! Harness for end-to-end tests: starts the real `cofferd dev` as a child process with its own
+//! data dir and config dir, and runs the real `coffer` binary against it.
+#![allow(dead_code)]
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// Where cargo put this workspace's binaries: next to the `deps` dir of this test binary.
+pub fn bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("test binary path");
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target profile dir");
+    let p = dir.join(name);
+    assert!(
+        p.exists(),
+        "{} not built; run `cargo build --workspace --bins` first (scripts/test.sh does)",
+        p.display()
+    );
+    p
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Engine {
+    Sqlite,
+    Postgres,
+}
+
+/// A database for one test: SQLite in the data dir, or a fresh PostgreSQL database.
+/// Returns `None` when PostgreSQL is wanted but unavailable outside CI (in CI it panics).
+pub async fn database_url(engine: Engine) -> Option<Option<String>> {
+    match engine {
+        Engine::Sqlite => Some(None),
+        Engine::Postgres => {
+            let admin = coffer_store::testing::require_postgres()?;
+            Some(Some(
+                coffer_store::testing::fresh_postgres_database(&admin).await,
+            ))
+        }
+    }
+}
+
+pub struct Dev {
+    pub root: tempfile::TempDir,
+    pub data_dir: PathBuf,
+    pub config_home: PathBuf,
+    pub work_dir: PathBuf,
+    pub capture_dir: PathBuf,
+    pub database_url: Option<String>,
+    pub api_url: String,
+    child: Option<Child>,
+    starts: usize,
+}
+
+impl Dev {
+    /// Starts `cofferd dev` at the most verbose log level.
+    pub fn start(database_url: Option<String>) -> Dev {
+        let root = tempfile::tempdir().expect("tempdir");
+        let data_dir = root.path().join("data");
+        let config_home = root.path().join("config");
+        let work_dir = root.path().join("work");
+        let capture_dir = root.path().join("capture");
+        for d in [&config_home, &work_dir, &capture_dir] {
+            std::fs::create_dir_all(d).unwrap();
+        }
+        let mut dev = Dev {
+            root,
+            data_dir,
+            config_home,
+            work_dir,
+            capture_dir,
+            database_url,
+            api_url: String::new(),
+            child: None,
+            starts: 0,
+        };
+        dev.spawn();
+        dev
+    }
+
+    fn spawn(&mut self) {
+        self.starts += 1;
+        let out = self
+            .capture_dir
+            .join(format!("cofferd-{}.stdout", self.starts));
+        let err = self
+            .capture_dir
+            .join(format!("cofferd-{}.stderr", self.starts));
+        let mut cmd = Command::new(bin("cofferd"));
+        cmd.arg("dev")
+            .arg("--data-dir")
+            .arg(&self.data_dir)
+            .arg("--listen")
+            .arg("127.0.0.1:0")
+            .env("XDG_CONFIG_HOME", &self.config_home)
+            .env("COFFER_LOG", "trace")
+            .env_remove("COFFER_DATABASE_URL")
+            .stdin(Stdio::null())
+            .stdout(std::fs::File::create(&out).unwrap())
+            .stderr(std::fs::File::create(&err).unwrap());
+        if let Some(url) = &self.database_url {
+            cmd.arg("--database-url").arg(url);
+        }
+        self.child = Some(cmd.spawn().expect("spawn cofferd dev"));
+        self.api_url = wait_for_api_url(&out, &err, self.child.as_mut().unwrap());
+        wait_ready(&self.api_url);
+    }
+
+    /// Stops the daemon: SIGTERM (graceful) or SIGKILL.
+    pub fn stop(&mut self, kill: bool) {
+        if let Some(mut child) = self.child.take() {
+            let sig = if kill { "-KILL" } else { "-TERM" };
+            let _ = Command::new("kill")
+                .arg(sig)
+                .arg(child.id().to_string())
+                .status();
+            let deadline = Instant::now() + Duration::from_secs(20);
+            while Instant::now() < deadline {
+                if child.try_wait().unwrap().is_some() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    pub fn restart(&mut self) {
+        self.stop(false);
+        self.spawn();
+    }
+
+    /// The real CLI, configured only by the file `cofferd dev` wrote.
+    pub fn coffer(&self) -> assert_cmd::Command {
+        let mut c = assert_cmd::Command::new(bin("coffer"));
+        c.current_dir(&self.work_dir)
+            .env("XDG_CONFIG_HOME", &self.config_home)
+            .env("HOME", self.root.path())
+            .env_remove("COFFER_APP")
+            .env_remove("COFFER_API_URL")
+            .env_remove("COFFER_API_TOKEN")
+            .timeout(Duration::from_secs(60));
+        c
+    }
+
+    /// Runs the CLI and records its output in the capture dir, so that the sentinel scan
+    /// sees everything every command printed.
+    pub fn run(&self, args: &[&str], stdin: Option<&[u8]>) -> std::process::Output {
+        let mut c = self.coffer();
+        c.args(args);
+        if let Some(input) = stdin {
+            c.write_stdin(input.to_vec());
+        }
+        let out = c.output().expect("run coffer");
+        let n = std::fs::read_dir(&self.capture_dir).unwrap().count();
+        std::fs::write(
+            self.capture_dir.join(format!("cli-{n}.stdout")),
+            &out.stdout,
+        )
+        .unwrap();
+        std::fs::write(
+            self.capture_dir.join(format!("cli-{n}.stderr")),
+            &out.stderr,
+        )
+        .unwrap();
+        out
+    }
+
+    /// Runs the CLI and asserts success; returns stdout.
+    pub fn ok(&self, args: &[&str]) -> String {
+        let out = self.run(args, None);
+        assert!(
+            out.status.success(),
+            "coffer {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    pub fn admin_token(&self) -> String {
+        let text = std::fs::read_to_string(self.config_home.join("coffer/config.toml")).unwrap();
+        let v: toml_lite::Config = toml_lite::parse(&text);
+        v.token
+    }
+
+    pub fn sqlite_path(&self) -> PathBuf {
+        self.data_dir.join("coffer.db")
+    }
+}
+
+impl Drop for Dev {
+    fn drop(&mut self) {
+        self.stop(false);
+    }
+}
+
+fn wait_for_api_url(out: &Path, err: &Path, child: &mut Child) -> String {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let mut s = String::new();
+        if let Ok(mut f) = std::fs::File::open(out) {
+            f.read_to_string(&mut s).unwrap();
+        }
+        if let Some(line) = s.lines().find(|l| l.trim_start().starts_with("API:")) {
+            return line.split_whitespace().nth(1).unwrap().to_string();
+        }
+        if let Some(status) = child.try_wait().unwrap() {
+            panic!(
+                "cofferd dev exited with {status}: {}",
+                std::fs::read_to_string(err).unwrap_or_default()
+            );
+        }
+        assert!(
+            Instant::now() < deadline,
+            "cofferd dev did not print its URL"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Polls `/readyz` instead of sleeping.
+pub fn wait_ready(api_url: &str) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let addr = api_url.trim_start_matches("http://").to_string();
+    loop {
+        if let Ok(mut s) = std::net::TcpStream::connect(&addr) {
+            use std::io::Write;
+            let _ = write!(
+                s,
+                "GET /readyz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+            );
+            let mut resp = String::new();
+            let _ = s.read_to_string(&mut resp);
+            if resp.starts_with("HTTP/1.1 200") {
+                return;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "API at {api_url} never became ready"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Every file under `dirs` (recursively), for scans.
+pub fn all_files(dirs: &[&Path]) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut stack: Vec<PathBuf> = dirs.iter().map(|d| d.to_path_buf()).collect();
+    while let Some(d) = stack.pop() {
+        let Ok(rd) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for e in rd.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                out.push(p);
+            }
+        }
+    }
+    out
+}
+
+/// The forms a leaked value could take: raw, hex (both cases), base64 (standard, URL-safe,
+/// with and without padding) — also shifted, since base64 of a value inside a longer buffer
+/// depends on its alignment.
+pub fn leak_forms(sentinel: &[u8]) -> Vec<Vec<u8>> {
+    use base64::Engine as _;
+    let engines = [
+        base64::engine::general_purpose::STANDARD,
+        base64::engine::general_purpose::STANDARD_NO_PAD,
+        base64::engine::general_purpose::URL_SAFE,
+        base64::engine::general_purpose::URL_SAFE_NO_PAD,
+    ];
+    let mut forms = vec![
+        sentinel.to_vec(),
+        hex::encode(sentinel).into_bytes(),
+        hex::encode_upper(sentinel).into_bytes(),
+    ];
+    for e in engines {
+        for shift in 0..3 {
+            let mut buf = vec![b'x'; shift];
+            buf.extend_from_slice(sentinel);
+            let enc = e.encode(&buf);
+            // Skip the characters that depend on the prefix; keep a long stable middle.
+            let skip = (shift * 4).div_ceil(3) + 1;
+            let stable = &enc.as_bytes()[skip.min(enc.len())..enc.len().saturating_sub(4)];
+            if stable.len() >= 16 {
+                forms.push(stable.to_vec());
+            }
+        }
+    }
+    forms
+}
+
+/// Returns (file, form index) for every occurrence of any form of any sentinel.
+pub fn scan(files: &[PathBuf], sentinels: &[Vec<u8>]) -> Vec<String> {
+    let mut hits = Vec::new();
+    for f in files {
+        let Ok(bytes) = std::fs::read(f) else {
+            continue;
+        };
+        for s in sentinels {
+            for (i, form) in leak_forms(s).iter().enumerate() {
+                if bytes.windows(form.len()).any(|w| w == form.as_slice()) {
+                    hits.push(format!(
+                        "{} (form {i} of {:?}…)",
+                        f.display(),
+                        String::from_utf8_lossy(&s[..8.min(s.len())])
+                    ));
+                }
+            }
+        }
+    }
+    hits
+}
+
+/// Random printable sentinel that cannot occur by chance.
+pub fn sentinel(tag: &str) -> Vec<u8> {
+    use rand::Rng;
+    let r: String = rand::thread_rng()
+        .sample_iter(&rand::distributions::Alphanumeric)
+        .take(24)
+        .map(char::from)
+        .collect();
+    format!("SENTINEL{tag}{r}").into_bytes()
+}
+
+mod toml_lite {
+    pub struct Config {
+        pub token: String,
+    }
+    pub fn parse(text: &str) -> Config {
+        let token = text
+            .lines()
+            .find_map(|l| l.strip_prefix("token = "))
+            .map(|v| v.trim().trim_matches('"').to_string())
+            .expect("token in config");
+        Config { token }
+    }
+}
