@@ -66,3 +66,38 @@ impl FromRequestParts<ApiState> for Caller {
         })
     }
 }
+
+/// A host agent, authenticated by its host token. Handlers still check that the host in the
+/// path is this one ([`HostCaller::require_host`]).
+#[derive(Debug, Clone)]
+pub struct HostCaller {
+    pub host: coffer_store::HostRecord,
+}
+
+impl HostCaller {
+    pub fn require_host(&self, host_id: &str) -> Result<(), ApiError> {
+        if self.host.id == host_id {
+            Ok(())
+        } else {
+            Err(ApiError::forbidden("this host token belongs to another host"))
+        }
+    }
+}
+
+impl FromRequestParts<ApiState> for HostCaller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &ApiState) -> Result<Self, ApiError> {
+        let presented = coffer_http::bearer(&parts.headers).ok_or_else(ApiError::unauthorized)?;
+        let (id, hash) = parse_token(presented).ok_or_else(ApiError::unauthorized)?;
+        let host = match state.store.host(&id).await {
+            Ok(h) => h,
+            Err(StoreError::NotFound(_)) => return Err(ApiError::unauthorized()),
+            Err(e) => return Err(e.into()),
+        };
+        if !ct_eq(&hash, &host.token_hash) {
+            return Err(ApiError::unauthorized());
+        }
+        Ok(HostCaller { host })
+    }
+}

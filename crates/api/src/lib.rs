@@ -15,11 +15,20 @@
 //! | `POST /v1/apps/{app}/secrets/deploy` | deploy | deploy the staged version |
 //! | `GET /v1/apps/{app}/secrets/history` | read | the versions |
 //! | `POST /v1/tokens`, `GET /v1/tokens`, `DELETE /v1/tokens/{id}` | admin | API tokens |
+//! | `POST /v1/apps/{app}/machines` | deploy | create and boot a machine on a host |
+//! | `GET /v1/apps/{app}/machines[/{id}]` | read | machines (not destroyed ones) |
+//! | `POST /v1/apps/{app}/machines/{id}/stop`, `…/start` | deploy | desired state |
+//! | `DELETE /v1/apps/{app}/machines/{id}` | deploy | destroy: ends the host's access |
+//! | `GET /v1/apps/{app}/machines/{id}/logs?follow=` | read | the workload's output, from its host |
+//! | `POST /v1/hosts` | admin | a host agent registers |
+//! | `POST /v1/hosts/{id}/heartbeat`, `GET …/assignments`, `POST …/machines/{mid}/state`, `POST …/machines/{mid}/boot` | host token | the agent protocol (see [`hosts`]) |
 //! | `GET /healthz`, `GET /readyz`, `GET /metrics` | none | liveness, readiness, metrics |
 
 pub mod apps;
 pub mod auth;
+pub mod hosts;
 pub mod keys;
+pub mod machines;
 pub mod secrets;
 pub mod timefmt;
 pub mod tokens;
@@ -27,6 +36,7 @@ pub mod tokens;
 use axum::routing::{delete, get, post};
 use axum::Router;
 use coffer_http::{ApiError, ApiResult, Metrics};
+use coffer_crypto::machine_token::ControlPlaneKey;
 use coffer_store::Store;
 use std::sync::Arc;
 
@@ -36,14 +46,37 @@ pub use keys::{KeyCache, VaultClient};
 pub struct ApiState {
     pub store: Store,
     pub keys: Arc<KeyCache>,
+    /// Signs machine tokens and log grants; the vault and agents hold its public key.
+    pub signing_key: Arc<ControlPlaneKey>,
+    /// Bumped when a host's assignments change, to wake long-polling agents at once.
+    pub host_changes: Arc<tokio::sync::watch::Sender<u64>>,
+    /// Bumped when a host reports a machine state, to wake watchers (releases).
+    pub machine_events: Arc<tokio::sync::watch::Sender<u64>>,
+    /// For proxying logs from agents.
+    pub agent_http: reqwest::Client,
 }
 
 impl ApiState {
-    pub fn new(store: Store, vault: VaultClient) -> Self {
+    pub fn new(store: Store, vault: VaultClient, signing_key: ControlPlaneKey) -> Self {
         Self {
             store,
             keys: Arc::new(KeyCache::new(vault)),
+            signing_key: Arc::new(signing_key),
+            host_changes: Arc::new(tokio::sync::watch::channel(0).0),
+            machine_events: Arc::new(tokio::sync::watch::channel(0).0),
+            agent_http: reqwest::Client::builder()
+                .connect_timeout(std::time::Duration::from_secs(5))
+                .build()
+                .expect("HTTP client builds"),
         }
+    }
+
+    pub fn notify_hosts(&self) {
+        self.host_changes.send_modify(|g| *g = g.wrapping_add(1));
+    }
+
+    pub fn notify_machine_event(&self) {
+        self.machine_events.send_modify(|g| *g = g.wrapping_add(1));
     }
 }
 
@@ -61,6 +94,16 @@ pub fn router(state: ApiState, metrics: Metrics) -> Router {
         .route("/v1/apps/{app}/secrets/history", get(secrets::history))
         .route("/v1/tokens", post(tokens::create).get(tokens::list))
         .route("/v1/tokens/{id}", delete(tokens::revoke))
+        .route("/v1/apps/{app}/machines", post(machines::run).get(machines::list))
+        .route("/v1/apps/{app}/machines/{id}", get(machines::get).delete(machines::destroy))
+        .route("/v1/apps/{app}/machines/{id}/stop", post(machines::stop))
+        .route("/v1/apps/{app}/machines/{id}/start", post(machines::start))
+        .route("/v1/apps/{app}/machines/{id}/logs", get(machines::logs))
+        .route("/v1/hosts", post(hosts::register))
+        .route("/v1/hosts/{id}/heartbeat", post(hosts::heartbeat))
+        .route("/v1/hosts/{id}/assignments", get(hosts::assignments))
+        .route("/v1/hosts/{id}/machines/{mid}/state", post(hosts::report_state))
+        .route("/v1/hosts/{id}/machines/{mid}/boot", post(hosts::boot))
         .fallback(|| async { ApiError::not_found("route") })
         .with_state(state);
     coffer_http::with_common_layers(routes, metrics)

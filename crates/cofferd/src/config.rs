@@ -44,6 +44,8 @@ pub enum Command {
     Vault(VaultArgs),
     /// Creates a store (runs migrations) and mints the first admin API token.
     Init(InitArgs),
+    /// Host agent: runs this host's machines and injects their secrets at boot.
+    Agent(AgentArgs),
 }
 
 #[derive(Args, Debug, Clone)]
@@ -90,6 +92,10 @@ pub struct ApiArgs {
     /// File holding the service token shared with the vault.
     #[arg(long, env = "COFFER_SERVICE_TOKEN_FILE")]
     pub service_token_file: Option<PathBuf>,
+    /// File holding the control plane's Ed25519 signing key (64 hex, 0600): it signs machine
+    /// tokens. `cofferd init --signing-key-file` creates one.
+    #[arg(long, env = "COFFER_SIGNING_KEY_FILE")]
+    pub signing_key_file: Option<PathBuf>,
 }
 
 #[derive(Args, Debug)]
@@ -108,6 +114,10 @@ pub struct VaultArgs {
     /// File holding the service token shared with the API.
     #[arg(long, env = "COFFER_SERVICE_TOKEN_FILE")]
     pub service_token_file: Option<PathBuf>,
+    /// The control plane's public key (hex), to verify machine tokens. Without it the vault
+    /// decrypts nothing.
+    #[arg(long, env = "COFFER_CONTROL_PLANE_PUBLIC_KEY")]
+    pub control_plane_public_key: Option<String>,
 }
 
 #[derive(Args, Debug)]
@@ -117,6 +127,33 @@ pub struct InitArgs {
     /// Store URL to create: sqlite://PATH or postgres://…
     #[arg(long, env = "COFFER_DATABASE_URL", hide_env_values = true)]
     pub database_url: Option<String>,
+    /// Also create the control plane's signing key at this path (0600) and print its public key.
+    #[arg(long)]
+    pub signing_key_file: Option<PathBuf>,
+}
+
+#[derive(Args, Debug)]
+pub struct AgentArgs {
+    #[command(flatten)]
+    pub common: Common,
+    /// Base URL of the API.
+    #[arg(long, env = "COFFER_API_URL")]
+    pub api_url: Option<String>,
+    /// Base URL of the vault.
+    #[arg(long, env = "COFFER_VAULT_URL")]
+    pub vault_url: Option<String>,
+    /// Where the agent keeps its identity, machine state and workload logs.
+    #[arg(long, env = "COFFER_STATE_DIR")]
+    pub state_dir: Option<PathBuf>,
+    /// Address of the agent's own endpoint (logs for the API) [default: 127.0.0.1:7375].
+    #[arg(long, env = "COFFER_LISTEN")]
+    pub listen: Option<SocketAddr>,
+    /// Host name shown in `coffer machines list` [default: the system host name].
+    #[arg(long, env = "COFFER_HOST_NAME")]
+    pub name: Option<String>,
+    /// File holding an admin API token, used once to register this host.
+    #[arg(long, env = "COFFER_JOIN_TOKEN_FILE")]
+    pub join_token_file: Option<PathBuf>,
 }
 
 /// The config file's keys. Unknown keys are an error, so a typo is not silently ignored.
@@ -130,6 +167,12 @@ pub struct FileConfig {
     pub unseal_key_file: Option<PathBuf>,
     pub data_dir: Option<PathBuf>,
     pub log: Option<String>,
+    pub signing_key_file: Option<PathBuf>,
+    pub control_plane_public_key: Option<String>,
+    pub api_url: Option<String>,
+    pub state_dir: Option<PathBuf>,
+    pub name: Option<String>,
+    pub join_token_file: Option<PathBuf>,
 }
 
 impl FileConfig {

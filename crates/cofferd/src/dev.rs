@@ -13,6 +13,7 @@ use std::path::{Path, PathBuf};
 
 const ADMIN_TOKEN_FILE: &str = "admin.token";
 const UNSEAL_KEY_FILE: &str = "unseal.key";
+const SIGNING_KEY_FILE: &str = "control-plane.key";
 /// The dev admin token lives as long as the data dir; it is re-minted only if lost or revoked.
 const DEV_ADMIN_TTL_SECS: i64 = 10 * 365 * 24 * 3600;
 
@@ -70,12 +71,39 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         write_cli_config(&config_path, &api_url, &admin)?;
     }
 
-    let vault_router = roles::vault_router(vault, &service_token);
-    let api_router = roles::api_router(store.clone(), &vault_url, service_token)?;
+    let (signing_key, _) = roles::signing_key(&data_dir.join(SIGNING_KEY_FILE), true)?;
+    let cp_public = signing_key.public_key();
+    let vault_router = roles::vault_router(vault, &service_token, Some(cp_public));
+    let api_router = roles::api_router(store.clone(), &vault_url, service_token, signing_key)?;
+
+    let (tx, rx) = tokio::sync::watch::channel(false);
+    let stop = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|v| *v).await;
+    };
+    let vault_task = tokio::spawn(coffer_http::serve(vault_listener, vault_router, stop(rx.clone())));
+    let api_task = tokio::spawn(coffer_http::serve(api_listener, api_router, stop(rx.clone())));
+
+    // The host agent registers through the API, so it starts once the API serves.
+    let agent_listener = roles::bind("127.0.0.1:0".parse()?, "agent").await?;
+    let agent_url = format!("http://{}", agent_listener.local_addr()?);
+    let agent = coffer_agent::Agent::start(
+        coffer_agent::AgentConfig {
+            api_url: api_url.clone(),
+            vault_url: vault_url.clone(),
+            state_dir: data_dir.join("agent"),
+            name: "dev".into(),
+            join_token: Some(SecretToken::new(admin.expose().to_string())),
+            stop_timeout: std::time::Duration::from_secs(5),
+        },
+        agent_listener,
+    )
+    .await?;
+    let agent_task = tokio::spawn(agent.run(stop(rx)));
 
     println!("coffer dev is running (Ctrl-C to stop)");
     println!("  API:         {api_url}");
     println!("  vault:       {vault_url} (loopback only)");
+    println!("  agent:       {agent_url} (host \"dev\", runs this machine's workloads)");
     println!("  data dir:    {}", data_dir.display());
     println!(
         "  store:       {}",
@@ -99,20 +127,11 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     }
     println!("Next: coffer apps create my-app");
     std::io::stdout().flush()?;
-    tracing::info!(api = %api_url, vault = %vault_url, "coffer dev started");
+    tracing::info!(api = %api_url, vault = %vault_url, agent = %agent_url, "coffer dev started");
 
-    let (tx, rx) = tokio::sync::watch::channel(false);
-    let stop = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
-        let _ = rx.wait_for(|v| *v).await;
-    };
-    let vault_task = tokio::spawn(coffer_http::serve(
-        vault_listener,
-        vault_router,
-        stop(rx.clone()),
-    ));
-    let api_task = tokio::spawn(coffer_http::serve(api_listener, api_router, stop(rx)));
     coffer_http::shutdown_signal().await;
     let _ = tx.send(true);
+    agent_task.await??;
     api_task.await??;
     vault_task.await??;
     store.close().await;

@@ -30,5 +30,6 @@ async fn run(cli: config::Cli) -> anyhow::Result<()> {
         config::Command::Api(args) => roles::api(args).await,
         config::Command::Vault(args) => roles::vault(args).await,
         config::Command::Init(args) => roles::init(args).await,
+        config::Command::Agent(args) => roles::agent(args).await,
     }
 }

@@ -1,12 +1,13 @@
 //! Starting each role: open its store, build its state, bind its listener. `dev` reuses these.
 
-use crate::config::{self, hint, pick, required, ApiArgs, FileConfig, InitArgs, VaultArgs};
+use crate::config::{self, hint, pick, required, AgentArgs, ApiArgs, FileConfig, InitArgs, VaultArgs};
 use anyhow::Context;
 use coffer_api::{ApiState, VaultClient};
 use coffer_core::secret::SecretToken;
 use coffer_core::Action;
 use coffer_http::Metrics;
 use coffer_store::{now_micros, DatabaseUrl, NewToken, OpenMode, Store, StoreError};
+use coffer_crypto::machine_token::{ControlPlaneKey, ControlPlanePublicKey};
 use coffer_vault::routes::VaultState;
 use coffer_vault::Vault;
 use std::net::SocketAddr;
@@ -14,6 +15,7 @@ use tokio::net::TcpListener;
 
 pub const DEFAULT_API_ADDR: &str = "127.0.0.1:7373";
 pub const DEFAULT_VAULT_ADDR: &str = "127.0.0.1:7374";
+pub const DEFAULT_AGENT_ADDR: &str = "127.0.0.1:7375";
 
 pub async fn open_store(url: &str, mode: OpenMode) -> anyhow::Result<Store> {
     let parsed = DatabaseUrl::parse(url)?;
@@ -37,9 +39,13 @@ pub async fn bind(addr: SocketAddr, what: &str) -> anyhow::Result<TcpListener> {
     })
 }
 
-pub fn vault_router(vault: Vault, service_token: &SecretToken) -> axum::Router {
+pub fn vault_router(
+    vault: Vault,
+    service_token: &SecretToken,
+    control_plane_key: Option<ControlPlanePublicKey>,
+) -> axum::Router {
     coffer_vault::routes::router(
-        VaultState::new(vault, service_token.expose()),
+        VaultState::new(vault, service_token.expose(), control_plane_key),
         Metrics::new("coffer_vault"),
     )
 }
@@ -48,12 +54,35 @@ pub fn api_router(
     store: Store,
     vault_url: &str,
     service_token: SecretToken,
+    signing_key: ControlPlaneKey,
 ) -> anyhow::Result<axum::Router> {
     let vault = VaultClient::new(vault_url, service_token)?;
     Ok(coffer_api::router(
-        ApiState::new(store, vault),
+        ApiState::new(store, vault, signing_key),
         Metrics::new("coffer_api"),
     ))
+}
+
+/// Reads the control plane's signing key, or (for `dev` and `init`) creates it.
+pub fn signing_key(
+    path: &std::path::Path,
+    create: bool,
+) -> anyhow::Result<(ControlPlaneKey, bool)> {
+    let (bytes, created) = if create {
+        coffer_vault::unseal::read_or_create_key_bytes(path, || {
+            ControlPlaneKey::generate().to_secret_bytes()
+        })?
+    } else {
+        let bytes = coffer_vault::unseal::read_key_bytes(path).map_err(|e| {
+            anyhow::Error::new(hint(
+                "create one with `cofferd init --database-url URL --signing-key-file PATH`",
+            ))
+            .context(e.to_string())
+        })?;
+        (bytes, false)
+    };
+    let key = ControlPlaneKey::from_secret_bytes(&bytes).map_err(|e| anyhow::anyhow!("{e}"))?;
+    Ok((key, created))
 }
 
 /// Opens the vault over `store` with `root`, turning a root-key mismatch into advice.
@@ -112,11 +141,18 @@ pub async fn api(args: ApiArgs) -> anyhow::Result<()> {
     )?;
     let listen = pick(args.listen, file.listen)
         .unwrap_or_else(|| DEFAULT_API_ADDR.parse().expect("valid default"));
+    let key_file = required(
+        pick(args.signing_key_file, file.signing_key_file),
+        "signing-key-file",
+        "COFFER_SIGNING_KEY_FILE",
+    )?;
+    let (key, _) = signing_key(&key_file, false)?;
     let store = open_store(&url, OpenMode::MustExist).await?;
     let router = api_router(
         store,
         &vault_url,
         config::read_secret_file(&token_file, "service token")?,
+        key,
     )?;
     let listener = bind(listen, "API").await?;
     tracing::info!(addr = %listener.local_addr()?, "coffer API listening");
@@ -147,9 +183,22 @@ pub async fn vault(args: VaultArgs) -> anyhow::Result<()> {
     let root = coffer_vault::unseal::read_key_file(&key_file)?;
     let store = open_store(&url, OpenMode::MustExist).await?;
     let vault = open_vault(store, root, &key_file).await?;
+    let cp_key = match pick(args.control_plane_public_key, file.control_plane_public_key) {
+        Some(hex) => Some(ControlPlanePublicKey::from_hex(&hex).map_err(|_| {
+            anyhow::Error::new(hint(
+                "pass the public key that `cofferd init --signing-key-file` printed",
+            ))
+            .context("--control-plane-public-key is not an Ed25519 public key in hex")
+        })?),
+        None => {
+            tracing::warn!("no --control-plane-public-key: this vault refuses every decrypt");
+            None
+        }
+    };
     let router = vault_router(
         vault,
         &config::read_secret_file(&token_file, "service token")?,
+        cp_key,
     );
     let listener = bind(listen, "vault").await?;
     tracing::info!(addr = %listener.local_addr()?, "coffer vault listening");
@@ -168,9 +217,55 @@ pub async fn init(args: InitArgs) -> anyhow::Result<()> {
     let store = open_store(&url, OpenMode::CreateIfMissing).await?;
     let token = mint_admin_token(&store, "initial admin (cofferd init)", 90 * 24 * 3600).await?;
     println!("store ready at {}", DatabaseUrl::parse(&url)?.redacted());
+    if let Some(path) = args.signing_key_file {
+        let (key, created) = signing_key(&path, true)?;
+        println!(
+            "control-plane signing key {} {} (public key {}: pass it to `cofferd vault --control-plane-public-key`)",
+            if created { "created at" } else { "kept at" },
+            path.display(),
+            key.public_key_hex()
+        );
+    }
     println!(
         "admin token (shown once, valid 90 days): {}",
         token.expose()
     );
     Ok(())
+}
+
+pub async fn agent(args: AgentArgs) -> anyhow::Result<()> {
+    let file = FileConfig::load(args.common.config.as_deref())?;
+    crate::logging::init(pick(args.common.log, file.log).as_deref(), None)?;
+    let api_url = required(pick(args.api_url, file.api_url), "api-url", "COFFER_API_URL")?;
+    let vault_url = required(pick(args.vault_url, file.vault_url), "vault-url", "COFFER_VAULT_URL")?;
+    let state_dir = required(pick(args.state_dir, file.state_dir), "state-dir", "COFFER_STATE_DIR")?;
+    let listen = pick(args.listen, file.listen).unwrap_or_else(|| DEFAULT_AGENT_ADDR.parse().expect("valid default"));
+    let join_token = match pick(args.join_token_file, file.join_token_file) {
+        Some(p) => Some(config::read_secret_file(&p, "join token")?),
+        None => None,
+    };
+    let name = pick(args.name, file.name).unwrap_or_else(system_host_name);
+    let listener = bind(listen, "agent").await?;
+    let agent = coffer_agent::Agent::start(
+        coffer_agent::AgentConfig {
+            api_url,
+            vault_url,
+            state_dir,
+            name,
+            join_token,
+            stop_timeout: std::time::Duration::from_secs(10),
+        },
+        listener,
+    )
+    .await?;
+    tracing::info!(host_id = agent.host_id(), "coffer agent running");
+    agent.run(coffer_http::shutdown_signal()).await
+}
+
+pub fn system_host_name() -> String {
+    std::fs::read_to_string("/etc/hostname")
+        .ok()
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "host".into())
 }

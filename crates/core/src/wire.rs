@@ -233,3 +233,287 @@ pub mod vault {
         }
     }
 }
+
+/// Machines as users see them (`coffer machines …`).
+pub mod machines {
+    use serde::{Deserialize, Serialize};
+    use std::collections::BTreeMap;
+
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+    #[serde(rename_all = "kebab-case")]
+    pub enum RestartPolicy {
+        /// Never restart; an exit is final.
+        #[default]
+        No,
+        /// Restart after a non-zero exit or a signal.
+        OnFailure,
+        /// Restart after any exit.
+        Always,
+    }
+
+    impl RestartPolicy {
+        pub fn as_str(self) -> &'static str {
+            match self {
+                RestartPolicy::No => "no",
+                RestartPolicy::OnFailure => "on-failure",
+                RestartPolicy::Always => "always",
+            }
+        }
+        pub fn parse(s: &str) -> Option<Self> {
+            match s {
+                "no" => Some(RestartPolicy::No),
+                "on-failure" => Some(RestartPolicy::OnFailure),
+                "always" => Some(RestartPolicy::Always),
+                _ => None,
+            }
+        }
+    }
+
+    /// What the user asked for.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+    #[serde(rename_all = "lowercase")]
+    pub enum DesiredState {
+        Running,
+        Stopped,
+        Destroyed,
+    }
+
+    impl DesiredState {
+        pub fn as_str(self) -> &'static str {
+            match self {
+                DesiredState::Running => "running",
+                DesiredState::Stopped => "stopped",
+                DesiredState::Destroyed => "destroyed",
+            }
+        }
+        pub fn parse(s: &str) -> Option<Self> {
+            match s {
+                "running" => Some(DesiredState::Running),
+                "stopped" => Some(DesiredState::Stopped),
+                "destroyed" => Some(DesiredState::Destroyed),
+                _ => None,
+            }
+        }
+    }
+
+    /// What the host reports.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+    #[serde(rename_all = "lowercase")]
+    pub enum MachineState {
+        /// Created, not yet picked up by its host.
+        Pending,
+        /// Getting its secrets and starting the process.
+        Starting,
+        /// The workload runs.
+        Started,
+        /// Stopped on request.
+        Stopped,
+        /// The workload exited by itself (see `exit_status`).
+        Exited,
+        /// Could not start (see `message`); the host retries with backoff.
+        Failed,
+        Destroyed,
+    }
+
+    impl MachineState {
+        pub fn as_str(self) -> &'static str {
+            match self {
+                MachineState::Pending => "pending",
+                MachineState::Starting => "starting",
+                MachineState::Started => "started",
+                MachineState::Stopped => "stopped",
+                MachineState::Exited => "exited",
+                MachineState::Failed => "failed",
+                MachineState::Destroyed => "destroyed",
+            }
+        }
+        pub fn parse(s: &str) -> Option<Self> {
+            Some(match s {
+                "pending" => MachineState::Pending,
+                "starting" => MachineState::Starting,
+                "started" => MachineState::Started,
+                "stopped" => MachineState::Stopped,
+                "exited" => MachineState::Exited,
+                "failed" => MachineState::Failed,
+                "destroyed" => MachineState::Destroyed,
+                _ => return None,
+            })
+        }
+    }
+
+    /// `POST /v1/apps/{app}/machines`.
+    #[derive(Debug, Clone, Serialize, Deserialize)]
+    pub struct RunMachine {
+        #[serde(default)]
+        pub name: Option<String>,
+        /// The program and its arguments; the program is looked up in the minimal `PATH`.
+        pub command: Vec<String>,
+        /// Plain (non-secret) environment variables of this machine.
+        #[serde(default)]
+        pub env: BTreeMap<String, String>,
+        #[serde(default)]
+        pub restart: RestartPolicy,
+    }
+
+    #[derive(Debug, Clone, Serialize, Deserialize)]
+    pub struct Machine {
+        pub id: String,
+        pub app: String,
+        pub name: String,
+        pub state: MachineState,
+        pub desired: DesiredState,
+        /// The secrets version the machine boots with.
+        pub secrets_version: i64,
+        pub release_version: i64,
+        pub host: String,
+        pub command: Vec<String>,
+        pub restart: RestartPolicy,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub exit_status: Option<i32>,
+        /// Why the machine is in its state (a failed boot's reason, …).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub message: Option<String>,
+        pub created_at: String,
+        pub updated_at: String,
+    }
+}
+
+/// Between a host agent and the control plane / vault.
+pub mod agent {
+    use super::machines::{DesiredState, MachineState, RestartPolicy};
+    use serde::{Deserialize, Serialize};
+    use std::collections::BTreeMap;
+
+    /// `POST /v1/hosts` (global admin API token): a new host joins.
+    #[derive(Debug, Clone, Serialize, Deserialize)]
+    pub struct RegisterHost {
+        pub name: String,
+        /// Base URL where the agent serves machine logs to the control plane.
+        pub address: String,
+        /// The host's Ed25519 public key (hex): the host signs its decrypt requests with it.
+        pub public_key: String,
+    }
+
+    #[derive(Serialize, Deserialize)]
+    pub struct RegisteredHost {
+        pub host_id: String,
+        /// The host's bearer token for the control plane (shown once).
+        pub host_token: String,
+        /// The control plane's Ed25519 public key (hex) that signs machine tokens and log grants.
+        pub control_plane_public_key: String,
+    }
+
+    impl std::fmt::Debug for RegisteredHost {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            write!(f, "RegisteredHost {{ host_id: {}, host_token: [REDACTED] }}", self.host_id)
+        }
+    }
+
+    /// `POST /v1/hosts/{id}/heartbeat` (host token): the agent is alive, at this address.
+    #[derive(Debug, Clone, Serialize, Deserialize)]
+    pub struct Heartbeat {
+        pub address: String,
+    }
+
+    /// One machine placed on a host, as the host must run it.
+    #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+    pub struct Assignment {
+        pub machine_id: String,
+        pub app_id: String,
+        pub app_name: String,
+        pub name: String,
+        pub command: Vec<String>,
+        pub env: BTreeMap<String, String>,
+        pub restart: RestartPolicy,
+        pub desired: DesiredState,
+        pub secrets_version: i64,
+        pub release_version: i64,
+        /// Bumped by every change of the machine's desired state or configuration; a host
+        /// (re)boots a running machine whose generation moved.
+        pub generation: i64,
+    }
+
+    /// `GET /v1/hosts/{id}/assignments?after=N` (host token): long-polls until the host's
+    /// assignments change past `N` or a timeout, then returns them all.
+    #[derive(Debug, Clone, Serialize, Deserialize)]
+    pub struct Assignments {
+        /// Highest generation among the host's machines (pass as `after`).
+        pub generation: i64,
+        pub machines: Vec<Assignment>,
+    }
+
+    /// `POST /v1/hosts/{id}/machines/{mid}/state` (host token).
+    #[derive(Debug, Clone, Serialize, Deserialize)]
+    pub struct StateReport {
+        pub state: MachineState,
+        #[serde(default)]
+        pub exit_status: Option<i32>,
+        #[serde(default)]
+        pub message: Option<String>,
+        /// The generation the host acted on.
+        pub generation: i64,
+    }
+
+    /// A ciphertext as presented to the vault, with the place it was stored at.
+    #[derive(Debug, Clone, Serialize, Deserialize)]
+    pub struct PresentedCiphertext {
+        pub name: String,
+        pub version: i64,
+        /// Standard base64.
+        pub ciphertext: String,
+    }
+
+    /// `POST /v1/hosts/{id}/machines/{mid}/boot` (host token): a machine token for this boot
+    /// and the ciphertexts of the machine's secrets version.
+    #[derive(Serialize, Deserialize)]
+    pub struct BootGrant {
+        pub machine_token: String,
+        pub app_id: String,
+        pub app_name: String,
+        pub secrets_version: i64,
+        pub release_version: i64,
+        pub ciphertexts: Vec<PresentedCiphertext>,
+        /// When the machine token expires (RFC 3339).
+        pub expires_at: String,
+    }
+
+    impl std::fmt::Debug for BootGrant {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            write!(
+                f,
+                "BootGrant {{ machine_token: [REDACTED], app_id: {}, secrets_version: {}, ciphertexts: {} }}",
+                self.app_id,
+                self.secrets_version,
+                self.ciphertexts.len()
+            )
+        }
+    }
+
+    /// `POST /v1/decrypt` on the vault.
+    #[derive(Serialize, Deserialize)]
+    pub struct DecryptRequest {
+        pub machine_token: String,
+        pub machine_id: String,
+        /// The agent's one-time X25519 public key for this boot (hex).
+        pub one_time_public_key: String,
+        pub ciphertexts: Vec<PresentedCiphertext>,
+        /// Unix seconds; the vault refuses requests more than a minute off.
+        pub issued_at: i64,
+        /// Ed25519 signature (hex) by the host key over the request (see
+        /// `coffer_crypto::machine_token::decrypt_request_message`).
+        pub host_signature: String,
+    }
+
+    impl std::fmt::Debug for DecryptRequest {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            write!(f, "DecryptRequest {{ machine_id: {}, ciphertexts: {} }}", self.machine_id, self.ciphertexts.len())
+        }
+    }
+
+    #[derive(Debug, Serialize, Deserialize)]
+    pub struct DecryptResponse {
+        /// The values sealed to the one-time key (base64), context (app id, machine id,
+        /// secrets version).
+        pub bundle: String,
+    }
+}

@@ -21,6 +21,7 @@ pub mod bundle;
 pub mod digest;
 pub mod envelope;
 pub mod keys;
+pub mod machine_token;
 pub mod token;
 pub mod wrap;
 

@@ -14,10 +14,12 @@
 //!   with [`StoreError::Conflict`] and changes nothing.
 
 pub mod engine;
+mod machines;
 mod store;
 pub mod testing;
 
 pub use engine::{DatabaseUrl, Engine, OpenMode};
+pub use machines::{HostRecord, MachineConfig, MachineRecord, NewMachine};
 pub use store::Store;
 
 use coffer_core::{Action, AppName, SecretName};

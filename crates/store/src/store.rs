@@ -20,9 +20,9 @@ use std::fmt;
 pub struct Store {
     engine: Engine,
     /// Reads. For PostgreSQL the same pool as `write`.
-    read: AnyPool,
+    pub(crate) read: AnyPool,
     /// Writes; for SQLite a single connection, so writers queue here rather than in SQLite.
-    write: AnyPool,
+    pub(crate) write: AnyPool,
 }
 
 impl fmt::Debug for Store {
@@ -77,7 +77,7 @@ impl Store {
         self.read.close().await;
     }
 
-    async fn begin_write(&self) -> Result<Transaction<'static, Any>> {
+    pub(crate) async fn begin_write(&self) -> Result<Transaction<'static, Any>> {
         Ok(match engine::begin_write(self.engine) {
             Some(begin) => self.write.begin_with(begin).await?,
             None => self.write.begin().await?,
@@ -679,7 +679,7 @@ async fn token_on(pool: &AnyPool, id: &str) -> Result<TokenRecord> {
     token_from_row(&row)
 }
 
-fn kind(e: &sqlx::Error) -> Option<ErrorKind> {
+pub(crate) fn kind(e: &sqlx::Error) -> Option<ErrorKind> {
     match e {
         sqlx::Error::Database(db) => Some(db.kind()),
         _ => None,

@@ -49,7 +49,7 @@ macro_rules! conformance {
             $(
                 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
                 async fn $scenario() {
-                    super::on_sqlite(super::scenarios::$scenario).await;
+                    super::on_sqlite(super::all::$scenario).await;
                 }
             )+
         }
@@ -57,7 +57,7 @@ macro_rules! conformance {
             $(
                 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
                 async fn $scenario() {
-                    super::on_postgres(super::scenarios::$scenario).await;
+                    super::on_postgres(super::all::$scenario).await;
                 }
             )+
         }
@@ -75,6 +75,7 @@ conformance!(
     vault_keys,
     meta,
     concurrent_writers,
+    hosts_and_machines,
 );
 
 // ------------------------------------------------------------------------------- fixtures
@@ -933,4 +934,94 @@ fn every_future_is_spawnable(s: Store, url: DatabaseUrl, key: AppKeyRecord, n: A
     check!(s => s.meta_set_if_absent("k", "v").await);
     check!(=> testing::fresh_postgres_database("postgres://x").await);
     check!(=> testing::drop_postgres_database("postgres://x", "postgres://x/coffer_test_0").await);
+}
+
+mod machine_scenarios {
+    use super::*;
+    use coffer_core::wire::machines::{DesiredState, MachineState, RestartPolicy};
+    use coffer_store::{MachineConfig, NewMachine};
+
+    fn config() -> MachineConfig {
+        MachineConfig {
+            command: vec!["sleep".into(), "1".into()],
+            env: [("PLAIN".to_string(), "1".to_string())].into(),
+            restart: RestartPolicy::OnFailure,
+        }
+    }
+
+    pub async fn hosts_and_machines(store: Store) {
+        let app = store.create_app("app1", &app_name("web")).await.unwrap();
+        let h = store.register_host("h1", "dev", "http://127.0.0.1:1", "ab", b"hash").await.unwrap();
+        assert_eq!(h.generation, 0);
+        assert_eq!(store.host("h1").await.unwrap(), h);
+        assert_not_found(store.host("nope").await, "host");
+        store.touch_host("h1", "http://127.0.0.1:2").await.unwrap();
+        assert_eq!(store.host("h1").await.unwrap().address, "http://127.0.0.1:2");
+        assert_not_found(store.touch_host("nope", "x").await, "host");
+
+        let new = |id: &str| NewMachine {
+            id: id.into(),
+            app_id: app.id.clone(),
+            host_id: "h1".into(),
+            name: format!("m-{id}"),
+            config: config(),
+            secrets_version: 0,
+            release_version: 0,
+        };
+        let m1 = store.create_machine(new("m1")).await.unwrap();
+        assert_eq!((m1.desired, m1.state), (DesiredState::Running, MachineState::Pending));
+        assert_eq!(m1.config, config());
+        assert_eq!(m1.generation, 1);
+        let m2 = store.create_machine(new("m2")).await.unwrap();
+        assert_eq!(m2.generation, 2);
+        let (gen, assigned) = store.host_assignments("h1").await.unwrap();
+        assert_eq!(gen, 2);
+        assert_eq!(assigned.iter().map(|m| m.id.as_str()).collect::<Vec<_>>(), ["m1", "m2"]);
+        // A machine for an unknown app or host is refused.
+        let mut orphan = new("m3");
+        orphan.app_id = "nope".into();
+        assert!(store.create_machine(orphan).await.is_err());
+        let mut orphan = new("m4");
+        orphan.host_id = "nope".into();
+        assert_not_found(store.create_machine(orphan).await, "host");
+
+        // Reports only from the machine's host.
+        let r = store.report_machine_state("m1", "h1", MachineState::Exited, Some(3), Some("bye")).await.unwrap();
+        assert_eq!((r.state, r.exit_status, r.message.as_deref()), (MachineState::Exited, Some(3), Some("bye")));
+        assert_eq!(r.generation, 1, "reports do not wake the host");
+        assert_not_found(store.report_machine_state("m1", "h2", MachineState::Started, None, None).await, "machine");
+
+        // Desired changes bump the host's generation; destroy is final.
+        let m = store.set_machine_desired("m1", DesiredState::Stopped).await.unwrap();
+        assert_eq!(m.generation, 3);
+        let m = store.set_machine_version("m1", 4, 2).await.unwrap();
+        assert_eq!((m.secrets_version, m.release_version, m.generation), (4, 2, 4));
+        let m = store.set_machine_desired("m1", DesiredState::Destroyed).await.unwrap();
+        assert!(m.destroyed_at.is_some());
+        assert_conflict(store.set_machine_desired("m1", DesiredState::Running).await, "destroyed");
+        assert_conflict(
+            store.report_machine_state("m1", "h1", MachineState::Started, None, None).await,
+            "destroyed",
+        );
+        // Still assigned until the host acknowledges the destruction.
+        assert_eq!(store.host_assignments("h1").await.unwrap().1.len(), 2);
+        store.report_machine_state("m1", "h1", MachineState::Destroyed, None, None).await.unwrap();
+        let (gen, assigned) = store.host_assignments("h1").await.unwrap();
+        assert_eq!(gen, 5);
+        assert_eq!(assigned.iter().map(|m| m.id.as_str()).collect::<Vec<_>>(), ["m2"]);
+        // The row stays, so the vault can tell a destroyed machine from an unknown one.
+        assert!(store.machine("m1").await.unwrap().destroyed_at.is_some());
+        assert_eq!(store.app_machines(&app.id).await.unwrap().len(), 2);
+
+        // Destroying the app removes its machines.
+        store.delete_app(&app.id).await.unwrap();
+        assert_not_found(store.machine("m2").await, "machine");
+        assert!(store.host_assignments("h1").await.unwrap().1.is_empty());
+    }
+}
+
+/// Every scenario module, for the `conformance!` macro.
+mod all {
+    pub use super::machine_scenarios::*;
+    pub use super::scenarios::*;
 }

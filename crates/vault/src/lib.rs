@@ -10,6 +10,7 @@
 //!
 //! Invariant: no route returns a plaintext value, a private key or the root key.
 
+pub mod decrypt;
 pub mod routes;
 pub mod unseal;
 pub mod wire;

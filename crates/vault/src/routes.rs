@@ -5,6 +5,7 @@
 //! | `POST /v1/apps/{app_id}/keys` | API (service token) | create the app's keys (idempotent); returns public + digest key |
 //! | `GET /v1/apps/{app_id}/keys` | API (service token) | the same, for an existing app |
 //! | `DELETE /v1/apps/{app_id}/keys` | API (service token) | destroy the app's keys |
+//! | `POST /v1/decrypt` | a host (machine token + host signature) | values of one boot, sealed to the host's one-time key (see [`crate::decrypt`]) |
 //! | `GET /healthz`, `GET /readyz`, `GET /metrics` | anyone | liveness, readiness (store reachable), metrics |
 
 use crate::wire::SealingKeysBody;
@@ -17,6 +18,10 @@ use axum::{Json, Router};
 use coffer_crypto::SealingKeys;
 use coffer_http::{ApiError, ApiResult, Metrics};
 use sha2_compat::service_token_hash;
+use coffer_crypto::machine_token::ControlPlanePublicKey;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
 use std::sync::Arc;
 
 #[derive(Clone)]
@@ -24,19 +29,39 @@ pub struct VaultState {
     pub vault: Vault,
     /// SHA-256 of the service token shared with the API.
     pub service_token_hash: Arc<[u8; 32]>,
+    /// Verifies machine tokens; without it the vault decrypts nothing.
+    pub control_plane_key: Option<ControlPlanePublicKey>,
+    decrypts: Family<OutcomeLabel, Counter>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OutcomeLabel {
+    outcome: &'static str,
 }
 
 impl VaultState {
-    pub fn new(vault: Vault, service_token: &str) -> Self {
+    pub fn new(
+        vault: Vault,
+        service_token: &str,
+        control_plane_key: Option<ControlPlanePublicKey>,
+    ) -> Self {
         Self {
             vault,
             service_token_hash: Arc::new(service_token_hash(service_token)),
+            control_plane_key,
+            decrypts: Family::default(),
         }
+    }
+
+    pub(crate) fn count_decrypt(&self, outcome: &'static str) {
+        self.decrypts.get_or_create(&OutcomeLabel { outcome }).inc();
     }
 }
 
 pub fn router(state: VaultState, metrics: Metrics) -> Router {
+    metrics.register("decrypts", "Decrypt requests by outcome", state.decrypts.clone());
     let routes = Router::new()
+        .route("/v1/decrypt", post(crate::decrypt::decrypt))
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
         .route(

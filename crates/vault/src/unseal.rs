@@ -9,27 +9,27 @@ use std::path::Path;
 
 #[derive(Debug, thiserror::Error)]
 pub enum UnsealError {
-    #[error("cannot read the unseal key file {path}: {source}")]
+    #[error("cannot read the key file {path}: {source}")]
     Read {
         path: String,
         source: std::io::Error,
     },
-    #[error("cannot create the unseal key file {path}: {source}")]
+    #[error("cannot create the key file {path}: {source}")]
     Create {
         path: String,
         source: std::io::Error,
     },
-    #[error("the unseal key file {0} does not hold a 64-character hex key")]
+    #[error("the key file {0} does not hold a 64-character hex key")]
     Malformed(String),
     #[error(
-        "the unseal key file {path} is readable by others (mode {mode:o}); run chmod 600 {path}"
+        "the key file {path} is readable by others (mode {mode:o}); run chmod 600 {path}"
     )]
     TooOpen { path: String, mode: u32 },
 }
 
-/// Reads a root key file: 64 hex characters, optionally followed by a newline. Refuses a file
-/// that group or others can read.
-pub fn read_key_file(path: &Path) -> Result<RootKey, UnsealError> {
+/// Reads a key file: 64 hex characters, optionally followed by a newline. Refuses a file that
+/// group or others can read.
+pub fn read_key_bytes(path: &Path) -> Result<SecretBytes<32>, UnsealError> {
     let shown = path.display().to_string();
     let meta = std::fs::metadata(path).map_err(|source| UnsealError::Read {
         path: shown.clone(),
@@ -47,17 +47,20 @@ pub fn read_key_file(path: &Path) -> Result<RootKey, UnsealError> {
     })?);
     let mut bytes = zeroize::Zeroizing::new([0u8; 32]);
     hex::decode_to_slice(text.trim(), bytes.as_mut()).map_err(|_| UnsealError::Malformed(shown))?;
-    Ok(RootKey::from_secret_bytes(SecretBytes::new(*bytes)))
+    Ok(SecretBytes::new(*bytes))
 }
 
-/// Reads the key file, or creates it with a fresh key (mode 0600) if it does not exist.
-/// Returns the key and whether it was created.
-pub fn read_or_create_key_file(path: &Path) -> Result<(RootKey, bool), UnsealError> {
+/// Reads the key file, or creates it (mode 0600) with the key `fresh` makes. Returns the key
+/// and whether it was created.
+pub fn read_or_create_key_bytes(
+    path: &Path,
+    fresh: impl FnOnce() -> SecretBytes<32>,
+) -> Result<(SecretBytes<32>, bool), UnsealError> {
     if path.exists() {
-        return read_key_file(path).map(|k| (k, false));
+        return read_key_bytes(path).map(|k| (k, false));
     }
     let shown = path.display().to_string();
-    let key = RootKey::generate();
+    let key = fresh();
     let mut f = std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
@@ -70,11 +73,21 @@ pub fn read_or_create_key_file(path: &Path) -> Result<(RootKey, bool), UnsealErr
     let text = zeroize::Zeroizing::new(format!("{}\n", hex::encode(key.expose())));
     f.write_all(text.as_bytes())
         .and_then(|_| f.sync_all())
-        .map_err(|source| UnsealError::Create {
-            path: shown,
-            source,
-        })?;
+        .map_err(|source| UnsealError::Create { path: shown, source })?;
     Ok((key, true))
+}
+
+/// Reads a root key file (see [`read_key_bytes`]).
+pub fn read_key_file(path: &Path) -> Result<RootKey, UnsealError> {
+    read_key_bytes(path).map(RootKey::from_secret_bytes)
+}
+
+/// Reads the root key file, or creates it with a fresh root key.
+pub fn read_or_create_key_file(path: &Path) -> Result<(RootKey, bool), UnsealError> {
+    let (bytes, created) = read_or_create_key_bytes(path, || {
+        SecretBytes::new(*RootKey::generate().expose())
+    })?;
+    Ok((RootKey::from_secret_bytes(bytes), created))
 }
 
 #[cfg(test)]

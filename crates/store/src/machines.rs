@@ -1,0 +1,331 @@
+//! Hosts and machines: where workloads run, what they should be doing, what they report.
+
+use crate::{Micros, Result, Store, StoreError};
+use coffer_core::wire::machines::{DesiredState, MachineState, RestartPolicy};
+use serde::{Deserialize, Serialize};
+use sqlx::any::AnyRow;
+use sqlx::Row;
+use std::collections::BTreeMap;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostRecord {
+    pub id: String,
+    pub name: String,
+    pub address: String,
+    /// Ed25519 public key, hex.
+    pub public_key: String,
+    pub token_hash: Vec<u8>,
+    pub generation: i64,
+    pub created_at: Micros,
+    pub last_seen_at: Micros,
+}
+
+/// A machine's configuration: what to run. Plain values only, never a secret.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MachineConfig {
+    pub command: Vec<String>,
+    pub env: BTreeMap<String, String>,
+    pub restart: RestartPolicy,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MachineRecord {
+    pub id: String,
+    pub app_id: String,
+    pub host_id: String,
+    pub name: String,
+    pub config: MachineConfig,
+    pub desired: DesiredState,
+    pub state: MachineState,
+    pub exit_status: Option<i32>,
+    pub message: Option<String>,
+    pub secrets_version: i64,
+    pub release_version: i64,
+    pub generation: i64,
+    pub created_at: Micros,
+    pub updated_at: Micros,
+    pub destroyed_at: Option<Micros>,
+}
+
+#[derive(Debug, Clone)]
+pub struct NewMachine {
+    pub id: String,
+    pub app_id: String,
+    pub host_id: String,
+    pub name: String,
+    pub config: MachineConfig,
+    pub secrets_version: i64,
+    pub release_version: i64,
+}
+
+const MACHINE_COLUMNS: &str = "id, app_id, host_id, name, config, desired, state, exit_status, \
+     message, secrets_version, release_version, generation, created_at, updated_at, destroyed_at";
+const HOST_COLUMNS: &str =
+    "id, name, address, public_key, token_hash, generation, created_at, last_seen_at";
+
+impl Store {
+    // --------------------------------------------------------------------------------- hosts
+
+    pub async fn register_host(
+        &self,
+        id: &str,
+        name: &str,
+        address: &str,
+        public_key: &str,
+        token_hash: &[u8],
+    ) -> Result<HostRecord> {
+        let now = crate::now_micros();
+        let sql = format!(
+            "INSERT INTO hosts (id, name, address, public_key, token_hash, created_at, last_seen_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING {HOST_COLUMNS}"
+        );
+        let row = sqlx::query(&sql)
+            .bind(id)
+            .bind(name)
+            .bind(address)
+            .bind(public_key)
+            .bind(token_hash)
+            .bind(now)
+            .bind(now)
+            .fetch_one(&self.write)
+            .await?;
+        host_from_row(&row)
+    }
+
+    pub async fn host(&self, id: &str) -> Result<HostRecord> {
+        let sql = format!("SELECT {HOST_COLUMNS} FROM hosts WHERE id = $1");
+        let row = sqlx::query(&sql).bind(id).fetch_optional(&self.read).await?;
+        host_from_row(&row.ok_or(StoreError::NotFound("host"))?)
+    }
+
+    pub async fn hosts(&self) -> Result<Vec<HostRecord>> {
+        let sql = format!("SELECT {HOST_COLUMNS} FROM hosts ORDER BY created_at, id");
+        let rows = sqlx::query(&sql).fetch_all(&self.read).await?;
+        rows.iter().map(host_from_row).collect()
+    }
+
+    /// A heartbeat: the host is alive, at `address`.
+    pub async fn touch_host(&self, id: &str, address: &str) -> Result<()> {
+        let done = sqlx::query("UPDATE hosts SET last_seen_at = $1, address = $2 WHERE id = $3")
+            .bind(crate::now_micros())
+            .bind(address)
+            .bind(id)
+            .execute(&self.write)
+            .await?;
+        if done.rows_affected() == 0 {
+            return Err(StoreError::NotFound("host"));
+        }
+        Ok(())
+    }
+
+    /// The host's generation and its machines that still need it: every machine placed on it
+    /// except the destroyed ones it has already acknowledged.
+    pub async fn host_assignments(&self, host_id: &str) -> Result<(i64, Vec<MachineRecord>)> {
+        let host = self.host(host_id).await?;
+        let sql = format!(
+            "SELECT {MACHINE_COLUMNS} FROM machines WHERE host_id = $1 \
+             AND NOT (desired = 'destroyed' AND state = 'destroyed') ORDER BY created_at, id"
+        );
+        let rows = sqlx::query(&sql).bind(host_id).fetch_all(&self.read).await?;
+        Ok((host.generation, rows.iter().map(machine_from_row).collect::<Result<_>>()?))
+    }
+
+    // ------------------------------------------------------------------------------ machines
+
+    pub async fn create_machine(&self, m: NewMachine) -> Result<MachineRecord> {
+        let config = serde_json::to_string(&m.config).expect("machine config serializes");
+        let now = crate::now_micros();
+        let mut tx = self.begin_write().await?;
+        let generation = bump_host(&mut tx, &m.host_id).await?;
+        let sql = format!(
+            "INSERT INTO machines (id, app_id, host_id, name, config, desired, state, \
+             secrets_version, release_version, generation, created_at, updated_at) \
+             VALUES ($1, $2, $3, $4, $5, 'running', 'pending', $6, $7, $8, $9, $10) \
+             RETURNING {MACHINE_COLUMNS}"
+        );
+        let row = sqlx::query(&sql)
+            .bind(&m.id)
+            .bind(&m.app_id)
+            .bind(&m.host_id)
+            .bind(&m.name)
+            .bind(config)
+            .bind(m.secrets_version)
+            .bind(m.release_version)
+            .bind(generation)
+            .bind(now)
+            .bind(now)
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(|e| match crate::store::kind(&e) {
+                Some(sqlx::error::ErrorKind::ForeignKeyViolation) => StoreError::NotFound("app"),
+                _ => e.into(),
+            })?;
+        tx.commit().await?;
+        machine_from_row(&row)
+    }
+
+    pub async fn machine(&self, id: &str) -> Result<MachineRecord> {
+        let sql = format!("SELECT {MACHINE_COLUMNS} FROM machines WHERE id = $1");
+        let row = sqlx::query(&sql).bind(id).fetch_optional(&self.read).await?;
+        machine_from_row(&row.ok_or(StoreError::NotFound("machine"))?)
+    }
+
+    /// The app's machines, oldest first, destroyed ones included (callers filter).
+    pub async fn app_machines(&self, app_id: &str) -> Result<Vec<MachineRecord>> {
+        let sql = format!(
+            "SELECT {MACHINE_COLUMNS} FROM machines WHERE app_id = $1 ORDER BY created_at, id"
+        );
+        let rows = sqlx::query(&sql).bind(app_id).fetch_all(&self.read).await?;
+        rows.iter().map(machine_from_row).collect()
+    }
+
+    /// Changes what the machine should be doing and tells its host (generation bump).
+    /// Destroying is final: a destroyed machine cannot be started again, and from the moment
+    /// this returns the vault refuses the machine's tokens.
+    pub async fn set_machine_desired(&self, id: &str, desired: DesiredState) -> Result<MachineRecord> {
+        let mut tx = self.begin_write().await?;
+        let row = sqlx::query("SELECT host_id, desired FROM machines WHERE id = $1")
+            .bind(id)
+            .fetch_optional(&mut *tx)
+            .await?
+            .ok_or(StoreError::NotFound("machine"))?;
+        let host_id: String = row.try_get("host_id")?;
+        let current: String = row.try_get("desired")?;
+        if current == DesiredState::Destroyed.as_str() {
+            return Err(StoreError::Conflict("the machine is destroyed".into()));
+        }
+        let generation = bump_host(&mut tx, &host_id).await?;
+        let now = crate::now_micros();
+        let destroyed_at = (desired == DesiredState::Destroyed).then_some(now);
+        let sql = format!(
+            "UPDATE machines SET desired = $1, generation = $2, updated_at = $3, \
+             destroyed_at = COALESCE(destroyed_at, $4) WHERE id = $5 RETURNING {MACHINE_COLUMNS}"
+        );
+        let row = sqlx::query(&sql)
+            .bind(desired.as_str())
+            .bind(generation)
+            .bind(now)
+            .bind(destroyed_at)
+            .bind(id)
+            .fetch_one(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        machine_from_row(&row)
+    }
+
+    /// Points a machine at another secrets version (a release) and tells its host.
+    pub async fn set_machine_version(
+        &self,
+        id: &str,
+        secrets_version: i64,
+        release_version: i64,
+    ) -> Result<MachineRecord> {
+        let mut tx = self.begin_write().await?;
+        let host_id: String = sqlx::query_scalar("SELECT host_id FROM machines WHERE id = $1")
+            .bind(id)
+            .fetch_optional(&mut *tx)
+            .await?
+            .ok_or(StoreError::NotFound("machine"))?;
+        let generation = bump_host(&mut tx, &host_id).await?;
+        let sql = format!(
+            "UPDATE machines SET secrets_version = $1, release_version = $2, generation = $3, \
+             updated_at = $4 WHERE id = $5 RETURNING {MACHINE_COLUMNS}"
+        );
+        let row = sqlx::query(&sql)
+            .bind(secrets_version)
+            .bind(release_version)
+            .bind(generation)
+            .bind(crate::now_micros())
+            .bind(id)
+            .fetch_one(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        machine_from_row(&row)
+    }
+
+    /// What the host says the machine is doing. Only the machine's own host may report, and a
+    /// destroyed machine only ever goes to `destroyed`.
+    pub async fn report_machine_state(
+        &self,
+        id: &str,
+        host_id: &str,
+        state: MachineState,
+        exit_status: Option<i32>,
+        message: Option<&str>,
+    ) -> Result<MachineRecord> {
+        let sql = format!(
+            "UPDATE machines SET state = $1, exit_status = $2, message = $3, updated_at = $4 \
+             WHERE id = $5 AND host_id = $6 AND (desired <> 'destroyed' OR $7 = 'destroyed') \
+             RETURNING {MACHINE_COLUMNS}"
+        );
+        let row = sqlx::query(&sql)
+            .bind(state.as_str())
+            .bind(exit_status.map(i64::from))
+            .bind(message)
+            .bind(crate::now_micros())
+            .bind(id)
+            .bind(host_id)
+            .bind(state.as_str())
+            .fetch_optional(&self.write)
+            .await?;
+        match row {
+            Some(r) => machine_from_row(&r),
+            None => {
+                let m = self.machine(id).await?;
+                if m.host_id != host_id {
+                    Err(StoreError::NotFound("machine"))
+                } else {
+                    Err(StoreError::Conflict("the machine is destroyed".into()))
+                }
+            }
+        }
+    }
+}
+
+async fn bump_host(tx: &mut sqlx::AnyConnection, host_id: &str) -> Result<i64> {
+    sqlx::query_scalar("UPDATE hosts SET generation = generation + 1 WHERE id = $1 RETURNING generation")
+        .bind(host_id)
+        .fetch_optional(&mut *tx)
+        .await?
+        .ok_or(StoreError::NotFound("host"))
+}
+
+fn host_from_row(row: &AnyRow) -> Result<HostRecord> {
+    Ok(HostRecord {
+        id: row.try_get("id")?,
+        name: row.try_get("name")?,
+        address: row.try_get("address")?,
+        public_key: row.try_get("public_key")?,
+        token_hash: row.try_get("token_hash")?,
+        generation: row.try_get("generation")?,
+        created_at: row.try_get("created_at")?,
+        last_seen_at: row.try_get("last_seen_at")?,
+    })
+}
+
+fn machine_from_row(row: &AnyRow) -> Result<MachineRecord> {
+    let config: String = row.try_get("config")?;
+    let desired: String = row.try_get("desired")?;
+    let state: String = row.try_get("state")?;
+    let exit_status: Option<i64> = row.try_get("exit_status")?;
+    Ok(MachineRecord {
+        id: row.try_get("id")?,
+        app_id: row.try_get("app_id")?,
+        host_id: row.try_get("host_id")?,
+        name: row.try_get("name")?,
+        config: serde_json::from_str(&config)
+            .map_err(|e| StoreError::Corrupt(format!("machine config: {e}")))?,
+        desired: DesiredState::parse(&desired)
+            .ok_or_else(|| StoreError::Corrupt(format!("machine desired state {desired:?}")))?,
+        state: MachineState::parse(&state)
+            .ok_or_else(|| StoreError::Corrupt(format!("machine state {state:?}")))?,
+        exit_status: exit_status.map(|s| s as i32),
+        message: row.try_get("message")?,
+        secrets_version: row.try_get("secrets_version")?,
+        release_version: row.try_get("release_version")?,
+        generation: row.try_get("generation")?,
+        created_at: row.try_get("created_at")?,
+        updated_at: row.try_get("updated_at")?,
+        destroyed_at: row.try_get("destroyed_at")?,
+    })
+}

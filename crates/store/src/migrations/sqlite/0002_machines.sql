@@ -1,0 +1,39 @@
+-- coffer schema v2 (sqlite): hosts and machines. Keep in step with the other engine's file.
+
+-- A host runs an agent. It authenticates to the control plane with its host token (only the
+-- hash is kept) and signs its decrypt requests with the Ed25519 key whose public half is here.
+CREATE TABLE hosts (
+    id           TEXT    NOT NULL PRIMARY KEY,
+    name         TEXT    NOT NULL,
+    address      TEXT    NOT NULL,
+    public_key   TEXT    NOT NULL,
+    token_hash   BLOB    NOT NULL,
+    -- Bumped with every change to the desired state of the host's machines: agents long-poll it.
+    generation   INTEGER NOT NULL DEFAULT 0,
+    created_at   INTEGER NOT NULL,
+    last_seen_at INTEGER NOT NULL
+) STRICT;
+
+-- A machine: one supervised process of an app on one host. The row outlives the machine's
+-- destruction (destroyed_at) so that the vault can tell a destroyed machine's token from an
+-- unknown one; destroying the app removes it.
+CREATE TABLE machines (
+    id              TEXT    NOT NULL PRIMARY KEY,
+    app_id          TEXT    NOT NULL REFERENCES apps (id) ON DELETE CASCADE,
+    host_id         TEXT    NOT NULL REFERENCES hosts (id),
+    name            TEXT    NOT NULL,
+    config          TEXT    NOT NULL, -- JSON {command, env, restart}: never a secret
+    desired         TEXT    NOT NULL,
+    state           TEXT    NOT NULL,
+    exit_status     INTEGER,
+    message         TEXT,
+    secrets_version INTEGER NOT NULL,
+    release_version INTEGER NOT NULL,
+    generation      INTEGER NOT NULL,
+    created_at      INTEGER NOT NULL,
+    updated_at      INTEGER NOT NULL,
+    destroyed_at    INTEGER
+) STRICT;
+
+CREATE INDEX machines_by_app ON machines (app_id);
+CREATE INDEX machines_by_host ON machines (host_id);
