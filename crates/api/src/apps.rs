@@ -18,6 +18,8 @@ pub fn to_wire(a: &AppRecord) -> App {
         created_at: rfc3339(a.created_at),
         secrets_version: a.secrets_version,
         deployed_version: a.deployed_version,
+        crash_window_secs: (a.crash_window_ms / 1000) as u64,
+        release_version: a.release_version,
     }
 }
 
@@ -95,4 +97,54 @@ pub async fn destroy(
     s.store.delete_app(&app.id).await?;
     tracing::info!(app = %app.name, "app destroyed");
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// `PATCH /v1/apps/{app}`: settings (today the crash window).
+pub async fn update(
+    caller: Caller,
+    State(s): State<ApiState>,
+    Path(app): Path<String>,
+    body: Result<Json<coffer_core::wire::UpdateApp>, JsonRejection>,
+) -> ApiResult<Json<App>> {
+    let app = authorized_app(&s, &caller, Action::Deploy, &app).await?;
+    let Json(body) = body?;
+    if let Some(secs) = body.crash_window_secs {
+        if !(1..=3600).contains(&secs) {
+            return Err(ApiError::invalid("the crash window must be between 1s and 1h"));
+        }
+        s.store.set_crash_window(&app.id, (secs * 1000) as i64).await?;
+    }
+    Ok(Json(to_wire(&s.store.app_by_id(&app.id).await?)))
+}
+
+pub fn release_to_wire(r: &coffer_store::ReleaseRecord) -> coffer_core::wire::Release {
+    coffer_core::wire::Release {
+        version: r.version,
+        secrets_version: r.secrets_version,
+        status: r.status.as_str().to_string(),
+        description: r.description.clone(),
+        actor: r.actor.clone(),
+        reason: r.reason.clone(),
+        progress: r.progress.clone(),
+        created_at: rfc3339(r.created_at),
+        updated_at: rfc3339(r.updated_at),
+    }
+}
+
+pub async fn releases(
+    caller: Caller,
+    State(s): State<ApiState>,
+    Path(app): Path<String>,
+) -> ApiResult<Json<Vec<coffer_core::wire::Release>>> {
+    let app = authorized_app(&s, &caller, Action::Read, &app).await?;
+    Ok(Json(s.store.releases(&app.id).await?.iter().map(release_to_wire).collect()))
+}
+
+pub async fn release(
+    caller: Caller,
+    State(s): State<ApiState>,
+    Path((app, version)): Path<(String, i64)>,
+) -> ApiResult<Json<coffer_core::wire::Release>> {
+    let app = authorized_app(&s, &caller, Action::Read, &app).await?;
+    Ok(Json(release_to_wire(&s.store.release(&app.id, version).await?)))
 }

@@ -148,7 +148,14 @@ pub async fn report_state(
     let message = body.message.as_deref().map(|m| clip(m, 500));
     let m = s
         .store
-        .report_machine_state(&machine_id, &host_id, body.state, body.exit_status, message.as_deref())
+        .report_machine_state(
+            &machine_id,
+            &host_id,
+            body.state,
+            body.exit_status,
+            message.as_deref(),
+            body.generation,
+        )
         .await?;
     tracing::debug!(machine = %m.id, state = body.state.as_str(), exit_status = ?body.exit_status, "machine state reported");
     s.notify_machine_event();

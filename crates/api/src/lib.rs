@@ -10,6 +10,8 @@
 //! | `GET /v1/apps` | read | the apps the token may see |
 //! | `GET /v1/apps/{app}` | read | one app |
 //! | `DELETE /v1/apps/{app}` | admin | destroy the app's keys, then the app |
+//! | `PATCH /v1/apps/{app}` | deploy | settings: the crash window |
+//! | `GET /v1/apps/{app}/releases[/{version}]` | read | releases: status, reason, progress |
 //! | `GET /v1/apps/{app}/secrets` | read | names, digests, dates, status — never values |
 //! | `POST /v1/apps/{app}/secrets` | deploy | one atomic change (set/unset), a new version |
 //! | `POST /v1/apps/{app}/secrets/deploy` | deploy | deploy the staged version |
@@ -29,6 +31,7 @@ pub mod auth;
 pub mod hosts;
 pub mod keys;
 pub mod machines;
+pub mod releases;
 pub mod secrets;
 pub mod timefmt;
 pub mod tokens;
@@ -85,7 +88,9 @@ pub fn router(state: ApiState, metrics: Metrics) -> Router {
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
         .route("/v1/apps", post(apps::create).get(apps::list))
-        .route("/v1/apps/{app}", get(apps::get).delete(apps::destroy))
+        .route("/v1/apps/{app}", get(apps::get).delete(apps::destroy).patch(apps::update))
+        .route("/v1/apps/{app}/releases", get(apps::releases))
+        .route("/v1/apps/{app}/releases/{version}", get(apps::release))
         .route(
             "/v1/apps/{app}/secrets",
             get(secrets::list).post(secrets::write),

@@ -113,7 +113,7 @@ pub async fn run(
             config: MachineConfig { command: body.command, env: body.env, restart: body.restart },
             // A machine boots with what is deployed, never with what is only staged.
             secrets_version: app.deployed_version,
-            release_version: app.deployed_version,
+            release_version: app.release_version,
         })
         .await?;
     s.notify_hosts();
@@ -184,11 +184,17 @@ pub async fn stop(
     set_desired(caller, s, app, id, DesiredState::Stopped).await
 }
 
+/// Boots a stopped or exited machine with the app's deployed secrets.
 pub async fn start(
     caller: Caller,
     State(s): State<ApiState>,
     Path((app, id)): Path<(String, String)>,
 ) -> ApiResult<Json<Machine>> {
+    let app_rec = authorized_app(&s, &caller, Action::Deploy, &app).await?;
+    let m = machine_of(&s, &app_rec, &id).await?;
+    if m.secrets_version != app_rec.deployed_version {
+        s.store.set_machine_version(&id, app_rec.deployed_version, app_rec.release_version).await?;
+    }
     set_desired(caller, s, app, id, DesiredState::Running).await
 }
 

@@ -15,7 +15,7 @@ use coffer_core::wire::{
 use coffer_core::{Action, ChangeSet, SecretName, SecretValue};
 use coffer_crypto::{digest_hex, seal_values};
 use coffer_http::{ApiError, ApiResult};
-use coffer_store::{NewValue, NewVersion, StoreError};
+use coffer_store::{NewRelease, NewValue, NewVersion, StoreError};
 use std::collections::HashMap;
 
 /// How often a write is recomputed when another write to the same app won the race.
@@ -103,17 +103,29 @@ pub async fn write(
             actor: caller.actor.clone(),
             sets: new_values,
             unsets: change.unsets().to_vec(),
-            // The seam where releases plug in: until then a deploying write is deployed at once.
             deploy: !stage,
+            // A deploying write starts its release in the same transaction, or is refused
+            // whole if one is running.
+            release: (!stage).then(|| NewRelease { description: change.describe(), actor: caller.actor.clone() }),
         };
         match s.store.write_version(new).await {
-            Ok(version) => {
+            Ok(outcome) => {
+                let version = outcome.version;
                 tracing::info!(app = %app.name, version, staged = stage, "secrets version written");
+                let release = outcome.release.as_ref().map(|r| r.version);
+                if let Some(rel) = outcome.release {
+                    crate::releases::start(&s, rel).await?;
+                }
                 return Ok(Json(WriteResult {
                     version,
                     deployed: !stage,
                     description: change.describe(),
+                    release,
                 }));
+            }
+            // Retrying cannot help while another release runs: say so at once.
+            Err(StoreError::Conflict(msg)) if msg.contains("release is already running") => {
+                return Err(ApiError::conflict(msg));
             }
             Err(StoreError::Conflict(_)) if attempt < WRITE_ATTEMPTS => {
                 app = s.store.app_by_id(&app.id).await?;
@@ -171,15 +183,20 @@ pub async fn deploy(
     Path(app): Path<String>,
 ) -> ApiResult<Json<DeployResult>> {
     let app = authorized_app(&s, &caller, Action::Deploy, &app).await?;
-    let changed = app.deployed_version != app.secrets_version;
-    if changed {
-        s.store.mark_deployed(&app.id, app.secrets_version).await?;
-        tracing::info!(app = %app.name, version = app.secrets_version, "secrets version deployed");
+    if app.deployed_version == app.secrets_version {
+        return Ok(Json(DeployResult { version: app.secrets_version, changed: false, release: None }));
     }
-    Ok(Json(DeployResult {
-        version: app.secrets_version,
-        changed,
-    }))
+    let release = s
+        .store
+        .deploy_staged(
+            &app.id,
+            &NewRelease { description: format!("Deploy secrets version {}", app.secrets_version), actor: caller.actor.clone() },
+        )
+        .await?;
+    tracing::info!(app = %app.name, version = release.secrets_version, release = release.version, "staged secrets deployed");
+    let out = DeployResult { version: release.secrets_version, changed: true, release: Some(release.version) };
+    crate::releases::start(&s, release).await?;
+    Ok(Json(out))
 }
 
 #[derive(serde::Deserialize)]

@@ -74,7 +74,8 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     let (signing_key, _) = roles::signing_key(&data_dir.join(SIGNING_KEY_FILE), true)?;
     let cp_public = signing_key.public_key();
     let vault_router = roles::vault_router(vault, &service_token, Some(cp_public));
-    let api_router = roles::api_router(store.clone(), &vault_url, service_token, signing_key)?;
+    let api_router =
+        roles::api_router(store.clone(), &vault_url, service_token, signing_key).await?;
 
     let (tx, rx) = tokio::sync::watch::channel(false);
     let stop = |mut rx: tokio::sync::watch::Receiver<bool>| async move {

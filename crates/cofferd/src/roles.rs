@@ -50,17 +50,20 @@ pub fn vault_router(
     )
 }
 
-pub fn api_router(
+/// The API's router, after settling any release a previous process left running.
+pub async fn api_router(
     store: Store,
     vault_url: &str,
     service_token: SecretToken,
     signing_key: ControlPlaneKey,
 ) -> anyhow::Result<axum::Router> {
     let vault = VaultClient::new(vault_url, service_token)?;
-    Ok(coffer_api::router(
-        ApiState::new(store, vault, signing_key),
-        Metrics::new("coffer_api"),
-    ))
+    let state = ApiState::new(store, vault, signing_key);
+    let recovered = coffer_api::releases::recover(&state).await?;
+    if recovered > 0 {
+        tracing::warn!(releases = recovered, "rolled back releases interrupted by the last stop");
+    }
+    Ok(coffer_api::router(state, Metrics::new("coffer_api")))
 }
 
 /// Reads the control plane's signing key, or (for `dev` and `init`) creates it.
@@ -153,7 +156,8 @@ pub async fn api(args: ApiArgs) -> anyhow::Result<()> {
         &vault_url,
         config::read_secret_file(&token_file, "service token")?,
         key,
-    )?;
+    )
+    .await?;
     let listener = bind(listen, "API").await?;
     tracing::info!(addr = %listener.local_addr()?, "coffer API listening");
     coffer_http::serve(listener, router, coffer_http::shutdown_signal()).await?;

@@ -31,6 +31,11 @@ pub struct App {
     pub secrets_version: i64,
     /// The secrets version the app's machines run (what was last deployed).
     pub deployed_version: i64,
+    /// How long a machine must run after a release restarts it before the release moves on.
+    #[serde(default)]
+    pub crash_window_secs: u64,
+    #[serde(default)]
+    pub release_version: i64,
 }
 
 /// One `NAME=VALUE` pair on its way to the API. The value travels as UTF-8 text when it is
@@ -87,6 +92,36 @@ pub struct WriteResult {
     pub version: i64,
     pub deployed: bool,
     pub description: String,
+    /// The release that rolls the version out (absent for `--stage`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub release: Option<i64>,
+}
+
+/// `coffer releases list`; `GET /v1/apps/{app}/releases[/{version}]`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Release {
+    pub version: i64,
+    pub secrets_version: i64,
+    /// `running`, `complete`, `failed` or `rolled_back`.
+    pub status: String,
+    pub description: String,
+    pub actor: String,
+    /// Why a release failed: the machine, its exit status, how long it ran.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// Where a running release is ("watching web-1 (canary): 12s left").
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub progress: String,
+    pub created_at: String,
+    pub updated_at: String,
+}
+
+/// `PATCH /v1/apps/{app}`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct UpdateApp {
+    /// Seconds a machine must run after a release restarts it (at least 1).
+    #[serde(default)]
+    pub crash_window_secs: Option<u64>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -163,6 +198,9 @@ pub struct DeployResult {
     pub version: i64,
     /// False when there was nothing staged to deploy.
     pub changed: bool,
+    /// The release that rolls the version out.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub release: Option<i64>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -383,6 +383,10 @@ const SQLITE_MIGRATIONS: &[Migration] = &[
         version: 2,
         sql: include_str!("migrations/sqlite/0002_machines.sql"),
     },
+    Migration {
+        version: 3,
+        sql: include_str!("migrations/sqlite/0003_releases.sql"),
+    },
 ];
 
 const POSTGRES_MIGRATIONS: &[Migration] = &[
@@ -393,6 +397,10 @@ const POSTGRES_MIGRATIONS: &[Migration] = &[
     Migration {
         version: 2,
         sql: include_str!("migrations/postgres/0002_machines.sql"),
+    },
+    Migration {
+        version: 3,
+        sql: include_str!("migrations/postgres/0003_releases.sql"),
     },
 ];
 

@@ -15,11 +15,13 @@
 
 pub mod engine;
 mod machines;
+mod releases;
 mod store;
 pub mod testing;
 
 pub use engine::{DatabaseUrl, Engine, OpenMode};
 pub use machines::{HostRecord, MachineConfig, MachineRecord, NewMachine};
+pub use releases::{NewRelease, ReleaseRecord, ReleaseStatus};
 pub use store::Store;
 
 use coffer_core::{Action, AppName, SecretName};
@@ -61,6 +63,8 @@ pub struct AppRecord {
     pub secrets_version: i64,
     pub deployed_version: i64,
     pub crash_window_ms: i64,
+    /// The app's latest release (0 before the first).
+    pub release_version: i64,
 }
 
 /// One stored value of a secret, as part of a version's snapshot.
@@ -116,6 +120,16 @@ pub struct NewVersion {
     pub unsets: Vec<SecretName>,
     /// Mark the new version deployed in the same transaction (no `--stage`).
     pub deploy: bool,
+    /// With `deploy`: start a release for the new version in the same transaction. `Conflict`
+    /// (and nothing written) if the app has a release running.
+    pub release: Option<NewRelease>,
+}
+
+/// What `write_version` did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WriteOutcome {
+    pub version: i64,
+    pub release: Option<ReleaseRecord>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

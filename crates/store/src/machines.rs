@@ -42,6 +42,8 @@ pub struct MachineRecord {
     pub secrets_version: i64,
     pub release_version: i64,
     pub generation: i64,
+    /// The generation the host's latest state report was about.
+    pub state_generation: i64,
     pub created_at: Micros,
     pub updated_at: Micros,
     pub destroyed_at: Option<Micros>,
@@ -59,7 +61,8 @@ pub struct NewMachine {
 }
 
 const MACHINE_COLUMNS: &str = "id, app_id, host_id, name, config, desired, state, exit_status, \
-     message, secrets_version, release_version, generation, created_at, updated_at, destroyed_at";
+     message, secrets_version, release_version, generation, state_generation, created_at, updated_at, \
+     destroyed_at";
 const HOST_COLUMNS: &str =
     "id, name, address, public_key, token_hash, generation, created_at, last_seen_at";
 
@@ -252,16 +255,19 @@ impl Store {
         state: MachineState,
         exit_status: Option<i32>,
         message: Option<&str>,
+        generation: i64,
     ) -> Result<MachineRecord> {
         let sql = format!(
-            "UPDATE machines SET state = $1, exit_status = $2, message = $3, updated_at = $4 \
-             WHERE id = $5 AND host_id = $6 AND (desired <> 'destroyed' OR $7 = 'destroyed') \
+            "UPDATE machines SET state = $1, exit_status = $2, message = $3, state_generation = $4, \
+             updated_at = $5 \
+             WHERE id = $6 AND host_id = $7 AND (desired <> 'destroyed' OR $8 = 'destroyed') \
              RETURNING {MACHINE_COLUMNS}"
         );
         let row = sqlx::query(&sql)
             .bind(state.as_str())
             .bind(exit_status.map(i64::from))
             .bind(message)
+            .bind(generation)
             .bind(crate::now_micros())
             .bind(id)
             .bind(host_id)
@@ -324,6 +330,7 @@ fn machine_from_row(row: &AnyRow) -> Result<MachineRecord> {
         secrets_version: row.try_get("secrets_version")?,
         release_version: row.try_get("release_version")?,
         generation: row.try_get("generation")?,
+        state_generation: row.try_get("state_generation")?,
         created_at: row.try_get("created_at")?,
         updated_at: row.try_get("updated_at")?,
         destroyed_at: row.try_get("destroyed_at")?,

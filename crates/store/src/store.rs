@@ -5,7 +5,7 @@
 
 use crate::engine::{self, DatabaseUrl, Engine, OpenMode};
 use crate::{
-    AppKeyRecord, AppRecord, ChangeKind, ChangeRecord, Micros, NewToken, NewValue, NewVersion,
+    WriteOutcome, AppKeyRecord, AppRecord, ChangeKind, ChangeRecord, Micros, NewToken, NewValue, NewVersion,
     Result, StoreError, StoredSecret, TokenRecord, VersionRecord,
 };
 use coffer_core::{Action, AppName, SecretName};
@@ -37,7 +37,7 @@ impl fmt::Debug for Store {
 const ROWS_PER_INSERT: usize = 100;
 
 const APP_COLUMNS: &str =
-    "id, name, created_at, secrets_version, deployed_version, crash_window_ms";
+    "id, name, created_at, secrets_version, deployed_version, crash_window_ms, release_version";
 
 const TOKEN_SELECT: &str = "SELECT t.id, t.secret_hash, t.app_id, a.name AS app_name, t.action, \
      t.description, t.created_at, t.expires_at, t.revoked_at \
@@ -265,7 +265,7 @@ impl Store {
     /// recompute and retry), if `v.version` is not `base_version + 1`, if a name is changed
     /// twice, or if an unset name is not in the base version. `NotFound("app")` if the app is
     /// gone. Returns the new version.
-    pub async fn write_version(&self, v: NewVersion) -> Result<i64> {
+    pub async fn write_version(&self, v: NewVersion) -> Result<WriteOutcome> {
         if v.base_version.checked_add(1) != Some(v.version) || v.base_version < 0 {
             return Err(StoreError::Conflict(format!(
                 "secrets version {} cannot follow version {}",
@@ -298,10 +298,28 @@ impl Store {
             .map_err(|e| StoreError::Corrupt(format!("cannot encode the changes: {e}")))?;
 
         let mut tx = self.begin_write().await?;
-        match write_version_in(&mut tx, &v, &changes, crate::now_micros()).await {
-            Ok(()) => {
+        let now = crate::now_micros();
+        let result = async {
+            // Read before the write moves `deployed_version`: the release records what the
+            // machines ran before it.
+            let before = match &v.release {
+                Some(_) => Some(crate::releases::deployed_in(&mut tx, &v.app_id).await?),
+                None => None,
+            };
+            write_version_in(&mut tx, &v, &changes, now).await?;
+            match (&v.release, before) {
+                (Some(r), Some(before)) => {
+                    let rec = crate::releases::insert_release_in(&mut tx, &v.app_id, v.version, before, r, now).await?;
+                    Ok(Some(rec))
+                }
+                _ => Ok(None),
+            }
+        }
+        .await;
+        match result {
+            Ok(release) => {
                 tx.commit().await?;
-                Ok(v.version)
+                Ok(WriteOutcome { version: v.version, release })
             }
             Err(e) => {
                 let _ = tx.rollback().await;
@@ -694,6 +712,7 @@ fn app_from_row(row: &AnyRow) -> Result<AppRecord> {
         secrets_version: row.try_get("secrets_version")?,
         deployed_version: row.try_get("deployed_version")?,
         crash_window_ms: row.try_get("crash_window_ms")?,
+        release_version: row.try_get("release_version")?,
     })
 }
 

@@ -986,10 +986,11 @@ mod machine_scenarios {
         assert_not_found(store.create_machine(orphan).await, "host");
 
         // Reports only from the machine's host.
-        let r = store.report_machine_state("m1", "h1", MachineState::Exited, Some(3), Some("bye")).await.unwrap();
+        let r = store.report_machine_state("m1", "h1", MachineState::Exited, Some(3), Some("bye"), 1).await.unwrap();
         assert_eq!((r.state, r.exit_status, r.message.as_deref()), (MachineState::Exited, Some(3), Some("bye")));
         assert_eq!(r.generation, 1, "reports do not wake the host");
-        assert_not_found(store.report_machine_state("m1", "h2", MachineState::Started, None, None).await, "machine");
+        assert_eq!(r.state_generation, 1);
+        assert_not_found(store.report_machine_state("m1", "h2", MachineState::Started, None, None, 1).await, "machine");
 
         // Desired changes bump the host's generation; destroy is final.
         let m = store.set_machine_desired("m1", DesiredState::Stopped).await.unwrap();
@@ -1000,12 +1001,12 @@ mod machine_scenarios {
         assert!(m.destroyed_at.is_some());
         assert_conflict(store.set_machine_desired("m1", DesiredState::Running).await, "destroyed");
         assert_conflict(
-            store.report_machine_state("m1", "h1", MachineState::Started, None, None).await,
+            store.report_machine_state("m1", "h1", MachineState::Started, None, None, 4).await,
             "destroyed",
         );
         // Still assigned until the host acknowledges the destruction.
         assert_eq!(store.host_assignments("h1").await.unwrap().1.len(), 2);
-        store.report_machine_state("m1", "h1", MachineState::Destroyed, None, None).await.unwrap();
+        store.report_machine_state("m1", "h1", MachineState::Destroyed, None, None, 5).await.unwrap();
         let (gen, assigned) = store.host_assignments("h1").await.unwrap();
         assert_eq!(gen, 5);
         assert_eq!(assigned.iter().map(|m| m.id.as_str()).collect::<Vec<_>>(), ["m2"]);

@@ -30,6 +30,8 @@ CREATE TABLE machines (
     secrets_version BIGINT NOT NULL,
     release_version BIGINT NOT NULL,
     generation      BIGINT NOT NULL,
+    -- The generation the host's last state report was about.
+    state_generation BIGINT NOT NULL DEFAULT 0,
     created_at      BIGINT NOT NULL,
     updated_at      BIGINT NOT NULL,
     destroyed_at    BIGINT

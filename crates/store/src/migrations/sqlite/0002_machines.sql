@@ -30,6 +30,8 @@ CREATE TABLE machines (
     secrets_version INTEGER NOT NULL,
     release_version INTEGER NOT NULL,
     generation      INTEGER NOT NULL,
+    -- The generation the host's last state report was about.
+    state_generation INTEGER NOT NULL DEFAULT 0,
     created_at      INTEGER NOT NULL,
     updated_at      INTEGER NOT NULL,
     destroyed_at    INTEGER

@@ -1,0 +1,238 @@
+//! Release orchestration: roll a secrets version out to the app's running machines, one at a
+//! time — the first is the canary — each restarted with the new environment and watched for
+//! the app's crash window; if one crashes (or fails to boot) inside its window, put every
+//! updated machine back on the previous secrets and fail the release loudly.
+//!
+//! Crash safety: every step is a committed store change, and the orchestrator keeps no state
+//! of its own. The order of the rollback matters — machines are moved back *before* the
+//! release is marked failed — so that a crash at any point leaves either a `running` release
+//! (which [`recover`] rolls back at the next start) or a settled one with every machine on one
+//! secrets version. A release interrupted by a restart is failed and rolled back rather than
+//! resumed: the crash window of the machine it was watching cannot be trusted any more.
+//!
+//! Known limit: with several API replicas, recovery at one replica's start would also take over
+//! a release another live replica is running; run one orchestrating replica until releases
+//! carry a fenced owner lease.
+
+use crate::ApiState;
+use coffer_core::wire::machines::{DesiredState, MachineState};
+use coffer_store::{now_micros, MachineRecord, ReleaseRecord, StoreError};
+use std::time::Duration;
+
+/// How long a restarted machine may take to report `started` before the release fails.
+const BOOT_TIMEOUT: Duration = Duration::from_secs(60);
+/// Re-read the store at least this often while waiting (reports from other replicas).
+const TICK: Duration = Duration::from_millis(250);
+
+/// The machines a release restarts: those meant to run and running (or about to). A stopped
+/// or exited machine is not restarted by a release; `machines start` boots it with the
+/// deployed secrets.
+fn is_running(m: &MachineRecord) -> bool {
+    m.desired == DesiredState::Running
+        && m.destroyed_at.is_none()
+        && matches!(m.state, MachineState::Pending | MachineState::Starting | MachineState::Started)
+}
+
+/// Starts a release: completes it at once when the app has no running machine (so that the
+/// next write is not refused), else orchestrates it in the background.
+pub async fn start(s: &ApiState, release: ReleaseRecord) -> Result<(), StoreError> {
+    let any_running = s
+        .store
+        .app_machines(&release.app_id)
+        .await?
+        .iter()
+        .any(is_running);
+    if !any_running {
+        match s.store.complete_release(&release.app_id, release.version).await {
+            Ok(_) | Err(StoreError::Conflict(_)) => return Ok(()),
+            Err(e) => return Err(e),
+        }
+    }
+    spawn(s.clone(), release);
+    Ok(())
+}
+
+/// Orchestrates a release in the background.
+pub fn spawn(s: ApiState, release: ReleaseRecord) {
+    tokio::spawn(async move {
+        let (app_id, version) = (release.app_id.clone(), release.version);
+        if let Err(e) = run(&s, release).await {
+            // A store failure mid-release: leave it `running`; recovery at the next start, or
+            // the next attempt below, settles it.
+            tracing::error!(app_id, version, error = %e, "release orchestration failed; retrying the rollback");
+            if let Ok(rel) = s.store.release(&app_id, version).await {
+                if rel.status == coffer_store::ReleaseStatus::Running {
+                    let _ = roll_back(&s, &rel, "the control plane could not finish the release").await;
+                }
+            }
+        }
+    });
+}
+
+/// Settles every release a previous process left `running`: rolls it back.
+pub async fn recover(s: &ApiState) -> Result<usize, StoreError> {
+    let running = s.store.running_releases().await?;
+    let n = running.len();
+    for rel in running {
+        tracing::warn!(app_id = %rel.app_id, version = rel.version, "release interrupted by a restart; rolling it back");
+        roll_back(s, &rel, "interrupted: the control plane restarted during the release").await?;
+    }
+    Ok(n)
+}
+
+async fn progress(s: &ApiState, rel: &ReleaseRecord, line: &str) {
+    if let Err(e) = s.store.set_release_progress(&rel.app_id, rel.version, line).await {
+        tracing::warn!(error = %e, "could not record release progress");
+    }
+}
+
+async fn run(s: &ApiState, rel: ReleaseRecord) -> Result<(), StoreError> {
+    let app = s.store.app_by_id(&rel.app_id).await?;
+    let window = Duration::from_millis(app.crash_window_ms.max(1000) as u64);
+    let machines: Vec<MachineRecord> = s
+        .store
+        .app_machines(&rel.app_id)
+        .await?
+        .into_iter()
+        .filter(is_running)
+        .collect();
+    tracing::info!(app = %app.name, release = rel.version, secrets_version = rel.secrets_version, machines = machines.len(), "release started");
+    let total = machines.len();
+    let mut updated: Vec<String> = Vec::with_capacity(total);
+    for (i, m) in machines.iter().enumerate() {
+        let label = if i == 0 { format!("{} (canary)", m.name) } else { format!("{} ({}/{total})", m.name, i + 1) };
+        progress(s, &rel, &format!("updating {label}")).await;
+        let m = match s.store.set_machine_version(&m.id, rel.secrets_version, rel.version).await {
+            Ok(m) => m,
+            Err(StoreError::NotFound(_)) => continue,
+            Err(e) => return Err(e),
+        };
+        updated.push(m.id.clone());
+        s.notify_hosts();
+        if let Err(reason) = watch(s, &rel, &m, &label, window).await? {
+            roll_back(s, &rel, &reason).await?;
+            return Ok(());
+        }
+    }
+    match s.store.complete_release(&rel.app_id, rel.version).await {
+        Ok(_) => tracing::info!(app = %app.name, release = rel.version, "release complete"),
+        Err(StoreError::Conflict(_)) => {}
+        Err(e) => return Err(e),
+    }
+    Ok(())
+}
+
+fn secs(micros: i64) -> f64 {
+    micros as f64 / 1_000_000.0
+}
+
+fn failure_reason(m: &MachineRecord, label: &str, started_at: Option<i64>) -> String {
+    let after = started_at.map(|t| format!(" {:.2}s after it started", secs(m.updated_at - t))).unwrap_or_default();
+    match m.state {
+        MachineState::Exited => match m.exit_status {
+            Some(code) => format!("machine {label} [{}] exited with status {code}{after}", m.id),
+            None => format!("machine {label} [{}] exited{after}", m.id),
+        },
+        _ => format!(
+            "machine {label} [{}] failed to boot: {}",
+            m.id,
+            m.message.as_deref().unwrap_or("no reason given")
+        ),
+    }
+}
+
+/// Waits for the machine's boot at its new generation, then watches it for `window`.
+/// `Ok(Err(reason))` when it crashed or could not boot.
+async fn watch(
+    s: &ApiState,
+    rel: &ReleaseRecord,
+    updated: &MachineRecord,
+    label: &str,
+    window: Duration,
+) -> Result<Result<(), String>, StoreError> {
+    let generation = updated.generation;
+    let mut events = s.machine_events.subscribe();
+    let boot_deadline = tokio::time::Instant::now() + BOOT_TIMEOUT;
+    // The store time of the `started` report, and the local instant it corresponds to.
+    let (started_micros, started) = loop {
+        let m = match s.store.machine(&updated.id).await {
+            Ok(m) => m,
+            Err(StoreError::NotFound(_)) => return Ok(Ok(())),
+            Err(e) => return Err(e),
+        };
+        if m.desired != DesiredState::Running || m.destroyed_at.is_some() {
+            // Stopped or destroyed by a user meanwhile: not a crash of this release.
+            return Ok(Ok(()));
+        }
+        if m.state_generation >= generation {
+            match m.state {
+                MachineState::Started => {
+                    let age = Duration::from_micros((now_micros() - m.updated_at).max(0) as u64);
+                    break (m.updated_at, tokio::time::Instant::now() - age);
+                }
+                MachineState::Exited | MachineState::Failed => {
+                    return Ok(Err(failure_reason(&m, label, None)));
+                }
+                _ => {}
+            }
+        }
+        if tokio::time::Instant::now() >= boot_deadline {
+            return Ok(Err(format!("machine {label} [{}] did not start within {}s", m.id, BOOT_TIMEOUT.as_secs())));
+        }
+        let _ = tokio::time::timeout(TICK, events.changed()).await;
+    };
+    let end = started + window;
+    let mut shown = u64::MAX;
+    loop {
+        let m = match s.store.machine(&updated.id).await {
+            Ok(m) => m,
+            Err(StoreError::NotFound(_)) => return Ok(Ok(())),
+            Err(e) => return Err(e),
+        };
+        if m.desired != DesiredState::Running || m.destroyed_at.is_some() {
+            return Ok(Ok(()));
+        }
+        if m.state_generation > generation || (m.state_generation == generation && m.state != MachineState::Started) {
+            // Any exit, failure or restart after it started fails the release.
+            let mut m = m;
+            if m.state == MachineState::Started || m.state == MachineState::Starting {
+                m.state = MachineState::Exited;
+            }
+            return Ok(Err(failure_reason(&m, label, Some(started_micros))));
+        }
+        let now = tokio::time::Instant::now();
+        if now >= end {
+            return Ok(Ok(()));
+        }
+        let left = (end - now).as_secs() + 1;
+        if left != shown {
+            shown = left;
+            progress(s, rel, &format!("watching {label}: {left}s of {}s left", window.as_secs())).await;
+        }
+        let _ = tokio::time::timeout((end - now).min(TICK), events.changed()).await;
+    }
+}
+
+/// Puts every machine of the release back on the previous secrets, then fails the release
+/// and restores the app's secrets (a new version). Machines the release never reached are
+/// not touched.
+async fn roll_back(s: &ApiState, rel: &ReleaseRecord, reason: &str) -> Result<(), StoreError> {
+    tracing::warn!(app_id = %rel.app_id, release = rel.version, reason, "release failed; rolling back");
+    progress(s, rel, &format!("rolling back: {reason}")).await;
+    for m in s.store.app_machines(&rel.app_id).await? {
+        if m.secrets_version == rel.secrets_version && m.release_version == rel.version && m.destroyed_at.is_none() {
+            s.store
+                .set_machine_version(&m.id, rel.previous_secrets_version, rel.previous_release_version)
+                .await?;
+        }
+    }
+    s.notify_hosts();
+    match s.store.fail_release(&rel.app_id, rel.version, reason).await {
+        Ok((_, rollback)) => {
+            tracing::info!(app_id = %rel.app_id, release = rel.version, rollback_release = rollback.version, "release rolled back");
+            Ok(())
+        }
+        Err(StoreError::Conflict(_)) => Ok(()),
+        Err(e) => Err(e),
+    }
+}
