@@ -110,9 +110,13 @@ pub async fn update(
     let Json(body) = body?;
     if let Some(secs) = body.crash_window_secs {
         if !(1..=3600).contains(&secs) {
-            return Err(ApiError::invalid("the crash window must be between 1s and 1h"));
+            return Err(ApiError::invalid(
+                "the crash window must be between 1s and 1h",
+            ));
         }
-        s.store.set_crash_window(&app.id, (secs * 1000) as i64).await?;
+        s.store
+            .set_crash_window(&app.id, (secs * 1000) as i64)
+            .await?;
     }
     Ok(Json(to_wire(&s.store.app_by_id(&app.id).await?)))
 }
@@ -137,7 +141,14 @@ pub async fn releases(
     Path(app): Path<String>,
 ) -> ApiResult<Json<Vec<coffer_core::wire::Release>>> {
     let app = authorized_app(&s, &caller, Action::Read, &app).await?;
-    Ok(Json(s.store.releases(&app.id).await?.iter().map(release_to_wire).collect()))
+    Ok(Json(
+        s.store
+            .releases(&app.id)
+            .await?
+            .iter()
+            .map(release_to_wire)
+            .collect(),
+    ))
 }
 
 pub async fn release(
@@ -146,5 +157,7 @@ pub async fn release(
     Path((app, version)): Path<(String, i64)>,
 ) -> ApiResult<Json<coffer_core::wire::Release>> {
     let app = authorized_app(&s, &caller, Action::Read, &app).await?;
-    Ok(Json(release_to_wire(&s.store.release(&app.id, version).await?)))
+    Ok(Json(release_to_wire(
+        &s.store.release(&app.id, version).await?,
+    )))
 }

@@ -79,7 +79,9 @@ impl HostCaller {
         if self.host.id == host_id {
             Ok(())
         } else {
-            Err(ApiError::forbidden("this host token belongs to another host"))
+            Err(ApiError::forbidden(
+                "this host token belongs to another host",
+            ))
         }
     }
 }

@@ -29,7 +29,9 @@ const LONG_POLL: Duration = Duration::from_secs(15);
 const POLL_STORE_EVERY: Duration = Duration::from_millis(1000);
 
 fn valid_address(a: &str) -> bool {
-    (a.starts_with("http://") || a.starts_with("https://")) && a.len() <= 256 && !a.chars().any(char::is_whitespace)
+    (a.starts_with("http://") || a.starts_with("https://"))
+        && a.len() <= 256
+        && !a.chars().any(char::is_whitespace)
 }
 
 pub async fn register(
@@ -39,19 +41,37 @@ pub async fn register(
 ) -> ApiResult<(StatusCode, Json<RegisteredHost>)> {
     caller.require(Action::Admin, None)?;
     let Json(body) = body?;
-    if body.name.is_empty() || body.name.len() > 63 || !body.name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.') {
-        return Err(ApiError::invalid("host name must be 1 to 63 letters, digits, '-' or '.'"));
+    if body.name.is_empty()
+        || body.name.len() > 63
+        || !body
+            .name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
+    {
+        return Err(ApiError::invalid(
+            "host name must be 1 to 63 letters, digits, '-' or '.'",
+        ));
     }
     if !valid_address(&body.address) {
-        return Err(ApiError::invalid("host address must be an http:// or https:// URL"));
+        return Err(ApiError::invalid(
+            "host address must be an http:// or https:// URL",
+        ));
     }
     if body.public_key.len() != 64 || !body.public_key.bytes().all(|b| b.is_ascii_hexdigit()) {
-        return Err(ApiError::invalid("host public key must be 64 hex characters (Ed25519)"));
+        return Err(ApiError::invalid(
+            "host public key must be 64 hex characters (Ed25519)",
+        ));
     }
     let minted = coffer_crypto::token::mint_token();
     let host = s
         .store
-        .register_host(&minted.id, &body.name, &body.address, &body.public_key.to_ascii_lowercase(), &minted.secret_hash)
+        .register_host(
+            &minted.id,
+            &body.name,
+            &body.address,
+            &body.public_key.to_ascii_lowercase(),
+            &minted.secret_hash,
+        )
         .await?;
     tracing::info!(host_id = %host.id, name = %host.name, "host registered");
     Ok((
@@ -73,7 +93,9 @@ pub async fn heartbeat(
     host.require_host(&host_id)?;
     let Json(body) = body?;
     if !valid_address(&body.address) {
-        return Err(ApiError::invalid("host address must be an http:// or https:// URL"));
+        return Err(ApiError::invalid(
+            "host address must be an http:// or https:// URL",
+        ));
     }
     s.store.touch_host(&host_id, &body.address).await?;
     Ok(StatusCode::NO_CONTENT)
@@ -134,7 +156,10 @@ pub async fn assignments(
     }
     // Seen, so alive: long-polls double as heartbeats for placement.
     let _ = s.store.touch_host(&host_id, &host.host.address).await;
-    Ok(Json(Assignments { generation, machines: out }))
+    Ok(Json(Assignments {
+        generation,
+        machines: out,
+    }))
 }
 
 pub async fn report_state(
@@ -184,7 +209,10 @@ pub async fn boot(
         return Err(ApiError::not_found("machine"));
     }
     if m.desired != DesiredState::Running || m.destroyed_at.is_some() {
-        return Err(ApiError::conflict(format!("machine {} is not meant to run", m.id)));
+        return Err(ApiError::conflict(format!(
+            "machine {} is not meant to run",
+            m.id
+        )));
     }
     let app = s.store.app_by_id(&m.app_id).await?;
     let snapshot = s.store.snapshot(&m.app_id, m.secrets_version).await?;
@@ -209,7 +237,11 @@ pub async fn boot(
         release_version: m.release_version,
         ciphertexts: snapshot
             .iter()
-            .map(|c| PresentedCiphertext { name: c.name.to_string(), version: c.value_version, ciphertext: b64(&c.ciphertext) })
+            .map(|c| PresentedCiphertext {
+                name: c.name.to_string(),
+                version: c.value_version,
+                ciphertext: b64(&c.ciphertext),
+            })
             .collect(),
         expires_at: rfc3339(expires_at * 1_000_000),
     }))
@@ -217,5 +249,8 @@ pub async fn boot(
 
 /// Whether a machine in this state has stopped for good or for now (not running, not trying).
 pub fn is_down(state: MachineState) -> bool {
-    matches!(state, MachineState::Stopped | MachineState::Exited | MachineState::Destroyed)
+    matches!(
+        state,
+        MachineState::Stopped | MachineState::Exited | MachineState::Destroyed
+    )
 }

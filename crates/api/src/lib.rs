@@ -38,8 +38,8 @@ pub mod tokens;
 
 use axum::routing::{delete, get, post};
 use axum::Router;
-use coffer_http::{ApiError, ApiResult, Metrics};
 use coffer_crypto::machine_token::ControlPlaneKey;
+use coffer_http::{ApiError, ApiResult, Metrics};
 use coffer_store::Store;
 use std::sync::Arc;
 
@@ -88,7 +88,10 @@ pub fn router(state: ApiState, metrics: Metrics) -> Router {
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
         .route("/v1/apps", post(apps::create).get(apps::list))
-        .route("/v1/apps/{app}", get(apps::get).delete(apps::destroy).patch(apps::update))
+        .route(
+            "/v1/apps/{app}",
+            get(apps::get).delete(apps::destroy).patch(apps::update),
+        )
         .route("/v1/apps/{app}/releases", get(apps::releases))
         .route("/v1/apps/{app}/releases/{version}", get(apps::release))
         .route(
@@ -99,15 +102,24 @@ pub fn router(state: ApiState, metrics: Metrics) -> Router {
         .route("/v1/apps/{app}/secrets/history", get(secrets::history))
         .route("/v1/tokens", post(tokens::create).get(tokens::list))
         .route("/v1/tokens/{id}", delete(tokens::revoke))
-        .route("/v1/apps/{app}/machines", post(machines::run).get(machines::list))
-        .route("/v1/apps/{app}/machines/{id}", get(machines::get).delete(machines::destroy))
+        .route(
+            "/v1/apps/{app}/machines",
+            post(machines::run).get(machines::list),
+        )
+        .route(
+            "/v1/apps/{app}/machines/{id}",
+            get(machines::get).delete(machines::destroy),
+        )
         .route("/v1/apps/{app}/machines/{id}/stop", post(machines::stop))
         .route("/v1/apps/{app}/machines/{id}/start", post(machines::start))
         .route("/v1/apps/{app}/machines/{id}/logs", get(machines::logs))
         .route("/v1/hosts", post(hosts::register))
         .route("/v1/hosts/{id}/heartbeat", post(hosts::heartbeat))
         .route("/v1/hosts/{id}/assignments", get(hosts::assignments))
-        .route("/v1/hosts/{id}/machines/{mid}/state", post(hosts::report_state))
+        .route(
+            "/v1/hosts/{id}/machines/{mid}/state",
+            post(hosts::report_state),
+        )
         .route("/v1/hosts/{id}/machines/{mid}/boot", post(hosts::boot))
         .fallback(|| async { ApiError::not_found("route") })
         .with_state(state);

@@ -31,7 +31,10 @@ pub fn to_wire(m: &MachineRecord, app: &AppName, hosts: &HashMap<String, String>
         desired: m.desired,
         secrets_version: m.secrets_version,
         release_version: m.release_version,
-        host: hosts.get(&m.host_id).cloned().unwrap_or_else(|| m.host_id.clone()),
+        host: hosts
+            .get(&m.host_id)
+            .cloned()
+            .unwrap_or_else(|| m.host_id.clone()),
         command: m.config.command.clone(),
         restart: m.config.restart,
         exit_status: m.exit_status,
@@ -42,22 +45,33 @@ pub fn to_wire(m: &MachineRecord, app: &AppName, hosts: &HashMap<String, String>
 }
 
 async fn host_names(s: &ApiState) -> ApiResult<HashMap<String, String>> {
-    Ok(s.store.hosts().await?.into_iter().map(|h| (h.id, h.name)).collect())
+    Ok(s.store
+        .hosts()
+        .await?
+        .into_iter()
+        .map(|h| (h.id, h.name))
+        .collect())
 }
 
 fn validate(body: &RunMachine) -> ApiResult<()> {
     if body.command.is_empty() || body.command[0].is_empty() {
-        return Err(ApiError::invalid("a command is needed: coffer machines run -- CMD ARG…"));
+        return Err(ApiError::invalid(
+            "a command is needed: coffer machines run -- CMD ARG…",
+        ));
     }
     let cmd_bytes: usize = body.command.iter().map(String::len).sum();
     if cmd_bytes > MAX_COMMAND_BYTES || body.command.iter().any(|a| a.contains('\0')) {
-        return Err(ApiError::invalid("the command must be under 64 KiB and contain no NUL byte"));
+        return Err(ApiError::invalid(
+            "the command must be under 64 KiB and contain no NUL byte",
+        ));
     }
     let mut env_bytes = 0;
     for (k, v) in &body.env {
         SecretName::parse(k).map_err(|e| ApiError::invalid(format!("--env: {e}")))?;
         if v.contains('\0') {
-            return Err(ApiError::invalid(format!("--env {k}: value contains a NUL byte")));
+            return Err(ApiError::invalid(format!(
+                "--env {k}: value contains a NUL byte"
+            )));
         }
         env_bytes += k.len() + v.len();
     }
@@ -75,19 +89,31 @@ fn validate(body: &RunMachine) -> ApiResult<()> {
 /// The live host with the fewest machines that are not destroyed.
 async fn place(s: &ApiState) -> ApiResult<HostRecord> {
     let now = now_micros();
-    let hosts: Vec<HostRecord> =
-        s.store.hosts().await?.into_iter().filter(|h| now - h.last_seen_at < HOST_ALIVE_MICROS).collect();
+    let hosts: Vec<HostRecord> = s
+        .store
+        .hosts()
+        .await?
+        .into_iter()
+        .filter(|h| now - h.last_seen_at < HOST_ALIVE_MICROS)
+        .collect();
     let mut best: Option<(usize, HostRecord)> = None;
     for h in hosts {
         let (_, machines) = s.store.host_assignments(&h.id).await?;
-        let load = machines.iter().filter(|m| m.desired != DesiredState::Destroyed).count();
+        let load = machines
+            .iter()
+            .filter(|m| m.desired != DesiredState::Destroyed)
+            .count();
         if best.as_ref().is_none_or(|(l, _)| load < *l) {
             best = Some((load, h));
         }
     }
     best.map(|(_, h)| h).ok_or_else(|| {
-        ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "no_host", "no host is available to run the machine")
-            .with_hint("start a host agent (cofferd agent); cofferd dev runs one")
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "no_host",
+            "no host is available to run the machine",
+        )
+        .with_hint("start a host agent (cofferd agent); cofferd dev runs one")
     })
 }
 
@@ -102,7 +128,10 @@ pub async fn run(
     validate(&body)?;
     let host = place(&s).await?;
     let id = hex::encode(coffer_crypto::random_array::<8>());
-    let name = body.name.clone().unwrap_or_else(|| format!("{}-{}", app.name, &id[..6]));
+    let name = body
+        .name
+        .clone()
+        .unwrap_or_else(|| format!("{}-{}", app.name, &id[..6]));
     let m = s
         .store
         .create_machine(NewMachine {
@@ -110,7 +139,11 @@ pub async fn run(
             app_id: app.id.clone(),
             host_id: host.id.clone(),
             name,
-            config: MachineConfig { command: body.command, env: body.env, restart: body.restart },
+            config: MachineConfig {
+                command: body.command,
+                env: body.env,
+                restart: body.restart,
+            },
             // A machine boots with what is deployed, never with what is only staged.
             secrets_version: app.deployed_version,
             release_version: app.release_version,
@@ -193,7 +226,9 @@ pub async fn start(
     let app_rec = authorized_app(&s, &caller, Action::Deploy, &app).await?;
     let m = machine_of(&s, &app_rec, &id).await?;
     if m.secrets_version != app_rec.deployed_version {
-        s.store.set_machine_version(&id, app_rec.deployed_version, app_rec.release_version).await?;
+        s.store
+            .set_machine_version(&id, app_rec.deployed_version, app_rec.release_version)
+            .await?;
     }
     set_desired(caller, s, app, id, DesiredState::Running).await
 }
@@ -228,27 +263,45 @@ pub async fn logs(
     let host = s.store.host(&m.host_id).await?;
     let grant = mint_logs_grant(
         &s.signing_key,
-        &LogsClaims { machine_id: m.id.clone(), host_id: host.id.clone(), expires_at: now_micros() / 1_000_000 + 60 },
+        &LogsClaims {
+            machine_id: m.id.clone(),
+            host_id: host.id.clone(),
+            expires_at: now_micros() / 1_000_000 + 60,
+        },
     )
     .map_err(ApiError::internal)?;
-    let url = format!("{}/v1/machines/{}/logs?follow={}", host.address.trim_end_matches('/'), m.id, q.follow);
-    let resp = s.agent_http.get(url).bearer_auth(grant).send().await.map_err(|e| {
-        ApiError::unavailable(format!("host {} is unreachable", host.name), e)
-            .with_hint("check that the host's agent is running")
-    })?;
+    let url = format!(
+        "{}/v1/machines/{}/logs?follow={}",
+        host.address.trim_end_matches('/'),
+        m.id,
+        q.follow
+    );
+    let resp = s
+        .agent_http
+        .get(url)
+        .bearer_auth(grant)
+        .send()
+        .await
+        .map_err(|e| {
+            ApiError::unavailable(format!("host {} is unreachable", host.name), e)
+                .with_hint("check that the host's agent is running")
+        })?;
     if !resp.status().is_success() {
         return Err(ApiError::unavailable(
             format!("host {} could not serve the logs", host.name),
             format!("agent answered {}", resp.status()),
         ));
     }
-    Ok(Response::builder()
+    Response::builder()
         .header("content-type", "text/plain; charset=utf-8")
         .body(Body::from_stream(resp.bytes_stream()))
-        .map_err(ApiError::internal)?)
+        .map_err(ApiError::internal)
 }
 
 /// A machine that is neither running nor about to run.
 pub fn is_settled(m: &MachineRecord) -> bool {
-    matches!(m.state, MachineState::Stopped | MachineState::Exited | MachineState::Destroyed)
+    matches!(
+        m.state,
+        MachineState::Stopped | MachineState::Exited | MachineState::Destroyed
+    )
 }

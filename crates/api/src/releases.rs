@@ -30,7 +30,10 @@ const TICK: Duration = Duration::from_millis(250);
 fn is_running(m: &MachineRecord) -> bool {
     m.desired == DesiredState::Running
         && m.destroyed_at.is_none()
-        && matches!(m.state, MachineState::Pending | MachineState::Starting | MachineState::Started)
+        && matches!(
+            m.state,
+            MachineState::Pending | MachineState::Starting | MachineState::Started
+        )
 }
 
 /// Starts a release: completes it at once when the app has no running machine (so that the
@@ -43,7 +46,11 @@ pub async fn start(s: &ApiState, release: ReleaseRecord) -> Result<(), StoreErro
         .iter()
         .any(is_running);
     if !any_running {
-        match s.store.complete_release(&release.app_id, release.version).await {
+        match s
+            .store
+            .complete_release(&release.app_id, release.version)
+            .await
+        {
             Ok(_) | Err(StoreError::Conflict(_)) => return Ok(()),
             Err(e) => return Err(e),
         }
@@ -62,7 +69,8 @@ pub fn spawn(s: ApiState, release: ReleaseRecord) {
             tracing::error!(app_id, version, error = %e, "release orchestration failed; retrying the rollback");
             if let Ok(rel) = s.store.release(&app_id, version).await {
                 if rel.status == coffer_store::ReleaseStatus::Running {
-                    let _ = roll_back(&s, &rel, "the control plane could not finish the release").await;
+                    let _ =
+                        roll_back(&s, &rel, "the control plane could not finish the release").await;
                 }
             }
         }
@@ -75,13 +83,22 @@ pub async fn recover(s: &ApiState) -> Result<usize, StoreError> {
     let n = running.len();
     for rel in running {
         tracing::warn!(app_id = %rel.app_id, version = rel.version, "release interrupted by a restart; rolling it back");
-        roll_back(s, &rel, "interrupted: the control plane restarted during the release").await?;
+        roll_back(
+            s,
+            &rel,
+            "interrupted: the control plane restarted during the release",
+        )
+        .await?;
     }
     Ok(n)
 }
 
 async fn progress(s: &ApiState, rel: &ReleaseRecord, line: &str) {
-    if let Err(e) = s.store.set_release_progress(&rel.app_id, rel.version, line).await {
+    if let Err(e) = s
+        .store
+        .set_release_progress(&rel.app_id, rel.version, line)
+        .await
+    {
         tracing::warn!(error = %e, "could not record release progress");
     }
 }
@@ -100,9 +117,17 @@ async fn run(s: &ApiState, rel: ReleaseRecord) -> Result<(), StoreError> {
     let total = machines.len();
     let mut updated: Vec<String> = Vec::with_capacity(total);
     for (i, m) in machines.iter().enumerate() {
-        let label = if i == 0 { format!("{} (canary)", m.name) } else { format!("{} ({}/{total})", m.name, i + 1) };
+        let label = if i == 0 {
+            format!("{} (canary)", m.name)
+        } else {
+            format!("{} ({}/{total})", m.name, i + 1)
+        };
         progress(s, &rel, &format!("updating {label}")).await;
-        let m = match s.store.set_machine_version(&m.id, rel.secrets_version, rel.version).await {
+        let m = match s
+            .store
+            .set_machine_version(&m.id, rel.secrets_version, rel.version)
+            .await
+        {
             Ok(m) => m,
             Err(StoreError::NotFound(_)) => continue,
             Err(e) => return Err(e),
@@ -127,10 +152,15 @@ fn secs(micros: i64) -> f64 {
 }
 
 fn failure_reason(m: &MachineRecord, label: &str, started_at: Option<i64>) -> String {
-    let after = started_at.map(|t| format!(" {:.2}s after it started", secs(m.updated_at - t))).unwrap_or_default();
+    let after = started_at
+        .map(|t| format!(" {:.2}s after it started", secs(m.updated_at - t)))
+        .unwrap_or_default();
     match m.state {
         MachineState::Exited => match m.exit_status {
-            Some(code) => format!("machine {label} [{}] exited with status {code}{after}", m.id),
+            Some(code) => format!(
+                "machine {label} [{}] exited with status {code}{after}",
+                m.id
+            ),
             None => format!("machine {label} [{}] exited{after}", m.id),
         },
         _ => format!(
@@ -177,7 +207,11 @@ async fn watch(
             }
         }
         if tokio::time::Instant::now() >= boot_deadline {
-            return Ok(Err(format!("machine {label} [{}] did not start within {}s", m.id, BOOT_TIMEOUT.as_secs())));
+            return Ok(Err(format!(
+                "machine {label} [{}] did not start within {}s",
+                m.id,
+                BOOT_TIMEOUT.as_secs()
+            )));
         }
         let _ = tokio::time::timeout(TICK, events.changed()).await;
     };
@@ -192,7 +226,9 @@ async fn watch(
         if m.desired != DesiredState::Running || m.destroyed_at.is_some() {
             return Ok(Ok(()));
         }
-        if m.state_generation > generation || (m.state_generation == generation && m.state != MachineState::Started) {
+        if m.state_generation > generation
+            || (m.state_generation == generation && m.state != MachineState::Started)
+        {
             // Any exit, failure or restart after it started fails the release.
             let mut m = m;
             if m.state == MachineState::Started || m.state == MachineState::Starting {
@@ -207,7 +243,12 @@ async fn watch(
         let left = (end - now).as_secs() + 1;
         if left != shown {
             shown = left;
-            progress(s, rel, &format!("watching {label}: {left}s of {}s left", window.as_secs())).await;
+            progress(
+                s,
+                rel,
+                &format!("watching {label}: {left}s of {}s left", window.as_secs()),
+            )
+            .await;
         }
         let _ = tokio::time::timeout((end - now).min(TICK), events.changed()).await;
     }
@@ -220,9 +261,16 @@ async fn roll_back(s: &ApiState, rel: &ReleaseRecord, reason: &str) -> Result<()
     tracing::warn!(app_id = %rel.app_id, release = rel.version, reason, "release failed; rolling back");
     progress(s, rel, &format!("rolling back: {reason}")).await;
     for m in s.store.app_machines(&rel.app_id).await? {
-        if m.secrets_version == rel.secrets_version && m.release_version == rel.version && m.destroyed_at.is_none() {
+        if m.secrets_version == rel.secrets_version
+            && m.release_version == rel.version
+            && m.destroyed_at.is_none()
+        {
             s.store
-                .set_machine_version(&m.id, rel.previous_secrets_version, rel.previous_release_version)
+                .set_machine_version(
+                    &m.id,
+                    rel.previous_secrets_version,
+                    rel.previous_release_version,
+                )
                 .await?;
         }
     }

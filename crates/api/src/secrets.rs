@@ -106,7 +106,10 @@ pub async fn write(
             deploy: !stage,
             // A deploying write starts its release in the same transaction, or is refused
             // whole if one is running.
-            release: (!stage).then(|| NewRelease { description: change.describe(), actor: caller.actor.clone() }),
+            release: (!stage).then(|| NewRelease {
+                description: change.describe(),
+                actor: caller.actor.clone(),
+            }),
         };
         match s.store.write_version(new).await {
             Ok(outcome) => {
@@ -184,17 +187,28 @@ pub async fn deploy(
 ) -> ApiResult<Json<DeployResult>> {
     let app = authorized_app(&s, &caller, Action::Deploy, &app).await?;
     if app.deployed_version == app.secrets_version {
-        return Ok(Json(DeployResult { version: app.secrets_version, changed: false, release: None }));
+        return Ok(Json(DeployResult {
+            version: app.secrets_version,
+            changed: false,
+            release: None,
+        }));
     }
     let release = s
         .store
         .deploy_staged(
             &app.id,
-            &NewRelease { description: format!("Deploy secrets version {}", app.secrets_version), actor: caller.actor.clone() },
+            &NewRelease {
+                description: format!("Deploy secrets version {}", app.secrets_version),
+                actor: caller.actor.clone(),
+            },
         )
         .await?;
     tracing::info!(app = %app.name, version = release.secrets_version, release = release.version, "staged secrets deployed");
-    let out = DeployResult { version: release.secrets_version, changed: true, release: Some(release.version) };
+    let out = DeployResult {
+        version: release.secrets_version,
+        changed: true,
+        release: Some(release.version),
+    };
     crate::releases::start(&s, release).await?;
     Ok(Json(out))
 }

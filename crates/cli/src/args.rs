@@ -6,6 +6,7 @@ use std::ffi::OsString;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use coffer_core::wire::machines::RestartPolicy;
 use coffer_core::Action;
 
 use crate::error::EXIT_CODES_HELP;
@@ -37,9 +38,27 @@ pub enum Command {
     Apps(AppsCommand),
     /// Set, unset, import, list and deploy an app's secrets
     Secrets(SecretsArgs),
+    /// Run, list, stop, start and destroy the app's machines, and read their logs
+    Machines(MachinesArgs),
     /// Create, list and revoke scoped, expiring API tokens
     #[command(subcommand)]
     Tokens(TokensCommand),
+    /// The app's releases: status, description, date, and why a release failed
+    Releases(ReleasesArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ReleasesArgs {
+    #[command(flatten)]
+    pub app: AppArg,
+    #[command(subcommand)]
+    pub command: ReleasesCommand,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ReleasesCommand {
+    /// List the app's releases, newest first
+    List,
 }
 
 #[derive(Debug, Subcommand)]
@@ -51,6 +70,13 @@ pub enum AppsCommand {
     },
     /// List the apps this token can see
     List,
+    /// Change an app's settings
+    Update {
+        name: String,
+        /// How long a machine must run after a release restarts it (at least 1s), e.g. 30s
+        #[arg(long, value_name = "DURATION")]
+        crash_window: Option<String>,
+    },
     /// Destroy an app: its machines, keys and secrets (asks for confirmation)
     Destroy {
         name: String,
@@ -141,6 +167,91 @@ Example:
 Accepts comments, single and double quotes, multi-line \"\"\" values and an `export ` prefix.
 $VAR is never expanded. On any error nothing is imported.";
 
+#[derive(Debug, Args)]
+pub struct MachinesArgs {
+    #[command(flatten)]
+    pub app: AppArg,
+    #[command(subcommand)]
+    pub command: MachinesCommand,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum MachinesCommand {
+    /// Create a machine and boot it on a host with the app's current secrets
+    #[command(after_long_help = RUN_HELP)]
+    Run {
+        /// A name to recognise the machine by (default: chosen by the server)
+        #[arg(long, value_name = "NAME")]
+        name: Option<String>,
+        /// A plain (non-secret) environment variable of the machine; repeatable
+        #[arg(long = "env", short = 'e', value_name = "K=V")]
+        env: Vec<String>,
+        /// Restart the workload when it exits: never, after a failure, or always
+        #[arg(long, value_enum, default_value_t = RestartArg::No)]
+        restart: RestartArg,
+        /// The program and its arguments, after `--`
+        #[arg(required = true, last = true, value_name = "CMD")]
+        command: Vec<String>,
+    },
+    /// List the app's machines
+    List,
+    /// Stop a machine's workload (SIGTERM, then SIGKILL after a timeout)
+    Stop { id: String },
+    /// Start a stopped or exited machine again, with a fresh boot
+    Start { id: String },
+    /// Destroy a machine: its host stops it, deletes its logs and loses access to the app's secrets
+    #[command(after_long_help = DESTROY_HELP)]
+    Destroy {
+        id: String,
+        /// Accepted for symmetry with `apps destroy`; machines are destroyed without asking
+        #[arg(long, short = 'y', hide = true)]
+        yes: bool,
+    },
+    /// Print a machine's output (stdout and stderr of its workload)
+    Logs {
+        id: String,
+        /// Keep printing new output as it comes (Ctrl-C to stop)
+        #[arg(long, short = 'f')]
+        follow: bool,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum RestartArg {
+    No,
+    OnFailure,
+    Always,
+}
+
+impl From<RestartArg> for RestartPolicy {
+    fn from(r: RestartArg) -> RestartPolicy {
+        match r {
+            RestartArg::No => RestartPolicy::No,
+            RestartArg::OnFailure => RestartPolicy::OnFailure,
+            RestartArg::Always => RestartPolicy::Always,
+        }
+    }
+}
+
+const RUN_HELP: &str = "\
+Examples:
+  coffer machines run -- ./server --port 8080
+  coffer machines run --name worker --env QUEUE=emails --restart on-failure -- ./worker
+  coffer machines run -- sh -c 'echo $DATABASE_URL | wc -c'
+
+The workload's environment holds exactly the app's secrets, the --env pairs, COFFER_APP_NAME,
+COFFER_MACHINE_ID, COFFER_RELEASE_VERSION, and PATH=/usr/local/bin:/usr/bin:/bin and HOME
+(which --env may replace). A secret wins over an --env pair of the same name. Secrets do not
+belong in --env: --env values are stored and shown in plain text.
+
+The command returns once the machine is created; `coffer machines list` shows its state and
+`coffer machines logs ID --follow` its output.";
+
+const DESTROY_HELP: &str = "\
+Destroy does not ask for confirmation: it acts on one machine, whose workload is stopped
+(SIGTERM, then SIGKILL) and whose logs are deleted. When the command returns, the machine's
+host can no longer decrypt the app's secrets.";
+
 #[derive(Debug, Subcommand)]
 pub enum TokensCommand {
     /// Create a token; it is printed once, on stdout
@@ -230,12 +341,81 @@ mod tests {
     }
 
     #[test]
+    fn machines_run_takes_the_command_after_the_double_dash() {
+        let cli = Cli::try_parse_from([
+            "coffer",
+            "machines",
+            "-a",
+            "web",
+            "run",
+            "--name",
+            "w1",
+            "--env",
+            "A=1",
+            "-e",
+            "B=x=y",
+            "--restart",
+            "on-failure",
+            "--",
+            "sh",
+            "-c",
+            "echo --env $A",
+        ])
+        .unwrap();
+        let Command::Machines(MachinesArgs {
+            app,
+            command:
+                MachinesCommand::Run {
+                    name,
+                    env,
+                    restart,
+                    command,
+                },
+        }) = cli.command
+        else {
+            panic!()
+        };
+        assert_eq!(app.app.as_deref(), Some("web"));
+        assert_eq!(name.as_deref(), Some("w1"));
+        assert_eq!(env, vec!["A=1", "B=x=y"]);
+        assert_eq!(restart, RestartArg::OnFailure);
+        assert_eq!(command, vec!["sh", "-c", "echo --env $A"]);
+        // The app flag also goes after the subcommand.
+        let cli =
+            Cli::try_parse_from(["coffer", "machines", "logs", "3f2a", "-f", "-a", "web"]).unwrap();
+        let Command::Machines(MachinesArgs {
+            app,
+            command: MachinesCommand::Logs { id, follow },
+        }) = cli.command
+        else {
+            panic!()
+        };
+        assert_eq!(
+            (app.app.as_deref(), id.as_str(), follow),
+            (Some("web"), "3f2a", true)
+        );
+    }
+
+    #[test]
     fn usage_errors_exit_2() {
         for argv in [
             &["coffer", "secrets", "set"][..],
             &["coffer", "tokens", "create", "--scope", "root"][..],
             &["coffer", "tokens", "create", "--expires", "soon"][..],
             &["coffer", "apps", "destroy"][..],
+            &["coffer", "machines", "run"][..],
+            &["coffer", "machines", "run", "--"][..],
+            &["coffer", "machines", "run", "sh", "-c", "x"][..],
+            &[
+                "coffer",
+                "machines",
+                "run",
+                "--restart",
+                "sometimes",
+                "--",
+                "x",
+            ][..],
+            &["coffer", "machines", "stop"][..],
         ] {
             let e = Cli::try_parse_from(argv).unwrap_err();
             assert_eq!(e.exit_code(), 2, "{argv:?}");

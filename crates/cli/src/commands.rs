@@ -7,18 +7,20 @@
 use std::io::{BufRead, IsTerminal, Read, Write};
 
 use coffer_client::{write_request, Client};
+use coffer_core::wire::machines::RunMachine;
 use coffer_core::wire::CreateToken;
 use coffer_core::{AppName, ChangeSet, SecretName};
 use jiff::Timestamp;
 use zeroize::Zeroizing;
 
 use crate::args::{
-    AppsCommand, Command, ScopeArg, SecretsArgs, SecretsCommand, TokensCommand, WriteFlags,
+    AppsCommand, Command, MachinesArgs, MachinesCommand, ReleasesArgs, ReleasesCommand, ScopeArg,
+    SecretsArgs, SecretsCommand, TokensCommand, WriteFlags,
 };
 use crate::config::{self, Env, Flags};
 use crate::error::{CliError, Exit};
 use crate::input;
-use crate::output::{self, json, note, print};
+use crate::output::{self, json, note, print, MachineVerb};
 
 /// What every command needs besides its own arguments.
 pub struct Ctx<'a> {
@@ -50,7 +52,26 @@ pub async fn run(ctx: &Ctx<'_>, command: Command) -> Result<(), CliError> {
     match command {
         Command::Apps(c) => apps(ctx, c).await,
         Command::Secrets(s) => secrets(ctx, s).await,
+        Command::Machines(m) => machines(ctx, m).await,
         Command::Tokens(c) => tokens(ctx, c).await,
+        Command::Releases(r) => releases(ctx, r).await,
+    }
+}
+
+async fn releases(ctx: &Ctx<'_>, args: ReleasesArgs) -> Result<(), CliError> {
+    let app = ctx.app(args.app.app.as_deref())?;
+    match args.command {
+        ReleasesCommand::List => {
+            let list = ctx.client()?.releases(app.as_str()).await?;
+            if ctx.json {
+                print(&json(&list)?)
+            } else if list.is_empty() {
+                note(&format!("App {app} has no releases yet."));
+                Ok(())
+            } else {
+                print(&output::releases_table(&list, Timestamp::now(), ctx.tty))
+            }
+        }
     }
 }
 
@@ -74,6 +95,24 @@ async fn apps(ctx: &Ctx<'_>, command: AppsCommand) -> Result<(), CliError> {
                 Ok(())
             } else {
                 print(&output::apps_table(&apps, Timestamp::now(), ctx.tty))
+            }
+        }
+        AppsCommand::Update { name, crash_window } => {
+            let name = config::parse_app(&name)?;
+            let mut update = coffer_core::wire::UpdateApp::default();
+            if let Some(w) = crash_window {
+                let d = coffer_core::duration::parse_duration(&w)
+                    .map_err(|e| CliError::new(Exit::Invalid, e.to_string()))?;
+                update.crash_window_secs = Some(d.as_secs());
+            }
+            let app = ctx.client()?.update_app(name.as_str(), &update).await?;
+            if ctx.json {
+                print(&json(&app)?)
+            } else {
+                print(&format!(
+                    "Updated app {}: crash window {}s\n",
+                    app.name, app.crash_window_secs
+                ))
             }
         }
         AppsCommand::Destroy { name, yes } => {
@@ -182,7 +221,7 @@ async fn secrets(ctx: &Ctx<'_>, args: SecretsArgs) -> Result<(), CliError> {
             let client = ctx.client()?;
             let result = client.deploy(app.as_str()).await?;
             if result.changed {
-                follow_release(&client, &app, result.version, detach).await?;
+                follow_release(&client, &app, result.release, detach, ctx.json).await?;
             }
             if ctx.json {
                 print(&json(&result)?)
@@ -232,7 +271,7 @@ async fn write_change(
     drop(change);
     let result = client.write_secrets(app.as_str(), request).await?;
     if result.deployed {
-        follow_release(client, app, result.version, flags.detach).await?;
+        follow_release(client, app, result.release, flags.detach, ctx.json).await?;
     }
     if ctx.json {
         print(&json(&result)?)
@@ -241,19 +280,56 @@ async fn write_change(
     }
 }
 
-/// Follows the release of `version` until its outcome, unless `detach`.
-///
-/// Today the API finishes a deploy before it answers, so there is nothing to follow yet.
-/// When releases land, this is where progress (canary, crash-watch countdown, outcome) is
-/// shown on stderr and a failed release becomes an error; with `detach` it returns at once.
+/// Follows a release until its outcome, unless `detach`: progress lines (which machine, the
+/// crash-watch countdown) on stderr, then the outcome. A failed release is an error (exit 8)
+/// that names the machine, its exit status and how long it ran.
 async fn follow_release(
-    _client: &Client,
-    _app: &AppName,
-    _version: i64,
+    client: &Client,
+    app: &AppName,
+    release: Option<i64>,
     detach: bool,
+    json_output: bool,
 ) -> Result<(), CliError> {
-    let _ = detach;
-    Ok(())
+    let Some(version) = release else {
+        return Ok(());
+    };
+    if detach {
+        if !json_output {
+            note(&format!(
+                "Release v{version} started; follow it with `coffer releases list -a {app}`"
+            ));
+        }
+        return Ok(());
+    }
+    let mut last = String::new();
+    loop {
+        let r = client.release(app.as_str(), version).await?;
+        match r.status.as_str() {
+            "running" => {
+                if !r.progress.is_empty() && r.progress != last && !json_output {
+                    note(&format!("release v{version}: {}", r.progress));
+                    last = r.progress.clone();
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+            }
+            "failed" => {
+                let reason = r.reason.unwrap_or_else(|| "no reason recorded".into());
+                return Err(CliError::new(
+                    Exit::ReleaseFailed,
+                    format!("release v{version} failed: {reason}"),
+                )
+                .with_hint(format!(
+                    "it was rolled back: the machines run the previous secrets and the app's secrets are the previous set again (see `coffer releases list -a {app}`)"
+                )));
+            }
+            _ => {
+                if !json_output {
+                    note(&format!("release v{version}: {}", r.status));
+                }
+                return Ok(());
+            }
+        }
+    }
 }
 
 /// Reads all of stdin as bytes, telling the user first when stdin is a terminal.
@@ -268,6 +344,101 @@ fn read_stdin(prompt: &str) -> Result<Zeroizing<Vec<u8>>, CliError> {
         .read_to_end(&mut buf)
         .map_err(|e| CliError::new(Exit::Other, format!("cannot read stdin: {e}")))?;
     Ok(buf)
+}
+
+/// `machines …`. Run, stop, start and destroy return once the control plane has recorded
+/// the change (destroy: once the machine's access to the secrets is revoked); the host acts
+/// on it within moments, and `machines list` shows its progress. Destroy does not ask for
+/// confirmation: it concerns one machine, not an app's data.
+async fn machines(ctx: &Ctx<'_>, args: MachinesArgs) -> Result<(), CliError> {
+    let app_flag = args.app.app.as_deref();
+    match args.command {
+        MachinesCommand::Run {
+            name,
+            env,
+            restart,
+            command,
+        } => {
+            let env = input::parse_env(&env)?;
+            let app = ctx.app(app_flag)?;
+            let request = RunMachine {
+                name,
+                command,
+                env,
+                restart: restart.into(),
+            };
+            let m = ctx.client()?.run_machine(app.as_str(), &request).await?;
+            machine_result(ctx, MachineVerb::Run, &m)?;
+            if !ctx.json {
+                note(&format!(
+                    "Follow its output with `coffer machines logs {} --follow`.",
+                    m.id
+                ));
+            }
+            Ok(())
+        }
+        MachinesCommand::List => {
+            let app = ctx.app(app_flag)?;
+            let list = ctx.client()?.list_machines(app.as_str()).await?;
+            if ctx.json {
+                print(&json(&list)?)
+            } else if list.is_empty() {
+                note(&format!(
+                    "App {app} has no machines. Run one with `coffer machines run -- CMD ARG…`."
+                ));
+                Ok(())
+            } else {
+                print(&output::machines_table(&list, Timestamp::now(), ctx.tty))
+            }
+        }
+        MachinesCommand::Stop { id } => {
+            let app = ctx.app(app_flag)?;
+            let m = ctx.client()?.stop_machine(app.as_str(), &id).await?;
+            machine_result(ctx, MachineVerb::Stop, &m)
+        }
+        MachinesCommand::Start { id } => {
+            let app = ctx.app(app_flag)?;
+            let m = ctx.client()?.start_machine(app.as_str(), &id).await?;
+            machine_result(ctx, MachineVerb::Start, &m)
+        }
+        MachinesCommand::Destroy { id, yes: _ } => {
+            let app = ctx.app(app_flag)?;
+            let m = ctx.client()?.destroy_machine(app.as_str(), &id).await?;
+            machine_result(ctx, MachineVerb::Destroy, &m)
+        }
+        MachinesCommand::Logs { id, follow } => {
+            let app = ctx.app(app_flag)?;
+            let client = ctx.client()?;
+            let mut logs = client.machine_logs(app.as_str(), &id, follow).await?;
+            let mut out = std::io::stdout().lock();
+            while let Some(chunk) = logs.next_chunk().await? {
+                match out.write_all(&chunk).and_then(|()| out.flush()) {
+                    Ok(()) => {}
+                    // `coffer machines logs ID | head`: the reader has had enough.
+                    Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => return Ok(()),
+                    Err(e) => {
+                        return Err(CliError::new(
+                            Exit::Other,
+                            format!("cannot write to stdout: {e}"),
+                        ))
+                    }
+                }
+            }
+            Ok(())
+        }
+    }
+}
+
+fn machine_result(
+    ctx: &Ctx<'_>,
+    verb: MachineVerb,
+    m: &coffer_core::wire::machines::Machine,
+) -> Result<(), CliError> {
+    if ctx.json {
+        print(&json(m)?)
+    } else {
+        print(&output::machine_sentence(verb, m))
+    }
 }
 
 async fn tokens(ctx: &Ctx<'_>, command: TokensCommand) -> Result<(), CliError> {

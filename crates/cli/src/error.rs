@@ -26,6 +26,7 @@
 //! | 5 | not found (app, token) |
 //! | 6 | conflict (the app exists already, a release is in progress) |
 //! | 7 | invalid input: names, values, sizes, a dotenv parse error, a `NAME=VALUE` without `=` |
+//! | 8 | a release failed: a machine crashed or failed to boot in its crash window; it was rolled back |
 
 use coffer_client::ClientError;
 use std::fmt;
@@ -40,7 +41,8 @@ Exit codes:
   4  unauthorized or forbidden (invalid, expired or revoked token; scope too narrow)
   5  not found
   6  conflict (already exists, release in progress)
-  7  invalid input (names, values, sizes, dotenv syntax)";
+  7  invalid input (names, values, sizes, dotenv syntax)
+  8  the release failed and was rolled back";
 
 /// Process exit codes; see the [module documentation](self).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -52,6 +54,7 @@ pub enum Exit {
     NotFound = 5,
     Conflict = 6,
     Invalid = 7,
+    ReleaseFailed = 8,
 }
 
 impl Exit {

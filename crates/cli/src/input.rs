@@ -1,14 +1,16 @@
-//! Turning `secrets set` arguments and `secrets import` input into a validated change.
+//! Turning `secrets set` arguments and `secrets import` input into a validated change, and
+//! `machines run --env` arguments into a machine's environment pairs.
 //!
 //! Arguments are taken as raw bytes (`OsStr`), so a value may be any bytes the shell can pass,
 //! not only UTF-8. Error messages name secrets but never show a value; an argument that has no
 //! `=` is shown only if it looks like a name, since it could be a value typed in the wrong
 //! place.
 
+use std::collections::BTreeMap;
 use std::ffi::OsString;
 use std::os::unix::ffi::OsStrExt;
 
-use coffer_core::{ChangeSet, SecretValue};
+use coffer_core::{ChangeSet, NameError, SecretName, SecretValue};
 
 use crate::error::{CliError, Exit};
 
@@ -183,10 +185,112 @@ pub fn build_import(input: &[u8]) -> Result<ChangeSet, CliError> {
     })
 }
 
+/// Parses `machines run --env K=V` arguments: split at the first `=`, names checked like
+/// secret names (`[A-Za-z_][A-Za-z0-9_]*`, at most 256 bytes, not `COFFER_…`), values without
+/// NUL, no name twice. Every problem is reported at once; values are never shown (people
+/// paste secrets into the wrong flag).
+pub fn parse_env(args: &[String]) -> Result<BTreeMap<String, String>, CliError> {
+    let mut env = BTreeMap::new();
+    let mut problems = Vec::new();
+    for (i, arg) in args.iter().enumerate() {
+        let Some((name, value)) = arg.split_once('=') else {
+            problems.push(if looks_like_env_name(arg.as_bytes()) {
+                format!("--env {arg} has no value: write --env {arg}=VALUE")
+            } else {
+                format!(
+                    "--env argument {} is not NAME=VALUE (not shown, in case it is a secret value)",
+                    i + 1
+                )
+            });
+            continue;
+        };
+        if looks_like_value(name.as_bytes()) {
+            problems.push(format!(
+                "--env argument {} does not start with NAME= (not shown, in case it is a secret \
+                 value)",
+                i + 1
+            ));
+            continue;
+        }
+        if let Err(e) = SecretName::parse(name) {
+            problems.push(match e {
+                NameError::EmptySecret => format!("--env argument {} has an empty name", i + 1),
+                NameError::SecretTooLong(_) => {
+                    format!(
+                        "--env name in argument {} is too long (at most 256 bytes)",
+                        i + 1
+                    )
+                }
+                NameError::Reserved(_) => {
+                    format!("--env {name} uses the reserved prefix COFFER_")
+                }
+                _ => format!(
+                    "--env name {name:?} is invalid: use letters, digits and '_', not starting \
+                     with a digit"
+                ),
+            });
+            continue;
+        }
+        if value.contains('\0') {
+            problems.push(format!("the value of --env {name} contains a NUL byte"));
+            continue;
+        }
+        if env.insert(name.to_string(), value.to_string()).is_some() {
+            problems.push(format!("--env {name} is given twice"));
+        }
+    }
+    if problems.is_empty() {
+        Ok(env)
+    } else {
+        Err(
+            CliError::problems(Exit::Invalid, "no machine was created", &problems).with_hint(
+                "write --env NAME=VALUE; secrets belong in `coffer secrets set`, not in --env",
+            ),
+        )
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::os::unix::ffi::OsStringExt;
+
+    #[test]
+    fn env_pairs() {
+        let ok = parse_env(&[
+            "PORT=8080".into(),
+            "URL=http://x/?a=b".into(),
+            "EMPTY=".into(),
+        ])
+        .unwrap();
+        assert_eq!(ok["PORT"], "8080");
+        assert_eq!(ok["URL"], "http://x/?a=b");
+        assert_eq!(ok["EMPTY"], "");
+        let e = parse_env(&[
+            "1X=a".into(),
+            "COFFER_APP_NAME=spoof".into(),
+            "PORT".into(),
+            "sk_live_sentinel".into(),
+            "A=1".into(),
+            "A=2".into(),
+            "=v".into(),
+            "postgres://u:pw@h/db?x=y".into(),
+        ])
+        .unwrap_err();
+        assert_eq!(e.exit, Exit::Invalid);
+        insta::assert_snapshot!(e.render(), @r#"
+        error: 7 problems, no machine was created:
+          - --env name "1X" is invalid: use letters, digits and '_', not starting with a digit
+          - --env COFFER_APP_NAME uses the reserved prefix COFFER_
+          - --env PORT has no value: write --env PORT=VALUE
+          - --env argument 4 is not NAME=VALUE (not shown, in case it is a secret value)
+          - --env A is given twice
+          - --env argument 7 has an empty name
+          - --env argument 8 does not start with NAME= (not shown, in case it is a secret value)
+        hint: write --env NAME=VALUE; secrets belong in `coffer secrets set`, not in --env
+        "#);
+        assert!(!e.render().contains("sentinel") && !e.render().contains("spoof"));
+    }
 
     fn args(a: &[&[u8]]) -> Vec<OsString> {
         a.iter().map(|b| OsString::from_vec(b.to_vec())).collect()

@@ -13,6 +13,12 @@
 //!   secrets [-a APP] list
 //!   secrets [-a APP] deploy [--detach]
 //!   secrets [-a APP] history [NAME]
+//!   machines [-a APP] run [--name N] [--env K=V]… [--restart no|on-failure|always] -- CMD ARG…
+//!   machines [-a APP] list
+//!   machines [-a APP] stop ID
+//!   machines [-a APP] start ID
+//!   machines [-a APP] destroy ID                           (no confirmation: one machine)
+//!   machines [-a APP] logs ID [--follow]
 //!   tokens create [-a/--app APP] [--scope read|deploy|admin] [--expires 24h] [--description TEXT]
 //!   tokens list
 //!   tokens revoke ID

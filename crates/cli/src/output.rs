@@ -20,9 +20,14 @@
 //! | `tokens create` | `CreatedToken` `{"token","info":TokenInfo}` |
 //! | `tokens list` | `[TokenInfo]` `{"id","app","scope","description","created_at","expires_at","revoked"}` |
 //! | `tokens revoke` | `{"id","revoked":true}` |
+//! | `machines run/stop/start/destroy` | `Machine` `{"id","app","name","state","desired","secrets_version","release_version","host","command","restart","exit_status"?,"message"?,"created_at","updated_at"}` (`state`: `pending`, `starting`, `started`, `stopped`, `exited`, `failed`, `destroyed`; `desired`: `running`, `stopped`, `destroyed`; `restart`: `no`, `on-failure`, `always`) |
+//! | `machines list` | `[Machine]` |
+//!
+//! `machines logs` prints the workload's output as raw bytes, with or without `--json`.
 
 use std::io::Write;
 
+use coffer_core::wire::machines::{Machine, MachineState};
 use coffer_core::wire::{
     App, ChangeKind, SecretInfo, TokenInfo, VersionInfo, VersionOutcome, WriteResult,
 };
@@ -132,7 +137,14 @@ fn finish(t: &Table) -> String {
 /// `apps list`: NAME | SECRETS VERSION | DEPLOYED VERSION | CREATED.
 pub fn apps_table(apps: &[App], now: Timestamp, tty: bool) -> String {
     let mut t = table(
-        &["NAME", "SECRETS VERSION", "DEPLOYED VERSION", "CREATED"],
+        &[
+            "NAME",
+            "SECRETS VERSION",
+            "DEPLOYED VERSION",
+            "RELEASE",
+            "CRASH WINDOW",
+            "CREATED",
+        ],
         tty,
     );
     for a in apps {
@@ -140,6 +152,8 @@ pub fn apps_table(apps: &[App], now: Timestamp, tty: bool) -> String {
             a.name.clone(),
             a.secrets_version.to_string(),
             a.deployed_version.to_string(),
+            a.release_version.to_string(),
+            format!("{}s", a.crash_window_secs),
             ago(&a.created_at, now),
         ]);
     }
@@ -250,8 +264,145 @@ pub fn tokens_table(tokens: &[TokenInfo], now: Timestamp, tty: bool) -> String {
     finish(&t)
 }
 
+/// The STATE cell of a machine: its state, with the exit status of an exited machine, and
+/// where it is headed when that differs (`started → stopped` while it stops).
+pub fn machine_state(m: &Machine) -> String {
+    use coffer_core::wire::machines::DesiredState;
+    let mut s = match (m.state, m.exit_status) {
+        (MachineState::Exited, Some(code)) => format!("exited ({code})"),
+        (state, _) => state.as_str().to_string(),
+    };
+    let heading = match (m.desired, m.state) {
+        (DesiredState::Stopped, MachineState::Started | MachineState::Starting) => Some("stopped"),
+        (DesiredState::Destroyed, state) if state != MachineState::Destroyed => Some("destroyed"),
+        _ => None,
+    };
+    if let Some(h) = heading {
+        s.push_str(" → ");
+        s.push_str(h);
+    }
+    s
+}
+
+/// Does `machines list` explain this machine's state under the table? A failed boot always
+/// (the reason), an exit when the host said more than the status the STATE cell shows (a
+/// signal, an upcoming restart).
+fn needs_note(m: &Machine) -> bool {
+    match (m.state, m.message.as_deref(), m.exit_status) {
+        (MachineState::Failed, Some(_), _) => true,
+        (MachineState::Exited, Some(msg), Some(code)) => {
+            msg != format!("exited with status {code}")
+        }
+        (MachineState::Exited, Some(_), None) => true,
+        _ => false,
+    }
+}
+
+/// `machines list`: ID | NAME | STATE | RELEASE | HOST | AGE, then one line per failed or
+/// exited machine with the host's reason (`* web-1: vault unavailable: …`), marked `*` in
+/// the STATE column.
+pub fn machines_table(machines: &[Machine], now: Timestamp, tty: bool) -> String {
+    let mut t = table(&["ID", "NAME", "STATE", "RELEASE", "HOST", "AGE"], tty);
+    for m in machines {
+        let mut state = machine_state(m);
+        if needs_note(m) {
+            state.push('*');
+        }
+        t.add_row(vec![
+            m.id.clone(),
+            m.name.clone(),
+            state,
+            m.release_version.to_string(),
+            m.host.clone(),
+            ago(&m.created_at, now),
+        ]);
+    }
+    let mut out = finish(&t);
+    let notes: Vec<String> = machines
+        .iter()
+        .filter(|m| needs_note(m))
+        .map(|m| format!("* {}: {}", m.name, m.message.as_deref().unwrap_or_default()))
+        .collect();
+    if !notes.is_empty() {
+        out.push('\n');
+        for n in notes {
+            out.push_str(&n);
+            out.push('\n');
+        }
+    }
+    out
+}
+
+/// What `machines run/stop/start/destroy` print: the request was recorded; the host acts on
+/// it next (`machines list` shows its progress).
+pub fn machine_sentence(verb: MachineVerb, m: &Machine) -> String {
+    match verb {
+        MachineVerb::Run => format!(
+            "Machine {} ({}) created on host {}; state: {}\n",
+            m.id,
+            m.name,
+            m.host,
+            machine_state(m)
+        ),
+        MachineVerb::Stop => format!(
+            "Stopping machine {} ({}) on host {}; state: {}\n",
+            m.id,
+            m.name,
+            m.host,
+            machine_state(m)
+        ),
+        MachineVerb::Start => format!(
+            "Starting machine {} ({}) on host {}; state: {}\n",
+            m.id,
+            m.name,
+            m.host,
+            machine_state(m)
+        ),
+        MachineVerb::Destroy => format!(
+            "Destroyed machine {} ({}); host {} can no longer decrypt the app's secrets\n",
+            m.id, m.name, m.host
+        ),
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MachineVerb {
+    Run,
+    Stop,
+    Start,
+    Destroy,
+}
+
 /// The sentence after a write: `Set A, B: secrets version 4, deployed`, or `… staged (run
 /// coffer secrets deploy)`.
+/// `releases list`: VERSION | STATUS | DESCRIPTION | WHO | DATE | REASON.
+pub fn releases_table(
+    releases: &[coffer_core::wire::Release],
+    now: Timestamp,
+    tty: bool,
+) -> String {
+    let mut t = table(
+        &["VERSION", "STATUS", "DESCRIPTION", "WHO", "DATE", "REASON"],
+        tty,
+    );
+    for r in releases {
+        let reason = match (&r.reason, r.progress.is_empty()) {
+            (Some(reason), _) => reason.clone(),
+            (None, false) => r.progress.clone(),
+            (None, true) => String::new(),
+        };
+        t.add_row(vec![
+            format!("v{}", r.version),
+            r.status.clone(),
+            r.description.clone(),
+            r.actor.clone(),
+            ago(&r.created_at, now),
+            reason,
+        ]);
+    }
+    finish(&t)
+}
+
 pub fn write_sentence(description: &str, result: &WriteResult) -> String {
     let state = if result.deployed {
         "deployed"
@@ -363,12 +514,16 @@ mod tests {
                 created_at: "2026-10-01T08:00:00Z".into(),
                 secrets_version: 0,
                 deployed_version: 0,
+                crash_window_secs: 30,
+                release_version: 0,
             },
             App {
                 name: "web".into(),
                 created_at: "2026-11-05T11:00:00Z".into(),
                 secrets_version: 4,
                 deployed_version: 3,
+                crash_window_secs: 30,
+                release_version: 3,
             },
         ];
         insta::assert_snapshot!(apps_table(&apps, now(), false));
@@ -456,6 +611,151 @@ mod tests {
         insta::assert_snapshot!(tokens_table(&tokens, now(), false));
     }
 
+    fn machine(id: &str, name: &str, state: MachineState, created: &str) -> Machine {
+        use coffer_core::wire::machines::{DesiredState, RestartPolicy};
+        Machine {
+            id: id.into(),
+            app: "web".into(),
+            name: name.into(),
+            state,
+            desired: DesiredState::Running,
+            secrets_version: 4,
+            release_version: 3,
+            host: "dev".into(),
+            command: vec!["./server".into()],
+            restart: RestartPolicy::No,
+            exit_status: None,
+            message: None,
+            created_at: created.into(),
+            updated_at: created.into(),
+        }
+    }
+
+    fn machines() -> Vec<Machine> {
+        use coffer_core::wire::machines::DesiredState;
+        let mut failed = machine(
+            "9c01d3e4",
+            "worker",
+            MachineState::Failed,
+            "2026-11-05T11:59:43Z",
+        );
+        failed.message = Some("vault unavailable: connection refused (retrying in 4s)".into());
+        let mut exited = machine(
+            "77aa0b12",
+            "migrate",
+            MachineState::Exited,
+            "2026-11-05T09:00:00Z",
+        );
+        exited.exit_status = Some(3);
+        exited.message =
+            Some("exited with status 3; restarting in 4s (restart policy on-failure)".into());
+        let mut done = machine(
+            "5d6e7f80",
+            "seed",
+            MachineState::Exited,
+            "2026-11-05T10:00:00Z",
+        );
+        done.exit_status = Some(0);
+        done.message = Some("exited with status 0".into());
+        let mut stopping = machine(
+            "0b5e6f70",
+            "cron",
+            MachineState::Started,
+            "2026-11-01T12:00:00Z",
+        );
+        stopping.desired = DesiredState::Stopped;
+        vec![
+            machine(
+                "3f2a9c01",
+                "web-1",
+                MachineState::Started,
+                "2026-11-05T11:55:00Z",
+            ),
+            failed,
+            exited,
+            stopping,
+            done,
+            machine(
+                "51c4e2aa",
+                "web-2",
+                MachineState::Stopped,
+                "2026-11-03T12:00:00Z",
+            ),
+        ]
+    }
+
+    #[test]
+    fn machines_list_table() {
+        insta::assert_snapshot!(machines_table(&machines(), now(), false));
+    }
+
+    #[test]
+    fn machines_without_notes_have_no_footer() {
+        let rows = vec![machine(
+            "3f2a9c01",
+            "web-1",
+            MachineState::Pending,
+            "2026-11-05T12:00:00Z",
+        )];
+        insta::assert_snapshot!(machines_table(&rows, now(), false), @r"
+        ID         NAME    STATE     RELEASE   HOST   AGE
+        3f2a9c01   web-1   pending   3         dev    0s ago
+        ");
+    }
+
+    #[test]
+    fn machine_sentences() {
+        let m = machine(
+            "3f2a9c01",
+            "web-1",
+            MachineState::Pending,
+            "2026-11-05T12:00:00Z",
+        );
+        assert_eq!(
+            machine_sentence(MachineVerb::Run, &m),
+            "Machine 3f2a9c01 (web-1) created on host dev; state: pending\n"
+        );
+        let mut s = machine(
+            "3f2a9c01",
+            "web-1",
+            MachineState::Started,
+            "2026-11-05T12:00:00Z",
+        );
+        s.desired = coffer_core::wire::machines::DesiredState::Stopped;
+        assert_eq!(
+            machine_sentence(MachineVerb::Stop, &s),
+            "Stopping machine 3f2a9c01 (web-1) on host dev; state: started → stopped\n"
+        );
+        assert_eq!(
+            machine_sentence(MachineVerb::Destroy, &m),
+            "Destroyed machine 3f2a9c01 (web-1); host dev can no longer decrypt the app's secrets\n"
+        );
+    }
+
+    #[test]
+    fn machines_json_is_the_wire_type() {
+        let v: serde_json::Value = serde_json::from_str(&json(&machines()[2..3]).unwrap()).unwrap();
+        assert_eq!(
+            v,
+            serde_json::json!([{
+                "id": "77aa0b12",
+                "app": "web",
+                "name": "migrate",
+                "state": "exited",
+                "desired": "running",
+                "secrets_version": 4,
+                "release_version": 3,
+                "host": "dev",
+                "command": ["./server"],
+                "restart": "no",
+                "exit_status": 3,
+                "message": "exited with status 3; restarting in 4s (restart policy on-failure)",
+                "created_at": "2026-11-05T09:00:00Z",
+                "updated_at": "2026-11-05T09:00:00Z",
+            }])
+        );
+    }
+
     #[test]
     fn styling_only_on_a_terminal() {
         let rows = vec![secret(
@@ -474,6 +774,7 @@ mod tests {
             version: 4,
             deployed,
             description: "x".into(),
+            release: None,
         };
         assert_eq!(
             write_sentence("Set DATABASE_URL, API_KEY", &r(true)),

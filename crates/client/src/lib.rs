@@ -25,6 +25,7 @@ use std::fmt;
 use std::time::Duration;
 
 use base64::Engine as _;
+use coffer_core::wire::machines::{Machine, RunMachine};
 use coffer_core::wire::{
     App, CreateApp, CreateToken, CreatedToken, DeployResult, ErrorBody, SecretList, SecretPair,
     TokenInfo, VersionInfo, WriteResult, WriteSecrets,
@@ -114,6 +115,9 @@ impl ClientError {
 /// or in an `Arc`).
 pub struct Client {
     http: reqwest::Client,
+    /// The same settings without the overall [`REQUEST_TIMEOUT`], for responses that stream
+    /// for as long as the user wants (`machines logs --follow`).
+    stream_http: reqwest::Client,
     base: Url,
     token: Option<SecretToken>,
 }
@@ -137,16 +141,26 @@ impl Client {
             // Checked once here so that every later request can build its header.
             bearer(t)?;
         }
-        let http = reqwest::Client::builder()
-            .connect_timeout(CONNECT_TIMEOUT)
-            .timeout(REQUEST_TIMEOUT)
-            .user_agent(concat!("coffer-client/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .map_err(|e| ClientError::InvalidUrl {
+        let build = |timeout: Option<Duration>| {
+            let mut b = reqwest::Client::builder()
+                .connect_timeout(CONNECT_TIMEOUT)
+                .user_agent(concat!("coffer-client/", env!("CARGO_PKG_VERSION")));
+            if let Some(t) = timeout {
+                b = b.timeout(t);
+            }
+            b.build().map_err(|e| ClientError::InvalidUrl {
                 url: base.to_string(),
                 reason: format!("cannot build an HTTP client: {e}"),
-            })?;
-        Ok(Client { http, base, token })
+            })
+        };
+        let http = build(Some(REQUEST_TIMEOUT))?;
+        let stream_http = build(None)?;
+        Ok(Client {
+            http,
+            stream_http,
+            base,
+            token,
+        })
     }
 
     /// A client for the same API with another token, sharing this one's connection pool
@@ -157,6 +171,7 @@ impl Client {
         }
         Ok(Client {
             http: self.http.clone(),
+            stream_http: self.stream_http.clone(),
             base: self.base.clone(),
             token,
         })
@@ -232,6 +247,46 @@ impl Client {
         .await
     }
 
+    /// `PATCH /v1/apps/{app}`: settings (the crash window).
+    pub async fn update_app(
+        &self,
+        app: &str,
+        update: &coffer_core::wire::UpdateApp,
+    ) -> Result<App, ClientError> {
+        self.call(Method::PATCH, &["v1", "apps", app], None, Some(update))
+            .await
+    }
+
+    /// `GET /v1/apps/{app}/releases`: newest first.
+    pub async fn releases(
+        &self,
+        app: &str,
+    ) -> Result<Vec<coffer_core::wire::Release>, ClientError> {
+        self.call(
+            Method::GET,
+            &["v1", "apps", app, "releases"],
+            None,
+            None::<&()>,
+        )
+        .await
+    }
+
+    /// `GET /v1/apps/{app}/releases/{version}`.
+    pub async fn release(
+        &self,
+        app: &str,
+        version: i64,
+    ) -> Result<coffer_core::wire::Release, ClientError> {
+        let v = version.to_string();
+        self.call(
+            Method::GET,
+            &["v1", "apps", app, "releases", &v],
+            None,
+            None::<&()>,
+        )
+        .await
+    }
+
     /// `POST /v1/apps/{app}/secrets/deploy`: releases what was staged.
     pub async fn deploy(&self, app: &str) -> Result<DeployResult, ClientError> {
         self.call(
@@ -277,12 +332,108 @@ impl Client {
             .await
     }
 
+    /// `POST /v1/apps/{app}/machines`: creates a machine; its host boots it with the app's
+    /// current secrets.
+    pub async fn run_machine(&self, app: &str, req: &RunMachine) -> Result<Machine, ClientError> {
+        self.call(
+            Method::POST,
+            &["v1", "apps", app, "machines"],
+            None,
+            Some(req),
+        )
+        .await
+    }
+
+    /// `GET /v1/apps/{app}/machines`: the app's machines that are not destroyed.
+    pub async fn list_machines(&self, app: &str) -> Result<Vec<Machine>, ClientError> {
+        self.call(
+            Method::GET,
+            &["v1", "apps", app, "machines"],
+            None,
+            None::<&()>,
+        )
+        .await
+    }
+
+    /// `GET /v1/apps/{app}/machines/{id}`.
+    pub async fn machine(&self, app: &str, id: &str) -> Result<Machine, ClientError> {
+        self.call(
+            Method::GET,
+            &["v1", "apps", app, "machines", id],
+            None,
+            None::<&()>,
+        )
+        .await
+    }
+
+    /// `POST /v1/apps/{app}/machines/{id}/stop`: the machine is desired stopped; its host
+    /// stops the workload.
+    pub async fn stop_machine(&self, app: &str, id: &str) -> Result<Machine, ClientError> {
+        self.call(
+            Method::POST,
+            &["v1", "apps", app, "machines", id, "stop"],
+            None,
+            None::<&()>,
+        )
+        .await
+    }
+
+    /// `POST /v1/apps/{app}/machines/{id}/start`: the machine is desired running; its host
+    /// boots it with a fresh machine token.
+    pub async fn start_machine(&self, app: &str, id: &str) -> Result<Machine, ClientError> {
+        self.call(
+            Method::POST,
+            &["v1", "apps", app, "machines", id, "start"],
+            None,
+            None::<&()>,
+        )
+        .await
+    }
+
+    /// `DELETE /v1/apps/{app}/machines/{id}`: answers once the machine's access to the app's
+    /// secrets is revoked; its host then stops the workload and deletes its files.
+    pub async fn destroy_machine(&self, app: &str, id: &str) -> Result<Machine, ClientError> {
+        self.call(
+            Method::DELETE,
+            &["v1", "apps", app, "machines", id],
+            None,
+            None::<&()>,
+        )
+        .await
+    }
+
+    /// `GET /v1/apps/{app}/machines/{id}/logs?follow=…`: the workload's output as it comes.
+    /// With `follow`, the stream stays open (no overall timeout) until the machine is
+    /// destroyed or the caller drops it.
+    pub async fn machine_logs(
+        &self,
+        app: &str,
+        id: &str,
+        follow: bool,
+    ) -> Result<LogStream<'_>, ClientError> {
+        let url = self.url(
+            &["v1", "apps", app, "machines", id, "logs"],
+            Some(("follow", if follow { "true" } else { "false" })),
+        )?;
+        let mut req = self.stream_http.get(url);
+        if let Some(t) = &self.token {
+            req = req.header(AUTHORIZATION, bearer(t)?);
+        }
+        let resp = req.send().await.map_err(|e| self.transport_error(e))?;
+        let status = resp.status();
+        if !status.is_success() {
+            let bytes = resp.bytes().await.map_err(|e| self.transport_error(e))?;
+            return Err(api_error(status, &bytes));
+        }
+        Ok(LogStream { client: self, resp })
+    }
+
     fn url(&self, segments: &[&str], query: Option<(&str, &str)>) -> Result<Url, ClientError> {
         // The URL parser drops "." and ".." segments, which would silently turn a call on
         // an app or token named ".." into a call on another route.
         if let Some(bad) = segments.iter().find(|s| matches!(**s, "" | "." | "..")) {
             return Err(ClientError::InvalidArgument(format!(
-                "{bad:?} is not a valid app name or token ID"
+                "{bad:?} is not a valid app name, token ID or machine ID"
             )));
         }
         let mut url = self.base.clone();
@@ -374,6 +525,37 @@ impl Client {
                 source: e.without_url(),
             }
         }
+    }
+}
+
+/// A machine's log output, read chunk by chunk as the server sends it.
+pub struct LogStream<'a> {
+    client: &'a Client,
+    resp: reqwest::Response,
+}
+
+impl fmt::Debug for LogStream<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("LogStream")
+            .field("status", &self.resp.status().as_u16())
+            .finish_non_exhaustive()
+    }
+}
+
+impl LogStream<'_> {
+    /// The next bytes, or `None` at the end of the log (never, while following, until the
+    /// machine is destroyed).
+    pub async fn next_chunk(&mut self) -> Result<Option<Vec<u8>>, ClientError> {
+        match self.resp.chunk().await {
+            Ok(Some(b)) => Ok(Some(b.to_vec())),
+            Ok(None) => Ok(None),
+            Err(e) => Err(self.client.transport_error(e)),
+        }
+    }
+
+    /// The underlying HTTP response.
+    pub fn into_response(self) -> reqwest::Response {
+        self.resp
     }
 }
 
@@ -607,6 +789,94 @@ mod tests {
             .unwrap_err();
         let d = describe_json_error(&e);
         assert!(!d.contains("cfr_secret") && !d.contains('5'), "{d}");
+    }
+
+    /// A one-connection HTTP server that answers with `head`, then sends `chunks` (chunked
+    /// encoding) one by one, each after the client has been seen reading the previous one.
+    async fn serve_once(
+        head: &'static str,
+        chunks: Vec<&'static str>,
+    ) -> (
+        String,
+        tokio::sync::mpsc::Sender<()>,
+        tokio::task::JoinHandle<String>,
+    ) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let (go, mut go_rx) = tokio::sync::mpsc::channel::<()>(8);
+        let task = tokio::spawn(async move {
+            let (mut sock, _) = listener.accept().await.unwrap();
+            let mut req = vec![0u8; 4096];
+            let n = sock.read(&mut req).await.unwrap();
+            sock.write_all(head.as_bytes()).await.unwrap();
+            for c in chunks {
+                go_rx.recv().await;
+                sock.write_all(format!("{:x}\r\n{c}\r\n", c.len()).as_bytes())
+                    .await
+                    .unwrap();
+            }
+            sock.write_all(b"0\r\n\r\n").await.unwrap();
+            String::from_utf8_lossy(&req[..n]).into_owned()
+        });
+        (url, go, task)
+    }
+
+    #[tokio::test]
+    async fn machine_logs_stream_chunk_by_chunk() {
+        let (url, go, server) = serve_once(
+            "HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ntransfer-encoding: chunked\r\n\r\n",
+            vec!["first line\n", "second line\n"],
+        )
+        .await;
+        let c = Client::new(&url, Some(SecretToken::new("cfr_x".into()))).unwrap();
+        go.send(()).await.unwrap();
+        let mut logs = c.machine_logs("web", "3f2a", true).await.unwrap();
+        // The first chunk arrives before the server has sent the second.
+        assert_eq!(logs.next_chunk().await.unwrap().unwrap(), b"first line\n");
+        go.send(()).await.unwrap();
+        assert_eq!(logs.next_chunk().await.unwrap().unwrap(), b"second line\n");
+        assert_eq!(logs.next_chunk().await.unwrap(), None);
+        let request = server.await.unwrap();
+        assert!(
+            request.starts_with("GET /v1/apps/web/machines/3f2a/logs?follow=true HTTP/1.1"),
+            "{request}"
+        );
+        assert!(request
+            .to_ascii_lowercase()
+            .contains("authorization: bearer cfr_x"));
+    }
+
+    #[tokio::test]
+    async fn machine_logs_errors_are_api_errors() {
+        let body = r#"{"code":"not_found","message":"machine 3f2a not found"}"#;
+        let head: &'static str = Box::leak(
+            format!(
+                "HTTP/1.1 404 Not Found\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+                body.len()
+            )
+            .into_boxed_str(),
+        );
+        let (url, _go, _server) = serve_once(head, vec![]).await;
+        let c = Client::new(&url, None).unwrap();
+        let e = c.machine_logs("web", "3f2a", false).await.unwrap_err();
+        assert_eq!(e.status(), Some(404));
+        assert_eq!(e.to_string(), "machine 3f2a not found");
+    }
+
+    #[test]
+    fn machine_routes() {
+        let c = Client::new("http://127.0.0.1:4000", None).unwrap();
+        assert_eq!(
+            c.url(&["v1", "apps", "web", "machines", "3f2a", "stop"], None)
+                .unwrap()
+                .as_str(),
+            "http://127.0.0.1:4000/v1/apps/web/machines/3f2a/stop"
+        );
+        assert!(matches!(
+            c.url(&["v1", "apps", "web", "machines", ".."], None),
+            Err(ClientError::InvalidArgument(_))
+        ));
     }
 
     #[tokio::test]

@@ -53,7 +53,18 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     let store = roles::open_store(&db_url, OpenMode::CreateIfMissing).await?;
 
     let key_path = data_dir.join(UNSEAL_KEY_FILE);
-    let (root, created) = coffer_vault::unseal::read_or_create_key_file(&key_path)?;
+    // A store that was sealed before must not get a fresh key just because the file is gone.
+    if !key_path.exists() && store.meta_get("vault.root_fingerprint").await?.is_some() {
+        return Err(anyhow::Error::new(crate::config::hint(format!(
+            "restore the key file at {} (mode 0600), or start afresh with another --data-dir",
+            key_path.display()
+        )))
+        .context(
+            "the unseal key (the vault's root key) of this data dir is missing: its secrets cannot be opened without it",
+        ));
+    }
+    let (root, created) =
+        coffer_vault::unseal::read_or_create_key_file(&key_path).map_err(roles::key_file_error)?;
     let vault = roles::open_vault(store.clone(), root, &key_path).await?;
 
     // The service token only needs to live as long as this process: API and vault are both here.
@@ -81,8 +92,16 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     let stop = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|v| *v).await;
     };
-    let vault_task = tokio::spawn(coffer_http::serve(vault_listener, vault_router, stop(rx.clone())));
-    let api_task = tokio::spawn(coffer_http::serve(api_listener, api_router, stop(rx.clone())));
+    let vault_task = tokio::spawn(coffer_http::serve(
+        vault_listener,
+        vault_router,
+        stop(rx.clone()),
+    ));
+    let api_task = tokio::spawn(coffer_http::serve(
+        api_listener,
+        api_router,
+        stop(rx.clone()),
+    ));
 
     // The host agent registers through the API, so it starts once the API serves.
     let agent_listener = roles::bind("127.0.0.1:0".parse()?, "agent").await?;

@@ -15,7 +15,13 @@ async fn main() -> std::process::ExitCode {
     match run(cli).await {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            // The chain of causes, minus the hint, which gets its own line.
+            let message: Vec<String> = e
+                .chain()
+                .filter(|c| c.downcast_ref::<config::Hint>().is_none())
+                .map(|c| c.to_string())
+                .collect();
+            eprintln!("error: {}", message.join(": "));
             if let Some(hint) = e.chain().find_map(|c| c.downcast_ref::<config::Hint>()) {
                 eprintln!("hint: {}", hint.0);
             }

@@ -1,13 +1,15 @@
 //! Starting each role: open its store, build its state, bind its listener. `dev` reuses these.
 
-use crate::config::{self, hint, pick, required, AgentArgs, ApiArgs, FileConfig, InitArgs, VaultArgs};
+use crate::config::{
+    self, hint, pick, required, AgentArgs, ApiArgs, FileConfig, InitArgs, VaultArgs,
+};
 use anyhow::Context;
 use coffer_api::{ApiState, VaultClient};
 use coffer_core::secret::SecretToken;
 use coffer_core::Action;
+use coffer_crypto::machine_token::{ControlPlaneKey, ControlPlanePublicKey};
 use coffer_http::Metrics;
 use coffer_store::{now_micros, DatabaseUrl, NewToken, OpenMode, Store, StoreError};
-use coffer_crypto::machine_token::{ControlPlaneKey, ControlPlanePublicKey};
 use coffer_vault::routes::VaultState;
 use coffer_vault::Vault;
 use std::net::SocketAddr;
@@ -18,10 +20,10 @@ pub const DEFAULT_VAULT_ADDR: &str = "127.0.0.1:7374";
 pub const DEFAULT_AGENT_ADDR: &str = "127.0.0.1:7375";
 
 pub async fn open_store(url: &str, mode: OpenMode) -> anyhow::Result<Store> {
-    let parsed = DatabaseUrl::parse(url)?;
+    let parsed = DatabaseUrl::parse(url).map_err(url_error)?;
     match Store::open(&parsed, mode).await {
         Ok(s) => Ok(s),
-        Err(e @ StoreError::InvalidUrl(_)) => Err(e.into()),
+        Err(e @ StoreError::InvalidUrl(_)) => Err(url_error(e)),
         Err(e) => Err(anyhow::Error::new(hint(
             "check that the database is reachable and the URL is right",
         )))
@@ -30,6 +32,34 @@ pub async fn open_store(url: &str, mode: OpenMode) -> anyhow::Result<Store> {
             parsed.redacted()
         )),
     }
+}
+
+/// The store's URL errors carry their advice after a `;`: give it its own `hint:` line.
+fn url_error(e: StoreError) -> anyhow::Error {
+    let text = e.to_string();
+    match text.split_once("; ") {
+        Some((what, advice)) => anyhow::Error::new(hint(advice.to_string())).context(what.to_string()),
+        None => anyhow::Error::new(hint(
+            "use sqlite://PATH (created by `cofferd dev` or `cofferd init`) or postgres://USER@HOST/DB",
+        ))
+        .context(text),
+    }
+}
+
+/// Key-file problems, each with what to do about it.
+pub fn key_file_error(e: coffer_vault::unseal::UnsealError) -> anyhow::Error {
+    use coffer_vault::unseal::UnsealError;
+    let advice = match &e {
+        UnsealError::Read { path, .. } => {
+            format!("check the path; the file must exist and hold 64 hex characters ({path})")
+        }
+        UnsealError::Create { .. } => "check that the directory exists and is writable".to_string(),
+        UnsealError::Malformed(_) => {
+            "the file must hold exactly 64 hex characters (a 32-byte key)".to_string()
+        }
+        UnsealError::TooOpen { path, .. } => format!("run chmod 600 {path}"),
+    };
+    anyhow::Error::new(hint(advice)).context(e.to_string())
 }
 
 pub async fn bind(addr: SocketAddr, what: &str) -> anyhow::Result<TcpListener> {
@@ -61,7 +91,10 @@ pub async fn api_router(
     let state = ApiState::new(store, vault, signing_key);
     let recovered = coffer_api::releases::recover(&state).await?;
     if recovered > 0 {
-        tracing::warn!(releases = recovered, "rolled back releases interrupted by the last stop");
+        tracing::warn!(
+            releases = recovered,
+            "rolled back releases interrupted by the last stop"
+        );
     }
     Ok(coffer_api::router(state, Metrics::new("coffer_api")))
 }
@@ -74,13 +107,15 @@ pub fn signing_key(
     let (bytes, created) = if create {
         coffer_vault::unseal::read_or_create_key_bytes(path, || {
             ControlPlaneKey::generate().to_secret_bytes()
-        })?
+        })
+        .map_err(key_file_error)?
     } else {
-        let bytes = coffer_vault::unseal::read_key_bytes(path).map_err(|e| {
-            anyhow::Error::new(hint(
-                "create one with `cofferd init --database-url URL --signing-key-file PATH`",
-            ))
-            .context(e.to_string())
+        let bytes = coffer_vault::unseal::read_key_bytes(path).map_err(|e| match e {
+            coffer_vault::unseal::UnsealError::Read { .. } if !path.exists() => anyhow::Error::new(
+                hint("create one with `cofferd init --database-url URL --signing-key-file PATH`"),
+            )
+            .context(e.to_string()),
+            other => key_file_error(other),
         })?;
         (bytes, false)
     };
@@ -184,7 +219,7 @@ pub async fn vault(args: VaultArgs) -> anyhow::Result<()> {
     )?;
     let listen = pick(args.listen, file.listen)
         .unwrap_or_else(|| DEFAULT_VAULT_ADDR.parse().expect("valid default"));
-    let root = coffer_vault::unseal::read_key_file(&key_file)?;
+    let root = coffer_vault::unseal::read_key_file(&key_file).map_err(key_file_error)?;
     let store = open_store(&url, OpenMode::MustExist).await?;
     let vault = open_vault(store, root, &key_file).await?;
     let cp_key = match pick(args.control_plane_public_key, file.control_plane_public_key) {
@@ -220,7 +255,10 @@ pub async fn init(args: InitArgs) -> anyhow::Result<()> {
     )?;
     let store = open_store(&url, OpenMode::CreateIfMissing).await?;
     let token = mint_admin_token(&store, "initial admin (cofferd init)", 90 * 24 * 3600).await?;
-    println!("store ready at {}", DatabaseUrl::parse(&url)?.redacted());
+    println!(
+        "store ready at {}",
+        DatabaseUrl::parse(&url).map_err(url_error)?.redacted()
+    );
     if let Some(path) = args.signing_key_file {
         let (key, created) = signing_key(&path, true)?;
         println!(
@@ -234,16 +272,30 @@ pub async fn init(args: InitArgs) -> anyhow::Result<()> {
         "admin token (shown once, valid 90 days): {}",
         token.expose()
     );
+    store.close().await;
     Ok(())
 }
 
 pub async fn agent(args: AgentArgs) -> anyhow::Result<()> {
     let file = FileConfig::load(args.common.config.as_deref())?;
     crate::logging::init(pick(args.common.log, file.log).as_deref(), None)?;
-    let api_url = required(pick(args.api_url, file.api_url), "api-url", "COFFER_API_URL")?;
-    let vault_url = required(pick(args.vault_url, file.vault_url), "vault-url", "COFFER_VAULT_URL")?;
-    let state_dir = required(pick(args.state_dir, file.state_dir), "state-dir", "COFFER_STATE_DIR")?;
-    let listen = pick(args.listen, file.listen).unwrap_or_else(|| DEFAULT_AGENT_ADDR.parse().expect("valid default"));
+    let api_url = required(
+        pick(args.api_url, file.api_url),
+        "api-url",
+        "COFFER_API_URL",
+    )?;
+    let vault_url = required(
+        pick(args.vault_url, file.vault_url),
+        "vault-url",
+        "COFFER_VAULT_URL",
+    )?;
+    let state_dir = required(
+        pick(args.state_dir, file.state_dir),
+        "state-dir",
+        "COFFER_STATE_DIR",
+    )?;
+    let listen = pick(args.listen, file.listen)
+        .unwrap_or_else(|| DEFAULT_AGENT_ADDR.parse().expect("valid default"));
     let join_token = match pick(args.join_token_file, file.join_token_file) {
         Some(p) => Some(config::read_secret_file(&p, "join token")?),
         None => None,

@@ -19,6 +19,7 @@ pub struct ErrorBody {
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct CreateApp {
     pub name: String,
 }
@@ -44,6 +45,7 @@ pub struct App {
 /// This type is serializable because it must cross the wire once, from the CLI to the API,
 /// inside TLS; it is neither `Clone` nor printable.
 #[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct SecretPair {
     pub name: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -76,6 +78,7 @@ impl Drop for SecretPair {
 
 /// `POST /v1/apps/{app}/secrets`: one atomic change.
 #[derive(Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct WriteSecrets {
     #[serde(default)]
     pub set: Vec<SecretPair>,
@@ -118,6 +121,7 @@ pub struct Release {
 
 /// `PATCH /v1/apps/{app}`.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct UpdateApp {
     /// Seconds a machine must run after a release restarts it (at least 1).
     #[serde(default)]
@@ -204,6 +208,7 @@ pub struct DeployResult {
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct CreateToken {
     #[serde(default)]
     pub app: Option<String>,
@@ -381,6 +386,7 @@ pub mod machines {
 
     /// `POST /v1/apps/{app}/machines`.
     #[derive(Debug, Clone, Serialize, Deserialize)]
+    #[serde(deny_unknown_fields)]
     pub struct RunMachine {
         #[serde(default)]
         pub name: Option<String>,
@@ -424,6 +430,7 @@ pub mod agent {
 
     /// `POST /v1/hosts` (global admin API token): a new host joins.
     #[derive(Debug, Clone, Serialize, Deserialize)]
+    #[serde(deny_unknown_fields)]
     pub struct RegisterHost {
         pub name: String,
         /// Base URL where the agent serves machine logs to the control plane.
@@ -443,12 +450,17 @@ pub mod agent {
 
     impl std::fmt::Debug for RegisteredHost {
         fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-            write!(f, "RegisteredHost {{ host_id: {}, host_token: [REDACTED] }}", self.host_id)
+            write!(
+                f,
+                "RegisteredHost {{ host_id: {}, host_token: [REDACTED] }}",
+                self.host_id
+            )
         }
     }
 
     /// `POST /v1/hosts/{id}/heartbeat` (host token): the agent is alive, at this address.
     #[derive(Debug, Clone, Serialize, Deserialize)]
+    #[serde(deny_unknown_fields)]
     pub struct Heartbeat {
         pub address: String,
     }
@@ -482,6 +494,7 @@ pub mod agent {
 
     /// `POST /v1/hosts/{id}/machines/{mid}/state` (host token).
     #[derive(Debug, Clone, Serialize, Deserialize)]
+    #[serde(deny_unknown_fields)]
     pub struct StateReport {
         pub state: MachineState,
         #[serde(default)]
@@ -529,6 +542,7 @@ pub mod agent {
 
     /// `POST /v1/decrypt` on the vault.
     #[derive(Serialize, Deserialize)]
+    #[serde(deny_unknown_fields)]
     pub struct DecryptRequest {
         pub machine_token: String,
         pub machine_id: String,
@@ -544,7 +558,12 @@ pub mod agent {
 
     impl std::fmt::Debug for DecryptRequest {
         fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-            write!(f, "DecryptRequest {{ machine_id: {}, ciphertexts: {} }}", self.machine_id, self.ciphertexts.len())
+            write!(
+                f,
+                "DecryptRequest {{ machine_id: {}, ciphertexts: {} }}",
+                self.machine_id,
+                self.ciphertexts.len()
+            )
         }
     }
 

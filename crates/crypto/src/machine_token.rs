@@ -36,7 +36,11 @@ pub enum TokenError {
 /// Authorization in the vault is a handful of facts; the default 1 ms limit is too tight for a
 /// loaded test machine and buys nothing here.
 fn limits() -> RunLimits {
-    RunLimits { max_facts: 100, max_iterations: 100, max_time: Duration::from_millis(250) }
+    RunLimits {
+        max_facts: 100,
+        max_iterations: 100,
+        max_time: Duration::from_millis(250),
+    }
 }
 
 /// The control plane's signing key.
@@ -77,7 +81,11 @@ pub struct ControlPlanePublicKey(biscuit_auth::PublicKey);
 
 impl std::fmt::Debug for ControlPlanePublicKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "ControlPlanePublicKey({})", hex::encode(self.0.to_bytes()))
+        write!(
+            f,
+            "ControlPlanePublicKey({})",
+            hex::encode(self.0.to_bytes())
+        )
     }
 }
 
@@ -103,13 +111,19 @@ pub struct MachineClaims {
 }
 
 fn unix(t: SystemTime) -> i64 {
-    t.duration_since(UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
+    t.duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
 }
 
 /// Ids and keys are put into Datalog as strings; refusing anything but `[0-9a-f]` makes
 /// injection impossible whatever the caller passes.
 fn hex_id(s: &str) -> Result<&str, TokenError> {
-    if !s.is_empty() && s.len() <= 128 && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) {
+    if !s.is_empty()
+        && s.len() <= 128
+        && s.bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    {
         Ok(s)
     } else {
         Err(TokenError::Invalid)
@@ -117,16 +131,27 @@ fn hex_id(s: &str) -> Result<&str, TokenError> {
 }
 
 fn datalog_time(unix_secs: i64) -> Result<String, TokenError> {
-    let t = time::OffsetDateTime::from_unix_timestamp(unix_secs).map_err(|_| TokenError::Invalid)?;
-    t.format(&time::format_description::well_known::Rfc3339).map_err(|_| TokenError::Invalid)
+    let t =
+        time::OffsetDateTime::from_unix_timestamp(unix_secs).map_err(|_| TokenError::Invalid)?;
+    t.format(&time::format_description::well_known::Rfc3339)
+        .map_err(|_| TokenError::Invalid)
 }
 
-fn mint(key: &ControlPlaneKey, kind: &str, facts: &[(&str, &str)], expires_at: i64) -> Result<String, TokenError> {
+fn mint(
+    key: &ControlPlaneKey,
+    kind: &str,
+    facts: &[(&str, &str)],
+    expires_at: i64,
+) -> Result<String, TokenError> {
     let mut code = format!("kind(\"{kind}\");\n");
     for (name, value) in facts {
         code.push_str(&format!("{name}(\"{}\");\n", hex_id(value)?));
     }
-    code.push_str(&format!("expires({});\ncheck if time($t), $t <= {};\n", expires_at, datalog_time(expires_at)?));
+    code.push_str(&format!(
+        "expires({});\ncheck if time($t), $t <= {};\n",
+        expires_at,
+        datalog_time(expires_at)?
+    ));
     let token = Biscuit::builder()
         .code(&code)
         .and_then(|b| b.build(&key.0))
@@ -156,23 +181,32 @@ fn verify(
         .map(|b| b.set_limits(limits()))
         .and_then(|b| b.build(&biscuit))
         .map_err(|_| TokenError::Invalid)?;
-    let expires: Vec<(i64,)> = authorizer.query("data($e) <- expires($e)").map_err(|_| TokenError::Invalid)?;
+    let expires: Vec<(i64,)> = authorizer
+        .query("data($e) <- expires($e)")
+        .map_err(|_| TokenError::Invalid)?;
     let expires_at = match expires.as_slice() {
         [(e,)] => *e,
         _ => return Err(TokenError::Invalid),
     };
-    let kinds: Vec<(String,)> = authorizer.query("data($k) <- kind($k)").map_err(|_| TokenError::Invalid)?;
+    let kinds: Vec<(String,)> = authorizer
+        .query("data($k) <- kind($k)")
+        .map_err(|_| TokenError::Invalid)?;
     if kinds.len() != 1 || kinds[0].0 != kind {
         return Err(TokenError::WrongKind(kind));
     }
     if authorizer.authorize().is_err() {
         // The only check in the token is its expiry, and the kind matched.
-        return Err(if expires_at < unix(now) { TokenError::Expired } else { TokenError::Invalid });
+        return Err(if expires_at < unix(now) {
+            TokenError::Expired
+        } else {
+            TokenError::Invalid
+        });
     }
     let mut values = Vec::with_capacity(names.len());
     for name in names {
-        let rows: Vec<(String,)> =
-            authorizer.query(format!("data($v) <- {name}($v)").as_str()).map_err(|_| TokenError::Invalid)?;
+        let rows: Vec<(String,)> = authorizer
+            .query(format!("data($v) <- {name}($v)").as_str())
+            .map_err(|_| TokenError::Invalid)?;
         match rows.as_slice() {
             [(v,)] => values.push(v.clone()),
             _ => return Err(TokenError::Invalid),
@@ -181,7 +215,10 @@ fn verify(
     Ok((values, expires_at))
 }
 
-pub fn mint_machine_token(key: &ControlPlaneKey, claims: &MachineClaims) -> Result<String, TokenError> {
+pub fn mint_machine_token(
+    key: &ControlPlaneKey,
+    claims: &MachineClaims,
+) -> Result<String, TokenError> {
     mint(
         key,
         "machine",
@@ -200,10 +237,22 @@ pub fn verify_machine_token(
     token: &str,
     now: SystemTime,
 ) -> Result<MachineClaims, TokenError> {
-    let (v, expires_at) = verify(key, token, "machine", now, &["app", "machine", "host", "host_key"])?;
+    let (v, expires_at) = verify(
+        key,
+        token,
+        "machine",
+        now,
+        &["app", "machine", "host", "host_key"],
+    )?;
     let mut v = v.into_iter();
     let mut next = || v.next().expect("one value per name");
-    Ok(MachineClaims { app_id: next(), machine_id: next(), host_id: next(), host_key: next(), expires_at })
+    Ok(MachineClaims {
+        app_id: next(),
+        machine_id: next(),
+        host_id: next(),
+        host_key: next(),
+        expires_at,
+    })
 }
 
 /// Permission to read one machine's logs on one host.
@@ -215,12 +264,25 @@ pub struct LogsClaims {
 }
 
 pub fn mint_logs_grant(key: &ControlPlaneKey, claims: &LogsClaims) -> Result<String, TokenError> {
-    mint(key, "logs", &[("machine", &claims.machine_id), ("host", &claims.host_id)], claims.expires_at)
+    mint(
+        key,
+        "logs",
+        &[("machine", &claims.machine_id), ("host", &claims.host_id)],
+        claims.expires_at,
+    )
 }
 
-pub fn verify_logs_grant(key: &ControlPlanePublicKey, token: &str, now: SystemTime) -> Result<LogsClaims, TokenError> {
+pub fn verify_logs_grant(
+    key: &ControlPlanePublicKey,
+    token: &str,
+    now: SystemTime,
+) -> Result<LogsClaims, TokenError> {
     let (v, expires_at) = verify(key, token, "logs", now, &["machine", "host"])?;
-    Ok(LogsClaims { machine_id: v[0].clone(), host_id: v[1].clone(), expires_at })
+    Ok(LogsClaims {
+        machine_id: v[0].clone(),
+        host_id: v[1].clone(),
+        expires_at,
+    })
 }
 
 /// A host's identity key (Ed25519), kept by its agent.
@@ -255,7 +317,11 @@ impl HostKey {
 }
 
 /// Checks `signature_hex` over `message` against the host key named in a token.
-pub fn verify_host_signature(host_key_hex: &str, message: &[u8], signature_hex: &str) -> Result<(), TokenError> {
+pub fn verify_host_signature(
+    host_key_hex: &str,
+    message: &[u8],
+    signature_hex: &str,
+) -> Result<(), TokenError> {
     let pk: [u8; 32] = hex::decode(host_key_hex)
         .ok()
         .and_then(|b| b.try_into().ok())
@@ -265,7 +331,8 @@ pub fn verify_host_signature(host_key_hex: &str, message: &[u8], signature_hex: 
         .and_then(|b| b.try_into().ok())
         .ok_or(TokenError::BadSignature)?;
     let vk = ed25519_dalek::VerifyingKey::from_bytes(&pk).map_err(|_| TokenError::BadSignature)?;
-    vk.verify(message, &ed25519_dalek::Signature::from_bytes(&sig)).map_err(|_| TokenError::BadSignature)
+    vk.verify(message, &ed25519_dalek::Signature::from_bytes(&sig))
+        .map_err(|_| TokenError::BadSignature)
 }
 
 /// The bytes a host signs for a decrypt request: every field of the request, length-prefixed.
@@ -325,22 +392,50 @@ mod tests {
 
         // Expired.
         let later = now + Duration::from_secs(301);
-        assert_eq!(verify_machine_token(&cp.public_key(), &t, later).unwrap_err(), TokenError::Expired);
+        assert_eq!(
+            verify_machine_token(&cp.public_key(), &t, later).unwrap_err(),
+            TokenError::Expired
+        );
         // Another control plane.
         let other = ControlPlaneKey::generate();
-        assert_eq!(verify_machine_token(&other.public_key(), &t, now).unwrap_err(), TokenError::Invalid);
+        assert_eq!(
+            verify_machine_token(&other.public_key(), &t, now).unwrap_err(),
+            TokenError::Invalid
+        );
         // Altered: any character changed.
         let mut bytes = t.clone().into_bytes();
         bytes[40] = if bytes[40] == b'A' { b'B' } else { b'A' };
-        assert!(verify_machine_token(&cp.public_key(), &String::from_utf8(bytes).unwrap(), now).is_err());
+        assert!(
+            verify_machine_token(&cp.public_key(), &String::from_utf8(bytes).unwrap(), now)
+                .is_err()
+        );
         // A logs grant is not a machine token and vice versa.
-        let g = mint_logs_grant(&cp, &LogsClaims { machine_id: c.machine_id.clone(), host_id: c.host_id.clone(), expires_at: c.expires_at }).unwrap();
+        let g = mint_logs_grant(
+            &cp,
+            &LogsClaims {
+                machine_id: c.machine_id.clone(),
+                host_id: c.host_id.clone(),
+                expires_at: c.expires_at,
+            },
+        )
+        .unwrap();
         assert!(verify_machine_token(&cp.public_key(), &g, now).is_err());
         assert!(verify_logs_grant(&cp.public_key(), &t, now).is_err());
-        assert_eq!(verify_logs_grant(&cp.public_key(), &g, now).unwrap().machine_id, c.machine_id);
+        assert_eq!(
+            verify_logs_grant(&cp.public_key(), &g, now)
+                .unwrap()
+                .machine_id,
+            c.machine_id
+        );
         // Attenuated (an extra block) is refused too.
         let b = Biscuit::from_base64(&t, cp.0.public()).unwrap();
-        let extra = b.append(biscuit_auth::builder::BlockBuilder::new().code("check if true;").unwrap()).unwrap();
+        let extra = b
+            .append(
+                biscuit_auth::builder::BlockBuilder::new()
+                    .code("check if true;")
+                    .unwrap(),
+            )
+            .unwrap();
         assert!(verify_machine_token(&cp.public_key(), &extra.to_base64().unwrap(), now).is_err());
     }
 

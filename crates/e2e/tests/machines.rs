@@ -75,10 +75,17 @@ fn env_dump(dev: &Dev, id: &str) -> BTreeMap<String, String> {
     // The agent's own `[coffer] …` lines are newline-terminated and sit between NUL-separated
     // entries; drop them from every entry.
     text.split('\0')
-        .map(|e| e.split('\n').filter(|l| !l.starts_with("[coffer]")).collect::<Vec<_>>().join("\n"))
+        .map(|e| {
+            e.split('\n')
+                .filter(|l| !l.starts_with("[coffer]"))
+                .collect::<Vec<_>>()
+                .join("\n")
+        })
         .filter(|e| !e.is_empty())
         .map(|e| {
-            let (k, v) = e.split_once('=').unwrap_or_else(|| panic!("not an env entry: {e:?}"));
+            let (k, v) = e
+                .split_once('=')
+                .unwrap_or_else(|| panic!("not an env entry: {e:?}"));
             (k.to_string(), v.to_string())
         })
         .collect()
@@ -200,9 +207,13 @@ async fn boot_env_and_lifecycle(engine: Engine) {
         &["--restart", "on-failure"],
         &["sh", "-c", script],
     );
-    wait_state(&dev, "web", &id, "started");
-    let count = std::fs::read_to_string(machine_dir(&dev, &id).join("home/count")).unwrap();
-    assert_eq!(count.trim(), "3");
+    // Two failed boots, then a third that runs (a `started` of the first boots may be seen
+    // before their exit, so wait for the count).
+    wait_for(30, "the third boot to run", || {
+        let count = std::fs::read_to_string(machine_dir(&dev, &id).join("home/count")).ok()?;
+        let m = machine(&dev, "web", &id)?;
+        (count.trim() == "3" && m["state"] == "started").then_some(())
+    });
     dev.ok(&["machines", "destroy", "-a", "web", &id]);
 
     // Bad input: nothing created.

@@ -135,11 +135,25 @@ impl From<JsonRejection> for ApiError {
             }
             JsonRejection::JsonDataError(e) => ApiError::bad_request(format!(
                 "request body has the wrong shape: {}",
-                redact(&e.body_text())
+                data_error(&e.body_text())
             )),
             other => ApiError::bad_request(other.body_text()),
         }
     }
+}
+
+/// A data error's text, safe to send back. An unknown field is the one case where serde puts
+/// the caller's own key in the error's *path*, unquoted: then only the expected fields (ours)
+/// are named.
+fn data_error(msg: &str) -> String {
+    if let Some(at) = msg.find("unknown field") {
+        return match msg[at..].find("expected ") {
+            // `expected one of `a`, `b`` lists our own field names.
+            Some(e) => format!("unknown field, {}", &msg[at + e..]),
+            None => "unknown field".to_string(),
+        };
+    }
+    redact(msg)
 }
 
 /// serde_json data errors read like ``invalid type: string "abc", expected u64`` or

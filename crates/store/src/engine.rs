@@ -67,9 +67,10 @@ impl DatabaseUrl {
         let Some((scheme, rest)) = s.split_once("://") else {
             let looks_like_path = s.starts_with('/') || s.starts_with('.') || s.ends_with(".db");
             return Err(StoreError::InvalidUrl(if looks_like_path {
-                "missing scheme; for a SQLite file write sqlite://PATH".to_string()
+                "missing scheme (sqlite:// or postgres://); for a SQLite file write sqlite://PATH"
+                    .to_string()
             } else {
-                format!("missing scheme; {SCHEME_HINT}")
+                format!("missing scheme (sqlite:// or postgres://); {SCHEME_HINT}")
             }));
         };
         match scheme.to_ascii_lowercase().as_str() {

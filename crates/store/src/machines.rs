@@ -97,7 +97,10 @@ impl Store {
 
     pub async fn host(&self, id: &str) -> Result<HostRecord> {
         let sql = format!("SELECT {HOST_COLUMNS} FROM hosts WHERE id = $1");
-        let row = sqlx::query(&sql).bind(id).fetch_optional(&self.read).await?;
+        let row = sqlx::query(&sql)
+            .bind(id)
+            .fetch_optional(&self.read)
+            .await?;
         host_from_row(&row.ok_or(StoreError::NotFound("host"))?)
     }
 
@@ -129,8 +132,14 @@ impl Store {
             "SELECT {MACHINE_COLUMNS} FROM machines WHERE host_id = $1 \
              AND NOT (desired = 'destroyed' AND state = 'destroyed') ORDER BY created_at, id"
         );
-        let rows = sqlx::query(&sql).bind(host_id).fetch_all(&self.read).await?;
-        Ok((host.generation, rows.iter().map(machine_from_row).collect::<Result<_>>()?))
+        let rows = sqlx::query(&sql)
+            .bind(host_id)
+            .fetch_all(&self.read)
+            .await?;
+        Ok((
+            host.generation,
+            rows.iter().map(machine_from_row).collect::<Result<_>>()?,
+        ))
     }
 
     // ------------------------------------------------------------------------------ machines
@@ -169,7 +178,10 @@ impl Store {
 
     pub async fn machine(&self, id: &str) -> Result<MachineRecord> {
         let sql = format!("SELECT {MACHINE_COLUMNS} FROM machines WHERE id = $1");
-        let row = sqlx::query(&sql).bind(id).fetch_optional(&self.read).await?;
+        let row = sqlx::query(&sql)
+            .bind(id)
+            .fetch_optional(&self.read)
+            .await?;
         machine_from_row(&row.ok_or(StoreError::NotFound("machine"))?)
     }
 
@@ -185,7 +197,11 @@ impl Store {
     /// Changes what the machine should be doing and tells its host (generation bump).
     /// Destroying is final: a destroyed machine cannot be started again, and from the moment
     /// this returns the vault refuses the machine's tokens.
-    pub async fn set_machine_desired(&self, id: &str, desired: DesiredState) -> Result<MachineRecord> {
+    pub async fn set_machine_desired(
+        &self,
+        id: &str,
+        desired: DesiredState,
+    ) -> Result<MachineRecord> {
         let mut tx = self.begin_write().await?;
         let row = sqlx::query("SELECT host_id, desired FROM machines WHERE id = $1")
             .bind(id)
@@ -289,11 +305,13 @@ impl Store {
 }
 
 async fn bump_host(tx: &mut sqlx::AnyConnection, host_id: &str) -> Result<i64> {
-    sqlx::query_scalar("UPDATE hosts SET generation = generation + 1 WHERE id = $1 RETURNING generation")
-        .bind(host_id)
-        .fetch_optional(&mut *tx)
-        .await?
-        .ok_or(StoreError::NotFound("host"))
+    sqlx::query_scalar(
+        "UPDATE hosts SET generation = generation + 1 WHERE id = $1 RETURNING generation",
+    )
+    .bind(host_id)
+    .fetch_optional(&mut *tx)
+    .await?
+    .ok_or(StoreError::NotFound("host"))
 }
 
 fn host_from_row(row: &AnyRow) -> Result<HostRecord> {

@@ -72,7 +72,10 @@ pub(crate) async fn deployed_in(tx: &mut AnyConnection, app_id: &str) -> Result<
         .fetch_optional(&mut *tx)
         .await?
         .ok_or(StoreError::NotFound("app"))?;
-    Ok((row.try_get("deployed_version")?, row.try_get("release_version")?))
+    Ok((
+        row.try_get("deployed_version")?,
+        row.try_get("release_version")?,
+    ))
 }
 
 /// Inserts the next release of the app, `running`. `Conflict` if one is running already.
@@ -175,27 +178,41 @@ impl Store {
     }
 
     pub async fn release(&self, app_id: &str, version: i64) -> Result<ReleaseRecord> {
-        let sql = format!("SELECT {RELEASE_COLUMNS} FROM releases WHERE app_id = $1 AND version = $2");
-        let row = sqlx::query(&sql).bind(app_id).bind(version).fetch_optional(&self.read).await?;
+        let sql =
+            format!("SELECT {RELEASE_COLUMNS} FROM releases WHERE app_id = $1 AND version = $2");
+        let row = sqlx::query(&sql)
+            .bind(app_id)
+            .bind(version)
+            .fetch_optional(&self.read)
+            .await?;
         release_from_row(&row.ok_or(StoreError::NotFound("release"))?)
     }
 
     /// The app's releases, newest first.
     pub async fn releases(&self, app_id: &str) -> Result<Vec<ReleaseRecord>> {
-        let sql = format!("SELECT {RELEASE_COLUMNS} FROM releases WHERE app_id = $1 ORDER BY version DESC");
+        let sql = format!(
+            "SELECT {RELEASE_COLUMNS} FROM releases WHERE app_id = $1 ORDER BY version DESC"
+        );
         let rows = sqlx::query(&sql).bind(app_id).fetch_all(&self.read).await?;
         rows.iter().map(release_from_row).collect()
     }
 
     /// Every release still `running`, of every app (for recovery after a restart).
     pub async fn running_releases(&self) -> Result<Vec<ReleaseRecord>> {
-        let sql = format!("SELECT {RELEASE_COLUMNS} FROM releases WHERE status = 'running' ORDER BY created_at");
+        let sql = format!(
+            "SELECT {RELEASE_COLUMNS} FROM releases WHERE status = 'running' ORDER BY created_at"
+        );
         let rows = sqlx::query(&sql).fetch_all(&self.read).await?;
         rows.iter().map(release_from_row).collect()
     }
 
     /// A human line about where a running release is ("watching web-1 (canary): 12s left").
-    pub async fn set_release_progress(&self, app_id: &str, version: i64, progress: &str) -> Result<()> {
+    pub async fn set_release_progress(
+        &self,
+        app_id: &str,
+        version: i64,
+        progress: &str,
+    ) -> Result<()> {
         sqlx::query(
             "UPDATE releases SET progress = $1, updated_at = $2 WHERE app_id = $3 AND version = $4 AND status = 'running'",
         )
@@ -221,7 +238,9 @@ impl Store {
             .bind(version)
             .fetch_optional(&self.write)
             .await?;
-        release_from_row(&row.ok_or_else(|| StoreError::Conflict("the release is not running".into()))?)
+        release_from_row(
+            &row.ok_or_else(|| StoreError::Conflict("the release is not running".into()))?,
+        )
     }
 
     /// Fails a running release and returns the app's secrets to what ran before it, in one
@@ -249,7 +268,11 @@ impl Store {
     }
 }
 
-async fn members_in(tx: &mut AnyConnection, app_id: &str, version: i64) -> Result<BTreeMap<String, (i64, String)>> {
+async fn members_in(
+    tx: &mut AnyConnection,
+    app_id: &str,
+    version: i64,
+) -> Result<BTreeMap<String, (i64, String)>> {
     let rows = sqlx::query(
         "SELECT m.name, m.value_version, v.digest FROM secret_members m \
          JOIN secret_values v ON v.app_id = m.app_id AND v.name = m.name AND v.version = m.value_version \
@@ -260,7 +283,12 @@ async fn members_in(tx: &mut AnyConnection, app_id: &str, version: i64) -> Resul
     .fetch_all(&mut *tx)
     .await?;
     rows.iter()
-        .map(|r| Ok((r.try_get("name")?, (r.try_get("value_version")?, r.try_get("digest")?))))
+        .map(|r| {
+            Ok((
+                r.try_get("name")?,
+                (r.try_get("value_version")?, r.try_get("digest")?),
+            ))
+        })
         .collect()
 }
 
@@ -296,13 +324,22 @@ async fn fail_in(
     let mut changes = Vec::new();
     for (name, (vv, digest)) in &before {
         if now_members.get(name).map(|(v, _)| v) != Some(vv) {
-            changes.push(ChangeRecord { name: name.clone(), kind: ChangeKind::Set, digest: Some(digest.clone()) });
+            changes.push(ChangeRecord {
+                name: name.clone(),
+                kind: ChangeKind::Set,
+                digest: Some(digest.clone()),
+            });
         }
     }
     for name in now_members.keys().filter(|n| !before.contains_key(*n)) {
-        changes.push(ChangeRecord { name: name.clone(), kind: ChangeKind::Unset, digest: None });
+        changes.push(ChangeRecord {
+            name: name.clone(),
+            kind: ChangeKind::Unset,
+            digest: None,
+        });
     }
-    let changes = serde_json::to_string(&changes).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+    let changes =
+        serde_json::to_string(&changes).map_err(|e| StoreError::Corrupt(e.to_string()))?;
     sqlx::query("UPDATE apps SET secrets_version = $1, deployed_version = $2 WHERE id = $3")
         .bind(restored)
         .bind(restored)

@@ -5,8 +5,8 @@
 
 use crate::engine::{self, DatabaseUrl, Engine, OpenMode};
 use crate::{
-    WriteOutcome, AppKeyRecord, AppRecord, ChangeKind, ChangeRecord, Micros, NewToken, NewValue, NewVersion,
-    Result, StoreError, StoredSecret, TokenRecord, VersionRecord,
+    AppKeyRecord, AppRecord, ChangeKind, ChangeRecord, Micros, NewToken, NewValue, NewVersion,
+    Result, StoreError, StoredSecret, TokenRecord, VersionRecord, WriteOutcome,
 };
 use coffer_core::{Action, AppName, SecretName};
 use sqlx::any::AnyRow;
@@ -309,7 +309,10 @@ impl Store {
             write_version_in(&mut tx, &v, &changes, now).await?;
             match (&v.release, before) {
                 (Some(r), Some(before)) => {
-                    let rec = crate::releases::insert_release_in(&mut tx, &v.app_id, v.version, before, r, now).await?;
+                    let rec = crate::releases::insert_release_in(
+                        &mut tx, &v.app_id, v.version, before, r, now,
+                    )
+                    .await?;
                     Ok(Some(rec))
                 }
                 _ => Ok(None),
@@ -319,7 +322,10 @@ impl Store {
         match result {
             Ok(release) => {
                 tx.commit().await?;
-                Ok(WriteOutcome { version: v.version, release })
+                Ok(WriteOutcome {
+                    version: v.version,
+                    release,
+                })
             }
             Err(e) => {
                 let _ = tx.rollback().await;

@@ -113,8 +113,21 @@ fn change(
         sets,
         unsets: unsets.iter().map(|n| secret(n)).collect(),
         deploy,
+        release: None,
     }
 }
+
+/// `write_version`, reduced to the version it wrote (releases have their own scenario).
+trait WriteV {
+    fn write_v(&self, v: NewVersion) -> impl Future<Output = Result<i64, StoreError>> + Send;
+}
+
+impl WriteV for Store {
+    async fn write_v(&self, v: NewVersion) -> Result<i64, StoreError> {
+        self.write_version(v).await.map(|o| o.version)
+    }
+}
+
 
 fn names(snapshot: &[StoredSecret]) -> Vec<&str> {
     snapshot.iter().map(|s| s.name.as_str()).collect()
@@ -222,7 +235,7 @@ mod scenarios {
             .await
             .unwrap();
         store
-            .write_version(change(
+            .write_v(change(
                 &app.id,
                 0,
                 vec![value("A", "1"), value("B", "1")],
@@ -232,11 +245,11 @@ mod scenarios {
             .await
             .unwrap();
         store
-            .write_version(change(&app.id, 1, vec![value("A", "2")], &["B"], false))
+            .write_v(change(&app.id, 1, vec![value("A", "2")], &["B"], false))
             .await
             .unwrap();
         store
-            .write_version(change(&other.id, 0, vec![value("A", "x")], &[], false))
+            .write_v(change(&other.id, 0, vec![value("A", "x")], &[], false))
             .await
             .unwrap();
         store
@@ -293,14 +306,14 @@ mod scenarios {
         assert_eq!(again.secrets_version, 0);
         assert!(store.versions(&app.id).await.unwrap().is_empty());
         store
-            .write_version(change(&app.id, 0, vec![value("B", "new")], &[], false))
+            .write_v(change(&app.id, 0, vec![value("B", "new")], &[], false))
             .await
             .unwrap();
         let snap = store.snapshot(&app.id, 1).await.unwrap();
         assert_eq!(names(&snap), ["B"]);
         assert_eq!(snap[0].ciphertext, b"sealed(B=new)");
         store
-            .write_version(change(&app.id, 1, vec![value("A", "new")], &[], false))
+            .write_v(change(&app.id, 1, vec![value("A", "new")], &[], false))
             .await
             .unwrap();
         assert_eq!(
@@ -318,7 +331,7 @@ mod scenarios {
         // v1: set A and B (given out of order: snapshots are ordered by name).
         let t0 = coffer_store::now_micros();
         let v = store
-            .write_version(change(
+            .write_v(change(
                 &app.id,
                 0,
                 vec![value("B", "b1"), value("A", "a1")],
@@ -344,7 +357,7 @@ mod scenarios {
 
         // v2: update B, add C; A is carried over as it was.
         store
-            .write_version(change(
+            .write_v(change(
                 &app.id,
                 1,
                 vec![value("B", "b2"), value("C", "c2")],
@@ -370,7 +383,7 @@ mod scenarios {
 
         // v3: unset A.
         store
-            .write_version(change(&app.id, 2, vec![], &["A"], false))
+            .write_v(change(&app.id, 2, vec![], &["A"], false))
             .await
             .unwrap();
         let v3 = store.snapshot(&app.id, 3).await.unwrap();
@@ -380,7 +393,7 @@ mod scenarios {
 
         // v4: set A again: a new name as far as created_at goes.
         store
-            .write_version(change(&app.id, 3, vec![value("A", "a4")], &[], false))
+            .write_v(change(&app.id, 3, vec![value("A", "a4")], &[], false))
             .await
             .unwrap();
         let v4 = store.snapshot(&app.id, 4).await.unwrap();
@@ -391,7 +404,7 @@ mod scenarios {
 
         // v5: unset everything: an empty version, which exists.
         store
-            .write_version(change(&app.id, 4, vec![], &["A", "B", "C"], false))
+            .write_v(change(&app.id, 4, vec![], &["A", "B", "C"], false))
             .await
             .unwrap();
         assert!(store.snapshot(&app.id, 5).await.unwrap().is_empty());
@@ -437,11 +450,11 @@ mod scenarios {
         // Many names in one write (more rows than one multi-row INSERT takes).
         let many: Vec<NewValue> = (0..250).map(|i| value(&format!("K{i:03}"), "v")).collect();
         store
-            .write_version(change(&app.id, 5, many, &[], false))
+            .write_v(change(&app.id, 5, many, &[], false))
             .await
             .unwrap();
         store
-            .write_version(change(
+            .write_v(change(
                 &app.id,
                 6,
                 vec![value("K000", "w")],
@@ -459,7 +472,7 @@ mod scenarios {
     pub async fn stale_base_conflicts(store: Store) {
         let app = store.create_app("id-web", &app_name("web")).await.unwrap();
         store
-            .write_version(change(&app.id, 0, vec![value("A", "1")], &[], false))
+            .write_v(change(&app.id, 0, vec![value("A", "1")], &[], false))
             .await
             .unwrap();
 
@@ -472,8 +485,8 @@ mod scenarios {
             &["A"],
             true,
         );
-        assert_eq!(store.write_version(first).await.unwrap(), 2);
-        assert_conflict(store.write_version(second).await, "now at version 2");
+        assert_eq!(store.write_v(first).await.unwrap(), 2);
+        assert_conflict(store.write_v(second).await, "now at version 2");
 
         // Nothing of the second write is visible.
         let a = store.app_by_id(&app.id).await.unwrap();
@@ -487,21 +500,21 @@ mod scenarios {
         // A base from the future conflicts too.
         assert_conflict(
             store
-                .write_version(change(&app.id, 5, vec![value("A", "x")], &[], false))
+                .write_v(change(&app.id, 5, vec![value("A", "x")], &[], false))
                 .await,
             "now at version 2",
         );
         // The new version must follow its base.
         let mut skip = change(&app.id, 2, vec![value("A", "x")], &[], false);
         skip.version = 4;
-        assert_conflict(store.write_version(skip).await, "cannot follow");
+        assert_conflict(store.write_v(skip).await, "cannot follow");
         let mut same = change(&app.id, 2, vec![value("A", "x")], &[], false);
         same.version = 2;
-        assert_conflict(store.write_version(same).await, "cannot follow");
+        assert_conflict(store.write_v(same).await, "cannot follow");
         // A name changed twice in one write.
         assert_conflict(
             store
-                .write_version(change(
+                .write_v(change(
                     &app.id,
                     2,
                     vec![value("A", "x"), value("A", "y")],
@@ -513,21 +526,19 @@ mod scenarios {
         );
         assert_conflict(
             store
-                .write_version(change(&app.id, 2, vec![value("A", "x")], &["A"], false))
+                .write_v(change(&app.id, 2, vec![value("A", "x")], &["A"], false))
                 .await,
             "A is changed twice",
         );
         // No such app.
         assert_not_found(
             store
-                .write_version(change("nope", 0, vec![value("A", "x")], &[], false))
+                .write_v(change("nope", 0, vec![value("A", "x")], &[], false))
                 .await,
             "app",
         );
         assert_not_found(
-            store
-                .write_version(change("nope", 0, vec![], &[], false))
-                .await,
+            store.write_v(change("nope", 0, vec![], &[], false)).await,
             "app",
         );
 
@@ -536,7 +547,7 @@ mod scenarios {
         assert_eq!(store.snapshot(&app.id, 2).await.unwrap(), v2);
         // And the next write from the right base goes through.
         store
-            .write_version(change(&app.id, 2, vec![value("A", "3")], &[], false))
+            .write_v(change(&app.id, 2, vec![value("A", "3")], &[], false))
             .await
             .unwrap();
     }
@@ -544,7 +555,7 @@ mod scenarios {
     pub async fn unset_of_a_missing_name_rolls_back(store: Store) {
         let app = store.create_app("id-web", &app_name("web")).await.unwrap();
         store
-            .write_version(change(&app.id, 0, vec![value("A", "1")], &[], true))
+            .write_v(change(&app.id, 0, vec![value("A", "1")], &[], true))
             .await
             .unwrap();
         let v1 = store.snapshot(&app.id, 1).await.unwrap();
@@ -552,7 +563,7 @@ mod scenarios {
         // The sets come before the unset in the change: they must go too.
         assert_conflict(
             store
-                .write_version(change(
+                .write_v(change(
                     &app.id,
                     1,
                     vec![value("B", "2")],
@@ -572,7 +583,7 @@ mod scenarios {
 
         // Nothing was left behind: the same version with the same rows can be written now.
         store
-            .write_version(change(&app.id, 1, vec![value("B", "2")], &["A"], true))
+            .write_v(change(&app.id, 1, vec![value("B", "2")], &["A"], true))
             .await
             .unwrap();
         let v2 = store.snapshot(&app.id, 2).await.unwrap();
@@ -585,7 +596,7 @@ mod scenarios {
             .unwrap();
         assert_conflict(
             store
-                .write_version(change(&empty.id, 0, vec![], &["A"], false))
+                .write_v(change(&empty.id, 0, vec![], &["A"], false))
                 .await,
             "cannot unset A",
         );
@@ -598,7 +609,7 @@ mod scenarios {
 
         // Staged: written but not deployed.
         store
-            .write_version(change(&app.id, 0, vec![value("A", "1")], &[], false))
+            .write_v(change(&app.id, 0, vec![value("A", "1")], &[], false))
             .await
             .unwrap();
         assert_eq!(versions(store.app_by_id(&app.id).await.unwrap()), (1, 0));
@@ -607,7 +618,7 @@ mod scenarios {
 
         // Deployed in the same transaction.
         store
-            .write_version(change(&app.id, 1, vec![value("A", "2")], &[], true))
+            .write_v(change(&app.id, 1, vec![value("A", "2")], &[], true))
             .await
             .unwrap();
         assert_eq!(versions(store.app_by_id(&app.id).await.unwrap()), (2, 2));
@@ -627,7 +638,7 @@ mod scenarios {
 
         // A staged write leaves the deployed version alone.
         store
-            .write_version(change(&app.id, 2, vec![value("B", "3")], &[], false))
+            .write_v(change(&app.id, 2, vec![value("B", "3")], &[], false))
             .await
             .unwrap();
         assert_eq!(versions(store.app_by_id(&app.id).await.unwrap()), (3, 2));
@@ -805,10 +816,7 @@ mod scenarios {
                         let base = store.app_by_id(&app_id).await.unwrap().secrets_version;
                         let name = format!("W{i}");
                         let sets = vec![value(&name, &i.to_string())];
-                        match store
-                            .write_version(change(&app_id, base, sets, &[], false))
-                            .await
-                        {
+                        match store.write_v(change(&app_id, base, sets, &[], false)).await {
                             Ok(v) => return (i, v, conflicts),
                             Err(StoreError::Conflict(_)) => conflicts += 1,
                             Err(e) => panic!("writer {i}: {e}"),
@@ -920,7 +928,7 @@ fn every_future_is_spawnable(s: Store, url: DatabaseUrl, key: AppKeyRecord, n: A
     check!(s => s.delete_app("id").await);
     check!(s => s.set_crash_window("id", 1).await);
     check!(s => s.snapshot("id", 1).await);
-    check!(s => s.write_version(change("id", 0, vec![], &[], false)).await);
+    check!(s => s.write_v(change("id", 0, vec![], &[], false)).await);
     check!(s => s.mark_deployed("id", 1).await);
     check!(s => s.versions("id").await);
     check!(s => s.insert_token(token("t", None, Action::Read)).await);
@@ -951,12 +959,18 @@ mod machine_scenarios {
 
     pub async fn hosts_and_machines(store: Store) {
         let app = store.create_app("app1", &app_name("web")).await.unwrap();
-        let h = store.register_host("h1", "dev", "http://127.0.0.1:1", "ab", b"hash").await.unwrap();
+        let h = store
+            .register_host("h1", "dev", "http://127.0.0.1:1", "ab", b"hash")
+            .await
+            .unwrap();
         assert_eq!(h.generation, 0);
         assert_eq!(store.host("h1").await.unwrap(), h);
         assert_not_found(store.host("nope").await, "host");
         store.touch_host("h1", "http://127.0.0.1:2").await.unwrap();
-        assert_eq!(store.host("h1").await.unwrap().address, "http://127.0.0.1:2");
+        assert_eq!(
+            store.host("h1").await.unwrap().address,
+            "http://127.0.0.1:2"
+        );
         assert_not_found(store.touch_host("nope", "x").await, "host");
 
         let new = |id: &str| NewMachine {
@@ -969,14 +983,20 @@ mod machine_scenarios {
             release_version: 0,
         };
         let m1 = store.create_machine(new("m1")).await.unwrap();
-        assert_eq!((m1.desired, m1.state), (DesiredState::Running, MachineState::Pending));
+        assert_eq!(
+            (m1.desired, m1.state),
+            (DesiredState::Running, MachineState::Pending)
+        );
         assert_eq!(m1.config, config());
         assert_eq!(m1.generation, 1);
         let m2 = store.create_machine(new("m2")).await.unwrap();
         assert_eq!(m2.generation, 2);
         let (gen, assigned) = store.host_assignments("h1").await.unwrap();
         assert_eq!(gen, 2);
-        assert_eq!(assigned.iter().map(|m| m.id.as_str()).collect::<Vec<_>>(), ["m1", "m2"]);
+        assert_eq!(
+            assigned.iter().map(|m| m.id.as_str()).collect::<Vec<_>>(),
+            ["m1", "m2"]
+        );
         // A machine for an unknown app or host is refused.
         let mut orphan = new("m3");
         orphan.app_id = "nope".into();
@@ -986,30 +1006,61 @@ mod machine_scenarios {
         assert_not_found(store.create_machine(orphan).await, "host");
 
         // Reports only from the machine's host.
-        let r = store.report_machine_state("m1", "h1", MachineState::Exited, Some(3), Some("bye"), 1).await.unwrap();
-        assert_eq!((r.state, r.exit_status, r.message.as_deref()), (MachineState::Exited, Some(3), Some("bye")));
+        let r = store
+            .report_machine_state("m1", "h1", MachineState::Exited, Some(3), Some("bye"), 1)
+            .await
+            .unwrap();
+        assert_eq!(
+            (r.state, r.exit_status, r.message.as_deref()),
+            (MachineState::Exited, Some(3), Some("bye"))
+        );
         assert_eq!(r.generation, 1, "reports do not wake the host");
         assert_eq!(r.state_generation, 1);
-        assert_not_found(store.report_machine_state("m1", "h2", MachineState::Started, None, None, 1).await, "machine");
+        assert_not_found(
+            store
+                .report_machine_state("m1", "h2", MachineState::Started, None, None, 1)
+                .await,
+            "machine",
+        );
 
         // Desired changes bump the host's generation; destroy is final.
-        let m = store.set_machine_desired("m1", DesiredState::Stopped).await.unwrap();
+        let m = store
+            .set_machine_desired("m1", DesiredState::Stopped)
+            .await
+            .unwrap();
         assert_eq!(m.generation, 3);
         let m = store.set_machine_version("m1", 4, 2).await.unwrap();
-        assert_eq!((m.secrets_version, m.release_version, m.generation), (4, 2, 4));
-        let m = store.set_machine_desired("m1", DesiredState::Destroyed).await.unwrap();
+        assert_eq!(
+            (m.secrets_version, m.release_version, m.generation),
+            (4, 2, 4)
+        );
+        let m = store
+            .set_machine_desired("m1", DesiredState::Destroyed)
+            .await
+            .unwrap();
         assert!(m.destroyed_at.is_some());
-        assert_conflict(store.set_machine_desired("m1", DesiredState::Running).await, "destroyed");
         assert_conflict(
-            store.report_machine_state("m1", "h1", MachineState::Started, None, None, 4).await,
+            store.set_machine_desired("m1", DesiredState::Running).await,
+            "destroyed",
+        );
+        assert_conflict(
+            store
+                .report_machine_state("m1", "h1", MachineState::Started, None, None, 4)
+                .await,
             "destroyed",
         );
         // Still assigned until the host acknowledges the destruction.
         assert_eq!(store.host_assignments("h1").await.unwrap().1.len(), 2);
-        store.report_machine_state("m1", "h1", MachineState::Destroyed, None, None, 5).await.unwrap();
+        store
+            .report_machine_state("m1", "h1", MachineState::Destroyed, None, None, 5)
+            .await
+            .unwrap();
         let (gen, assigned) = store.host_assignments("h1").await.unwrap();
         assert_eq!(gen, 5);
-        assert_eq!(assigned.iter().map(|m| m.id.as_str()).collect::<Vec<_>>(), ["m2"]);
+        assert_eq!(
+            assigned.iter().map(|m| m.id.as_str()).collect::<Vec<_>>(),
+            ["m2"]
+        );
         // The row stays, so the vault can tell a destroyed machine from an unknown one.
         assert!(store.machine("m1").await.unwrap().destroyed_at.is_some());
         assert_eq!(store.app_machines(&app.id).await.unwrap().len(), 2);

@@ -52,8 +52,12 @@ pub async fn decrypt(
 
 async fn decrypt_checked(s: &VaultState, req: &DecryptRequest) -> ApiResult<Json<DecryptResponse>> {
     let key = s.control_plane_key.as_ref().ok_or_else(|| {
-        ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", "this vault does not accept machine tokens")
-            .with_hint("start the vault with --control-plane-public-key")
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            "this vault does not accept machine tokens",
+        )
+        .with_hint("start the vault with --control-plane-public-key")
     })?;
     let now = SystemTime::now();
     let claims = verify_machine_token(key, &req.machine_token, now).map_err(|e| {
@@ -66,12 +70,20 @@ async fn decrypt_checked(s: &VaultState, req: &DecryptRequest) -> ApiResult<Json
     if claims.machine_id != req.machine_id {
         return Err(refused("the machine token is for another machine"));
     }
-    let now_secs = now.duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0);
+    let now_secs = now
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0);
     if (req.issued_at - now_secs).abs() > MAX_SKEW_SECS {
-        return Err(refused("the request is stale or from the future; check the host's clock"));
+        return Err(refused(
+            "the request is stale or from the future; check the host's clock",
+        ));
     }
-    let listed: Vec<(&str, i64, &str)> =
-        req.ciphertexts.iter().map(|c| (c.name.as_str(), c.version, c.ciphertext.as_str())).collect();
+    let listed: Vec<(&str, i64, &str)> = req
+        .ciphertexts
+        .iter()
+        .map(|c| (c.name.as_str(), c.version, c.ciphertext.as_str()))
+        .collect();
     let message = decrypt_request_message(
         &req.machine_token,
         &req.machine_id,
@@ -96,7 +108,9 @@ async fn decrypt_checked(s: &VaultState, req: &DecryptRequest) -> ApiResult<Json
     }
     let host = store.host(&claims.host_id).await?;
     if host.public_key != claims.host_key {
-        return Err(refused("the host's key has changed since the token was issued"));
+        return Err(refused(
+            "the host's key has changed since the token was issued",
+        ));
     }
 
     let members: HashSet<(String, i64)> = store
@@ -108,18 +122,34 @@ async fn decrypt_checked(s: &VaultState, req: &DecryptRequest) -> ApiResult<Json
     let mut presented = Vec::with_capacity(req.ciphertexts.len());
     for c in &req.ciphertexts {
         if !members.contains(&(c.name.clone(), c.version)) {
-            return Err(refused("a ciphertext is not part of the machine's secrets version"));
+            return Err(refused(
+                "a ciphertext is not part of the machine's secrets version",
+            ));
         }
-        let ciphertext = unb64(&c.ciphertext).ok_or_else(|| ApiError::bad_request("a ciphertext is not valid base64"))?;
-        presented.push(Presented { name: c.name.clone(), version: c.version, ciphertext });
+        let ciphertext = unb64(&c.ciphertext)
+            .ok_or_else(|| ApiError::bad_request("a ciphertext is not valid base64"))?;
+        presented.push(Presented {
+            name: c.name.clone(),
+            version: c.version,
+            ciphertext,
+        });
     }
     let pk_bytes = hex::decode(&req.one_time_public_key)
         .map_err(|_| ApiError::bad_request("one_time_public_key must be hex"))?;
-    let recipient =
-        PublicKey::from_bytes(&pk_bytes).map_err(|_| ApiError::bad_request("one_time_public_key is not an X25519 key"))?;
+    let recipient = PublicKey::from_bytes(&pk_bytes)
+        .map_err(|_| ApiError::bad_request("one_time_public_key is not an X25519 key"))?;
     let version = machine.secrets_version.to_string();
-    let context: [&[u8]; 3] = [machine.app_id.as_bytes(), machine.id.as_bytes(), version.as_bytes()];
-    let bundle = s.vault.decrypt_to_recipient(&machine.app_id, &presented, &recipient, &context).await?;
+    let context: [&[u8]; 3] = [
+        machine.app_id.as_bytes(),
+        machine.id.as_bytes(),
+        version.as_bytes(),
+    ];
+    let bundle = s
+        .vault
+        .decrypt_to_recipient(&machine.app_id, &presented, &recipient, &context)
+        .await?;
     tracing::info!(machine = %machine.id, secrets_version = machine.secrets_version, values = presented.len(), "decrypted for a machine boot");
-    Ok(Json(DecryptResponse { bundle: b64(&bundle) }))
+    Ok(Json(DecryptResponse {
+        bundle: b64(&bundle),
+    }))
 }

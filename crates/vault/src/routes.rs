@@ -15,13 +15,13 @@ use axum::http::request::Parts;
 use axum::http::StatusCode;
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use coffer_crypto::machine_token::ControlPlanePublicKey;
 use coffer_crypto::SealingKeys;
 use coffer_http::{ApiError, ApiResult, Metrics};
-use sha2_compat::service_token_hash;
-use coffer_crypto::machine_token::ControlPlanePublicKey;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use sha2_compat::service_token_hash;
 use std::sync::Arc;
 
 #[derive(Clone)]
@@ -59,7 +59,11 @@ impl VaultState {
 }
 
 pub fn router(state: VaultState, metrics: Metrics) -> Router {
-    metrics.register("decrypts", "Decrypt requests by outcome", state.decrypts.clone());
+    metrics.register(
+        "decrypts",
+        "Decrypt requests by outcome",
+        state.decrypts.clone(),
+    );
     let routes = Router::new()
         .route("/v1/decrypt", post(crate::decrypt::decrypt))
         .route("/healthz", get(|| async { "ok" }))

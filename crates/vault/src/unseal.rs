@@ -9,21 +9,15 @@ use std::path::Path;
 
 #[derive(Debug, thiserror::Error)]
 pub enum UnsealError {
-    #[error("cannot read the key file {path}: {source}")]
-    Read {
-        path: String,
-        source: std::io::Error,
-    },
-    #[error("cannot create the key file {path}: {source}")]
-    Create {
-        path: String,
-        source: std::io::Error,
-    },
+    // The I/O error is part of the message and deliberately not a `source`, so that error
+    // chains do not print it twice.
+    #[error("cannot read the key file {path}: {err}")]
+    Read { path: String, err: std::io::Error },
+    #[error("cannot create the key file {path}: {err}")]
+    Create { path: String, err: std::io::Error },
     #[error("the key file {0} does not hold a 64-character hex key")]
     Malformed(String),
-    #[error(
-        "the key file {path} is readable by others (mode {mode:o}); run chmod 600 {path}"
-    )]
+    #[error("the key file {path} is readable by others (mode {mode:o})")]
     TooOpen { path: String, mode: u32 },
 }
 
@@ -31,18 +25,18 @@ pub enum UnsealError {
 /// group or others can read.
 pub fn read_key_bytes(path: &Path) -> Result<SecretBytes<32>, UnsealError> {
     let shown = path.display().to_string();
-    let meta = std::fs::metadata(path).map_err(|source| UnsealError::Read {
+    let meta = std::fs::metadata(path).map_err(|err| UnsealError::Read {
         path: shown.clone(),
-        source,
+        err,
     })?;
     let mode = meta.permissions().mode() & 0o777;
     if mode & 0o077 != 0 {
         return Err(UnsealError::TooOpen { path: shown, mode });
     }
-    let text = zeroize::Zeroizing::new(std::fs::read_to_string(path).map_err(|source| {
+    let text = zeroize::Zeroizing::new(std::fs::read_to_string(path).map_err(|err| {
         UnsealError::Read {
             path: shown.clone(),
-            source,
+            err,
         }
     })?);
     let mut bytes = zeroize::Zeroizing::new([0u8; 32]);
@@ -66,14 +60,14 @@ pub fn read_or_create_key_bytes(
         .create_new(true)
         .mode(0o600)
         .open(path)
-        .map_err(|source| UnsealError::Create {
+        .map_err(|err| UnsealError::Create {
             path: shown.clone(),
-            source,
+            err,
         })?;
     let text = zeroize::Zeroizing::new(format!("{}\n", hex::encode(key.expose())));
     f.write_all(text.as_bytes())
         .and_then(|_| f.sync_all())
-        .map_err(|source| UnsealError::Create { path: shown, source })?;
+        .map_err(|err| UnsealError::Create { path: shown, err })?;
     Ok((key, true))
 }
 
@@ -84,9 +78,8 @@ pub fn read_key_file(path: &Path) -> Result<RootKey, UnsealError> {
 
 /// Reads the root key file, or creates it with a fresh root key.
 pub fn read_or_create_key_file(path: &Path) -> Result<(RootKey, bool), UnsealError> {
-    let (bytes, created) = read_or_create_key_bytes(path, || {
-        SecretBytes::new(*RootKey::generate().expose())
-    })?;
+    let (bytes, created) =
+        read_or_create_key_bytes(path, || SecretBytes::new(*RootKey::generate().expose()))?;
     Ok((RootKey::from_secret_bytes(bytes), created))
 }
 

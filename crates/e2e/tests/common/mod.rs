@@ -51,6 +51,7 @@ pub struct Dev {
     pub capture_dir: PathBuf,
     pub database_url: Option<String>,
     pub api_url: String,
+    pub vault_url: String,
     child: Option<Child>,
     starts: usize,
 }
@@ -74,6 +75,7 @@ impl Dev {
             capture_dir,
             database_url,
             api_url: String::new(),
+            vault_url: String::new(),
             child: None,
             starts: 0,
         };
@@ -106,6 +108,7 @@ impl Dev {
         }
         self.child = Some(cmd.spawn().expect("spawn cofferd dev"));
         self.api_url = wait_for_api_url(&out, &err, self.child.as_mut().unwrap());
+        self.vault_url = printed_url(&out, "vault:").expect("cofferd dev prints the vault URL");
         wait_ready(&self.api_url);
     }
 
@@ -151,6 +154,24 @@ impl Dev {
     /// sees everything every command printed.
     pub fn run(&self, args: &[&str], stdin: Option<&[u8]>) -> std::process::Output {
         let mut c = self.coffer();
+        self.record(&mut c, args, stdin)
+    }
+
+    /// Like [`Dev::run`], but authenticated with `token` (through `COFFER_API_TOKEN`, which
+    /// overrides the config file's admin token).
+    pub fn run_as(&self, token: &str, args: &[&str], stdin: Option<&[u8]>) -> std::process::Output {
+        let mut c = self.coffer();
+        c.env("COFFER_API_TOKEN", token);
+        self.record(&mut c, args, stdin)
+    }
+
+    /// Runs a prepared CLI command with `args` and records its output in the capture dir.
+    pub fn record(
+        &self,
+        c: &mut assert_cmd::Command,
+        args: &[&str],
+        stdin: Option<&[u8]>,
+    ) -> std::process::Output {
         c.args(args);
         if let Some(input) = stdin {
             c.write_stdin(input.to_vec());
@@ -190,11 +211,136 @@ impl Dev {
     pub fn sqlite_path(&self) -> PathBuf {
         self.data_dir.join("coffer.db")
     }
+
+    /// The store's URL: the test's PostgreSQL database, or the SQLite file in the data dir.
+    pub fn store_url(&self) -> String {
+        self.database_url
+            .clone()
+            .unwrap_or_else(|| format!("sqlite://{}", self.sqlite_path().display()))
+    }
+
+    /// A connection to the store behind coffer's back (sqlx `Any`), for tests that inspect or
+    /// edit rows directly.
+    pub async fn raw_pool(&self) -> sqlx::AnyPool {
+        sqlx::any::install_default_drivers();
+        sqlx::any::AnyPoolOptions::new()
+            .max_connections(1)
+            .connect(&self.store_url())
+            .await
+            .expect("connect to the store")
+    }
+
+    /// Keeps `bytes` in the capture dir under `name`, so that the sentinel scan covers them.
+    pub fn capture(&self, name: &str, bytes: &[u8]) {
+        std::fs::write(self.capture_dir.join(name), bytes).unwrap();
+    }
+}
+
+/// The exit code of a finished CLI run.
+pub fn code(out: &std::process::Output) -> i32 {
+    out.status.code().expect("exit code")
+}
+
+pub fn stdout(out: &std::process::Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+pub fn stderr(out: &std::process::Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+pub fn json(s: &str) -> serde_json::Value {
+    serde_json::from_str(s).unwrap_or_else(|e| panic!("not JSON ({e}): {s}"))
+}
+
+/// A port that was free a moment ago (bind to port 0, read it, release it).
+pub fn free_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+    l.local_addr().unwrap().port()
+}
+
+/// The permission bits of a file or directory.
+pub fn mode_of(path: &Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(path)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+        .permissions()
+        .mode()
+        & 0o777
+}
+
+/// Polls `url`'s `/readyz` like [`wait_ready`], but gives up at once (with `log`'s contents)
+/// if `child` exits first.
+pub fn wait_ready_child(url: &str, child: &mut Child, log: &Path) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let addr = url.trim_start_matches("http://").to_string();
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            panic!(
+                "daemon for {url} exited with {status}: {}",
+                std::fs::read_to_string(log).unwrap_or_default()
+            );
+        }
+        if let Ok(mut s) = std::net::TcpStream::connect(&addr) {
+            use std::io::Write;
+            let _ = write!(
+                s,
+                "GET /readyz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+            );
+            let mut resp = String::new();
+            let _ = s.read_to_string(&mut resp);
+            if resp.starts_with("HTTP/1.1 200") {
+                return;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{url} never became ready: {}",
+            std::fs::read_to_string(log).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Waits up to `secs` for `child` to exit; kills it and returns `None` if it does not.
+pub fn wait_exit(child: &mut Child, secs: u64) -> Option<std::process::ExitStatus> {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    while Instant::now() < deadline {
+        if let Some(status) = child.try_wait().unwrap() {
+            return Some(status);
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    None
 }
 
 impl Drop for Dev {
     fn drop(&mut self) {
         self.stop(false);
+    }
+}
+
+/// The URL `cofferd dev` printed on the line starting with `label`.
+fn printed_url(out: &Path, label: &str) -> Option<String> {
+    let text = std::fs::read_to_string(out).ok()?;
+    let line = text.lines().find(|l| l.trim_start().starts_with(label))?;
+    line.split_whitespace().nth(1).map(str::to_string)
+}
+
+/// Polls `cond` every 50 ms until it returns `Some`, or panics with `what` after `secs`.
+pub fn wait_for<T>(secs: u64, what: &str, mut cond: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        if let Some(v) = cond() {
+            return v;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {secs}s waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
     }
 }
 
@@ -300,22 +446,69 @@ pub fn leak_forms(sentinel: &[u8]) -> Vec<Vec<u8>> {
 }
 
 /// Returns (file, form index) for every occurrence of any form of any sentinel.
+///
+/// Each file is read once and every form of every sentinel is looked for in one pass (forms
+/// are indexed by their first 8 bytes), so that scanning megabytes of trace logs and database
+/// files for a hundred sentinels stays fast; forms shorter than 8 bytes are searched naively.
 pub fn scan(files: &[PathBuf], sentinels: &[Vec<u8>]) -> Vec<String> {
+    use std::collections::{BTreeSet, HashMap};
+    const K: usize = 8;
+    // (sentinel index, form index, form)
+    let mut patterns: Vec<(usize, usize, Vec<u8>)> = Vec::new();
+    for (si, s) in sentinels.iter().enumerate() {
+        for (fi, form) in leak_forms(s).into_iter().enumerate() {
+            patterns.push((si, fi, form));
+        }
+    }
+    let mut first_two = vec![false; 1 << 16];
+    let mut by_prefix: HashMap<[u8; K], Vec<usize>> = HashMap::new();
+    let mut short = Vec::new();
+    for (pi, (_, _, form)) in patterns.iter().enumerate() {
+        if form.len() >= K {
+            first_two[usize::from(form[0]) << 8 | usize::from(form[1])] = true;
+            by_prefix
+                .entry(form[..K].try_into().unwrap())
+                .or_default()
+                .push(pi);
+        } else {
+            short.push(pi);
+        }
+    }
     let mut hits = Vec::new();
     for f in files {
         let Ok(bytes) = std::fs::read(f) else {
             continue;
         };
-        for s in sentinels {
-            for (i, form) in leak_forms(s).iter().enumerate() {
-                if bytes.windows(form.len()).any(|w| w == form.as_slice()) {
-                    hits.push(format!(
-                        "{} (form {i} of {:?}…)",
-                        f.display(),
-                        String::from_utf8_lossy(&s[..8.min(s.len())])
-                    ));
+        let mut found: BTreeSet<(usize, usize)> = BTreeSet::new();
+        if bytes.len() >= K {
+            for i in 0..=bytes.len() - K {
+                if !first_two[usize::from(bytes[i]) << 8 | usize::from(bytes[i + 1])] {
+                    continue;
+                }
+                let key: [u8; K] = bytes[i..i + K].try_into().unwrap();
+                if let Some(list) = by_prefix.get(&key) {
+                    for &pi in list {
+                        let (si, fi, form) = &patterns[pi];
+                        if bytes[i..].starts_with(form) {
+                            found.insert((*si, *fi));
+                        }
+                    }
                 }
             }
+        }
+        for &pi in &short {
+            let (si, fi, form) = &patterns[pi];
+            if !form.is_empty() && bytes.windows(form.len()).any(|w| w == form.as_slice()) {
+                found.insert((*si, *fi));
+            }
+        }
+        for (si, fi) in found {
+            let s = &sentinels[si];
+            hits.push(format!(
+                "{} (form {fi} of {:?}…)",
+                f.display(),
+                String::from_utf8_lossy(&s[..48.min(s.len())])
+            ));
         }
     }
     hits
@@ -344,4 +537,39 @@ mod toml_lite {
             .expect("token in config");
         Config { token }
     }
+}
+
+/// Every row of every coffer table as text (bytes as hex), so a PostgreSQL store can be
+/// scanned like SQLite files are.
+pub async fn dump_postgres(url: &str) -> String {
+    use sqlx::Row;
+    sqlx::any::install_default_drivers();
+    let pool = sqlx::any::AnyPoolOptions::new()
+        .max_connections(1)
+        .connect(url)
+        .await
+        .expect("connect");
+    let tables: Vec<String> = sqlx::query_scalar(
+        "SELECT table_name::text FROM information_schema.tables WHERE table_schema = 'public' ORDER BY 1",
+    )
+    .fetch_all(&pool)
+    .await
+    .expect("list tables");
+    let mut out = String::new();
+    for t in tables {
+        let sql = format!("SELECT row_to_json(x)::text AS j FROM \"{t}\" x");
+        for row in sqlx::query(&sql)
+            .fetch_all(&pool)
+            .await
+            .expect("dump table")
+        {
+            let j: String = row.try_get("j").unwrap();
+            out.push_str(&t);
+            out.push(' ');
+            out.push_str(&j);
+            out.push('\n');
+        }
+    }
+    pool.close().await;
+    out
 }
