@@ -128,7 +128,6 @@ impl WriteV for Store {
     }
 }
 
-
 fn names(snapshot: &[StoredSecret]) -> Vec<&str> {
     snapshot.iter().map(|s| s.name.as_str()).collect()
 }
