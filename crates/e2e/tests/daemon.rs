@@ -7,6 +7,7 @@
 mod common;
 
 use common::{bin, code, json, mode_of, stderr, stdout, Dev, Engine};
+use serde_json::Value;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
@@ -788,6 +789,89 @@ async fn production_roles(engine: Engine) {
     ok(
         &["secrets", "set", "-a", "prod-app", "AFTER_RESTART=1"],
         false,
+    );
+
+    // A host agent of its own, registered with an admin token as join token.
+    let join = d.join("join.token");
+    private_file(&join, &format!("{admin}\n"));
+    let gport = std::iter::repeat_with(common::free_port)
+        .find(|p| *p != vport && *p != aport)
+        .unwrap();
+    let glisten = format!("127.0.0.1:{gport}");
+    let state_dir = d.join("agent-state");
+    let state_s = state_dir.to_str().unwrap().to_string();
+    let join_s = join.to_str().unwrap().to_string();
+    let agent_args = [
+        "agent",
+        "--api-url",
+        &api_url,
+        "--vault-url",
+        &vault_url,
+        "--state-dir",
+        &state_s,
+        "--join-token-file",
+        &join_s,
+        "--listen",
+        &glisten,
+        "--name",
+        "prod-host",
+    ];
+    let mut agent = Daemon::spawn(&agent_args, d.join("agent.log"));
+    common::wait_ready_child(&format!("http://{glisten}"), &mut agent.child, &agent.log);
+    let machine_state = |id: &str| -> Option<Value> {
+        let list = json(&ok(
+            &["machines", "list", "-a", "prod-app", "--json"],
+            false,
+        ));
+        list.as_array()
+            .unwrap()
+            .iter()
+            .find(|m| m["id"] == id)
+            .cloned()
+    };
+    let run = |marker: &str| -> String {
+        let m = json(&ok(
+            &[
+                "machines", "run", "-a", "prod-app", "--json", "--", "sleep", marker,
+            ],
+            false,
+        ));
+        m["id"].as_str().unwrap().to_string()
+    };
+    let first = run("1000.111");
+    common::wait_for(30, "the first machine to start", || {
+        machine_state(&first).filter(|m| m["state"] == "started")
+    });
+    assert_eq!(machine_state(&first).unwrap()["host"], "prod-host");
+
+    // The vault goes down: a machine booting now fails with a clear reason, never starts
+    // without its secrets, and starts once the vault is back.
+    assert!(vault.terminate().is_some_and(|s| s.success()));
+    let second = run("1000.222");
+    let failed = common::wait_for(30, "the boot to fail while the vault is down", || {
+        machine_state(&second).filter(|m| m["state"] == "failed")
+    });
+    let reason = failed["message"].as_str().unwrap_or_default().to_string();
+    assert!(reason.contains("vault"), "unclear reason: {failed}");
+    let logs = ok(&["machines", "logs", "-a", "prod-app", &second], false);
+    assert!(
+        logs.contains("[coffer]") && logs.contains("vault"),
+        "{logs}"
+    );
+    let table = ok(&["machines", "list", "-a", "prod-app"], false);
+    assert!(table.contains("failed"), "{table}");
+    let mut vault = Daemon::spawn(&vault_args, d.join("vault-3.log"));
+    common::wait_ready_child(&vault_url, &mut vault.child, &vault.log);
+    common::wait_for(60, "the machine to start once the vault is back", || {
+        machine_state(&second).filter(|m| m["state"] == "started")
+    });
+    // The machine running before the outage was never disturbed.
+    assert_eq!(machine_state(&first).unwrap()["state"], "started");
+
+    assert!(
+        agent.terminate().is_some_and(|s| s.success()),
+        "{}",
+        agent.log()
     );
     assert!(api.terminate().is_some_and(|s| s.success()));
     assert!(vault.terminate().is_some_and(|s| s.success()));
