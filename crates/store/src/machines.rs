@@ -1,7 +1,7 @@
 //! Hosts and machines: where workloads run, what they should be doing, what they report.
 
 use crate::{Micros, Result, Store, StoreError};
-use coffer_core::wire::machines::{DesiredState, MachineState, RestartPolicy};
+use coffer_core::wire::machines::{DesiredState, HealthCheck, MachineState, RestartPolicy};
 use serde::{Deserialize, Serialize};
 use sqlx::any::AnyRow;
 use sqlx::Row;
@@ -20,12 +20,18 @@ pub struct HostRecord {
     pub last_seen_at: Micros,
 }
 
-/// A machine's configuration: what to run. Plain values only, never a secret.
+/// A machine's configuration: what to run. Plain values only, never a secret. Stored as JSON
+/// (the `config` column), so a field added here needs no migration as long as older rows
+/// still parse (`#[serde(default)]`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MachineConfig {
     pub command: Vec<String>,
     pub env: BTreeMap<String, String>,
     pub restart: RestartPolicy,
+    /// The health check the host runs while the workload runs; absent in rows written before
+    /// health checks existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub check: Option<HealthCheck>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -353,4 +359,33 @@ fn machine_from_row(row: &AnyRow) -> Result<MachineRecord> {
         updated_at: row.try_get("updated_at")?,
         destroyed_at: row.try_get("destroyed_at")?,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn configs_written_before_health_checks_still_parse() {
+        let old: MachineConfig =
+            serde_json::from_str(r#"{"command":["x"],"env":{"A":"1"},"restart":"on-failure"}"#)
+                .unwrap();
+        assert_eq!(old.check, None);
+        assert_eq!(old.restart, RestartPolicy::OnFailure);
+        // And a config without a check is written as before.
+        assert!(!serde_json::to_string(&old).unwrap().contains("check"));
+        let checked = MachineConfig {
+            check: Some(HealthCheck::Tcp { port: 5432 }),
+            ..old
+        };
+        let text = serde_json::to_string(&checked).unwrap();
+        assert!(
+            text.contains(r#""check":{"type":"tcp","port":5432}"#),
+            "{text}"
+        );
+        assert_eq!(
+            serde_json::from_str::<MachineConfig>(&text).unwrap(),
+            checked
+        );
+    }
 }

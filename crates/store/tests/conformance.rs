@@ -76,6 +76,7 @@ conformance!(
     meta,
     concurrent_writers,
     hosts_and_machines,
+    releases,
 );
 
 // ------------------------------------------------------------------------------- fixtures
@@ -945,7 +946,7 @@ fn every_future_is_spawnable(s: Store, url: DatabaseUrl, key: AppKeyRecord, n: A
 
 mod machine_scenarios {
     use super::*;
-    use coffer_core::wire::machines::{DesiredState, MachineState, RestartPolicy};
+    use coffer_core::wire::machines::{DesiredState, HealthCheck, MachineState, RestartPolicy};
     use coffer_store::{MachineConfig, NewMachine};
 
     fn config() -> MachineConfig {
@@ -953,6 +954,10 @@ mod machine_scenarios {
             command: vec!["sleep".into(), "1".into()],
             env: [("PLAIN".to_string(), "1".to_string())].into(),
             restart: RestartPolicy::OnFailure,
+            check: Some(HealthCheck::Http {
+                port: 8080,
+                path: "/healthz".into(),
+            }),
         }
     }
 
@@ -988,8 +993,11 @@ mod machine_scenarios {
         );
         assert_eq!(m1.config, config());
         assert_eq!(m1.generation, 1);
-        let m2 = store.create_machine(new("m2")).await.unwrap();
+        let mut unchecked = new("m2");
+        unchecked.config.check = None;
+        let m2 = store.create_machine(unchecked).await.unwrap();
         assert_eq!(m2.generation, 2);
+        assert_eq!(m2.config.check, None);
         let (gen, assigned) = store.host_assignments("h1").await.unwrap();
         assert_eq!(gen, 2);
         assert_eq!(
@@ -1003,6 +1011,21 @@ mod machine_scenarios {
         let mut orphan = new("m4");
         orphan.host_id = "nope".into();
         assert_not_found(store.create_machine(orphan).await, "host");
+
+        // A failing health check is a state of its own, with the host's reason.
+        let r = store
+            .report_machine_state(
+                "m2",
+                "h1",
+                MachineState::Unhealthy,
+                None,
+                Some("http check GET :8080/healthz: status 500"),
+                2,
+            )
+            .await
+            .unwrap();
+        assert_eq!(r.state, MachineState::Unhealthy);
+        assert_eq!(store.machine("m2").await.unwrap(), r);
 
         // Reports only from the machine's host.
         let r = store
@@ -1071,8 +1094,133 @@ mod machine_scenarios {
     }
 }
 
+mod release_scenarios {
+    use super::*;
+    use coffer_store::{NewRelease, ReleaseStatus};
+
+    fn rel(d: &str) -> NewRelease {
+        NewRelease {
+            description: d.into(),
+            actor: "tester".into(),
+        }
+    }
+
+    pub async fn releases(store: Store) {
+        let app = store.create_app("app1", &app_name("web")).await.unwrap();
+        // A deploying write with a release: version 1, release 1, running.
+        let mut v = change(&app.id, 0, vec![value("A", "1")], &[], true);
+        v.release = Some(rel("Set A"));
+        let out = store.write_version(v).await.unwrap();
+        let r1 = out.release.unwrap();
+        assert_eq!(
+            (out.version, r1.version, r1.status),
+            (1, 1, ReleaseStatus::Running)
+        );
+        assert_eq!(
+            (r1.previous_secrets_version, r1.previous_release_version),
+            (0, 0)
+        );
+        assert_eq!(store.running_releases().await.unwrap(), vec![r1.clone()]);
+
+        // A second deploying write is refused whole while it runs; a staged one is accepted.
+        let mut v = change(&app.id, 1, vec![value("B", "2")], &[], true);
+        v.release = Some(rel("Set B"));
+        assert_conflict(store.write_version(v).await, "release is already running");
+        let a = store.app_by_id(&app.id).await.unwrap();
+        assert_eq!(
+            (a.secrets_version, a.deployed_version),
+            (1, 1),
+            "nothing of it was written"
+        );
+        assert_eq!(
+            store
+                .write_v(change(&app.id, 1, vec![value("B", "2")], &[], false))
+                .await
+                .unwrap(),
+            2
+        );
+        assert_conflict(
+            store.deploy_staged(&app.id, &rel("Deploy")).await,
+            "release is already running",
+        );
+
+        store
+            .set_release_progress(&app.id, 1, "watching web-1")
+            .await
+            .unwrap();
+        assert_eq!(
+            store.release(&app.id, 1).await.unwrap().progress,
+            "watching web-1"
+        );
+        let done = store.complete_release(&app.id, 1).await.unwrap();
+        assert_eq!(
+            (done.status, done.progress.as_str()),
+            (ReleaseStatus::Complete, "")
+        );
+        assert_conflict(store.complete_release(&app.id, 1).await, "not running");
+
+        // Deploy the staged version 2 as release 2, then fail it: the app goes back to the
+        // members of version 1 as version 3, deployed, recorded by release 3 (rolled_back).
+        let r2 = store
+            .deploy_staged(&app.id, &rel("Deploy 2"))
+            .await
+            .unwrap();
+        assert_eq!(
+            (r2.version, r2.secrets_version, r2.previous_secrets_version),
+            (2, 2, 1)
+        );
+        assert_conflict(
+            store.deploy_staged(&app.id, &rel("again")).await,
+            "nothing is staged",
+        );
+        let (failed, rollback) = store
+            .fail_release(&app.id, 2, "machine m exited with status 1")
+            .await
+            .unwrap();
+        assert_eq!(failed.status, ReleaseStatus::Failed);
+        assert_eq!(
+            failed.reason.as_deref(),
+            Some("machine m exited with status 1")
+        );
+        assert_eq!(
+            (rollback.version, rollback.secrets_version, rollback.status),
+            (3, 3, ReleaseStatus::RolledBack)
+        );
+        let a = store.app_by_id(&app.id).await.unwrap();
+        assert_eq!(
+            (a.secrets_version, a.deployed_version, a.release_version),
+            (3, 3, 3)
+        );
+        assert_eq!(names(&store.snapshot(&app.id, 3).await.unwrap()), ["A"]);
+        assert_eq!(
+            find(&store.snapshot(&app.id, 3).await.unwrap(), "A").value_version,
+            1
+        );
+        let history = store.versions(&app.id).await.unwrap();
+        assert!(
+            history[0].actor.contains("rollback of release 2"),
+            "{:?}",
+            history[0]
+        );
+        assert_eq!(history[0].changes.len(), 1);
+        assert_eq!(history[0].changes[0].kind, ChangeKind::Unset);
+        assert_conflict(store.fail_release(&app.id, 2, "again").await, "not running");
+        assert!(store.running_releases().await.unwrap().is_empty());
+        assert_conflict(
+            store.deploy_staged(&app.id, &rel("nothing")).await,
+            "nothing is staged",
+        );
+        let all = store.releases(&app.id).await.unwrap();
+        assert_eq!(all.iter().map(|r| r.version).collect::<Vec<_>>(), [3, 2, 1]);
+        // Releases go with their app.
+        store.delete_app(&app.id).await.unwrap();
+        assert_not_found(store.release(&app.id, 1).await, "release");
+    }
+}
+
 /// Every scenario module, for the `conformance!` macro.
 mod all {
     pub use super::machine_scenarios::*;
+    pub use super::release_scenarios::*;
     pub use super::scenarios::*;
 }
