@@ -18,6 +18,8 @@
 //! * [`boot`] — one boot: grant, one-time key, decrypt, open, environment, spawn.
 //! * [`environment`] — the workload's exact environment (pure).
 //! * [`supervisor`] — process groups, stop (SIGTERM → timeout → SIGKILL), `process.json`.
+//! * [`health`] — health checks of running workloads (HTTP `GET` or TCP connect on
+//!   127.0.0.1) and the `unhealthy` / `started` verdicts.
 //! * [`logs`] — each machine's bounded, rotated output log and the logs HTTP server.
 //!
 //! # State directory
@@ -57,6 +59,15 @@
 //!   with a one-line reason that is also written to its log, and booted again after 1 s,
 //!   2 s, 4 s … 30 s while it is desired running. Quick exits (< 10 s) restarted by policy
 //!   back off the same way.
+//! * **Health checks** (`machines run --check-http PORT/PATH` / `--check-tcp PORT`): while a
+//!   workload runs, its worker probes it on 127.0.0.1 every second, the first probe a second
+//!   after the start, one second per probe. Two consecutive failures are reported as
+//!   `unhealthy` (with a one-line reason, also noted in the machine's log), the next passing
+//!   probe as `started` again. The check never restarts or stops the workload — restart
+//!   policies are about exits — but inside a release's crash window `unhealthy` fails the
+//!   release. A workload that has not opened its port yet is failing like any other: one that
+//!   needs more than about 2 s to listen is reported `unhealthy` until it does, which fails a
+//!   release whose crash window is longer than that (there is no start-up grace period).
 //! * **Re-registration**: if the control plane answers 401 to the host token, the agent
 //!   registers again with the join token (if it has one), gets a new host id, and — since
 //!   the new host has no machines yet — retires its old workloads.
@@ -73,6 +84,7 @@
 pub mod api;
 pub mod boot;
 pub mod environment;
+pub mod health;
 pub mod identity;
 pub mod logs;
 mod machine;

@@ -2,12 +2,17 @@
 //! [`decide`] what to do whenever something happens (a new assignment, the workload exits, a
 //! backoff ends), does it, and reports the outcome to the control plane.
 //!
+//! While a workload with a health check runs, the worker also probes it (see [`crate::health`])
+//! — from the same task and the same `select!` as everything else, so a probe outcome can
+//! never be reported after the workload's exit or restart.
+//!
 //! Reports go through a small per-machine queue that keeps their order and retries while the
 //! control plane is unreachable (a newer report replaces an undelivered older one: the
 //! control plane needs the latest state, not the history).
 
 use crate::api::ControlPlane;
 use crate::boot::{self, BootError};
+use crate::health::{self, HealthWatch, Transition};
 use crate::logs::MachineLog;
 use crate::reconcile::{
     backoff_delay, decide, should_restart, Backoff, Decision, LastExit, LocalState, Running,
@@ -83,6 +88,7 @@ pub fn start_worker(
         shutdown,
         local: LocalState::default(),
         current: None,
+        health: None,
         reports,
     };
     WorkerHandle {
@@ -101,6 +107,8 @@ enum Woke {
     Changed,
     Exited(std::io::Result<ExitStatus>),
     Timer,
+    /// A health probe that was due finished, with this outcome.
+    Probed(Result<(), String>),
     Shutdown,
 }
 
@@ -112,6 +120,9 @@ struct Worker {
     shutdown: watch::Receiver<bool>,
     local: LocalState,
     current: Option<Current>,
+    /// The health check of the current workload, if its assignment has one. Set when the
+    /// workload starts, cleared whenever `current` is taken.
+    health: Option<HealthWatch>,
     log: MachineLog,
     reports: mpsc::UnboundedSender<StateReport>,
 }
@@ -134,6 +145,7 @@ impl Worker {
                         self.stop_workload("the host agent is shutting down").await;
                         return;
                     }
+                    Woke::Probed(outcome) => self.on_probe(outcome),
                     Woke::Changed | Woke::Timer => {}
                 },
                 (Decision::Boot, Some(a)) => self.boot(a).await,
@@ -177,8 +189,10 @@ impl Worker {
             rx,
             shutdown,
             current,
+            health,
             ..
         } = self;
+        // A probe cut short by another event is simply run again: it stays due.
         tokio::select! {
             _ = shutdown.changed() => Woke::Shutdown,
             changed = rx.changed() => match changed {
@@ -188,6 +202,33 @@ impl Worker {
             },
             status = wait_current(current) => Woke::Exited(status),
             _ = sleep_until(until) => Woke::Timer,
+            outcome = probe_when_due(health.as_ref()) => Woke::Probed(outcome),
+        }
+    }
+
+    /// One probe of the current workload's health check has finished: report a change of
+    /// verdict (`unhealthy` after consecutive failures, `started` once it passes again) and
+    /// note it in the machine's log. The workload itself is left alone.
+    fn on_probe(&mut self, outcome: Result<(), String>) {
+        let (Some(h), Some(c)) = (self.health.as_mut(), self.current.as_ref()) else {
+            return;
+        };
+        let generation = c.generation;
+        match h.record(outcome, tokio::time::Instant::now()) {
+            None => {}
+            Some(Transition::Unhealthy(reason)) => {
+                tracing::warn!(machine_id = %self.id, generation, %reason, "machine unhealthy");
+                self.log.note(&format!(
+                    "unhealthy: {reason} ({} failed checks in a row); the workload keeps running",
+                    health::FAILURES_TO_UNHEALTHY
+                ));
+                self.report(MachineState::Unhealthy, None, Some(reason), generation);
+            }
+            Some(Transition::Healthy) => {
+                tracing::info!(machine_id = %self.id, generation, "machine healthy again");
+                self.log.note("healthy again: the health check passes");
+                self.report(MachineState::Started, None, None, generation);
+            }
         }
     }
 
@@ -242,6 +283,10 @@ impl Worker {
                     workload: booted.workload,
                     generation,
                 });
+                self.health = a
+                    .check
+                    .clone()
+                    .map(|check| HealthWatch::new(check, tokio::time::Instant::now()));
                 self.shared.metrics.boots_started.inc();
                 self.log.note(&format!(
                     "started (pid {pid}, secrets version {}, release {})",
@@ -278,6 +323,7 @@ impl Worker {
     }
 
     async fn on_exit(&mut self, status: std::io::Result<ExitStatus>, desired: Option<&Assignment>) {
+        self.health = None;
         let Some(Current {
             workload,
             generation,
@@ -340,6 +386,7 @@ impl Worker {
 
     /// Stops the workload if there is one (SIGTERM, timeout, SIGKILL to its group).
     async fn stop_workload(&mut self, reason: &str) {
+        self.health = None;
         let Some(Current {
             workload,
             generation,
@@ -401,6 +448,17 @@ impl Worker {
 async fn wait_current(current: &mut Option<Current>) -> std::io::Result<ExitStatus> {
     match current {
         Some(c) => c.workload.wait().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Waits until the health probe is due, then runs it; never returns without a check.
+async fn probe_when_due(health: Option<&HealthWatch>) -> Result<(), String> {
+    match health {
+        Some(h) => {
+            tokio::time::sleep_until(h.next).await;
+            health::probe(&h.check, health::PROBE_TIMEOUT).await
+        }
         None => std::future::pending().await,
     }
 }

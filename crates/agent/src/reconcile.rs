@@ -203,6 +203,7 @@ mod tests {
             command: vec!["sleep".into(), "1000".into()],
             env: BTreeMap::new(),
             restart: RestartPolicy::OnFailure,
+            check: None,
             desired,
             secrets_version: 1,
             release_version: 1,

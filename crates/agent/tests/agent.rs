@@ -435,6 +435,7 @@ fn machine(id: &str, script: &str, restart: RestartPolicy) -> Assignment {
             ("API_KEY".to_string(), "from-env".to_string()),
         ]),
         restart,
+        check: None,
         desired: DesiredState::Running,
         secrets_version: 4,
         release_version: 2,
@@ -894,5 +895,127 @@ async fn a_forgotten_host_registers_again_and_retires_its_machines() {
         },
     )
     .await;
+    agent.shutdown().await;
+}
+
+/// A tiny HTTP server in the test (not the workload): every request gets the status in
+/// `status` (0: the connection is closed without an answer).
+fn status_server() -> (u16, Arc<std::sync::atomic::AtomicU16>) {
+    use std::io::{Read as _, Write as _};
+    let status = Arc::new(std::sync::atomic::AtomicU16::new(200));
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let st = status.clone();
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut conn) = conn else { return };
+            let mut req = Vec::new();
+            let mut buf = [0u8; 512];
+            while !req.windows(4).any(|w| w == b"\r\n\r\n") {
+                match conn.read(&mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => req.extend_from_slice(&buf[..n]),
+                }
+            }
+            let code = st.load(std::sync::atomic::Ordering::SeqCst);
+            if code != 0 {
+                let _ = write!(
+                    conn,
+                    "HTTP/1.1 {code} X\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+                );
+            }
+        }
+    });
+    (port, status)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_failing_health_check_is_reported_and_the_workload_keeps_running() {
+    use coffer_core::wire::machines::HealthCheck;
+    use std::sync::atomic::Ordering;
+    let s = S::new();
+    let url = start_fake(s.clone()).await;
+    let tmp = tempfile::tempdir().unwrap();
+    let agent = start_agent(&url, &url, tmp.path()).await;
+    let (port, status) = status_server();
+    let id = "0c0c";
+    let mut a = machine(id, "exec sleep 1000", RestartPolicy::No);
+    a.check = Some(HealthCheck::Http {
+        port,
+        path: "/healthz".into(),
+    });
+    s.put(a);
+    eventually("started", Duration::from_secs(10), || {
+        s.count(id, MachineState::Started) == 1
+    })
+    .await;
+    let mdir = tmp.path().join("machines").join(id);
+    let pid = pid_of(&mdir).unwrap();
+    // Healthy: a few probes pass and nothing more is reported.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert_eq!(
+        s.states(id),
+        vec![MachineState::Starting, MachineState::Started]
+    );
+
+    // Failing: `unhealthy` with the reason after two failed probes (~2 s), once.
+    status.store(500, Ordering::SeqCst);
+    let failing_since = Instant::now();
+    eventually("unhealthy", Duration::from_secs(10), || {
+        s.count(id, MachineState::Unhealthy) == 1
+    })
+    .await;
+    let took = failing_since.elapsed();
+    assert!(
+        took >= Duration::from_millis(900) && took < Duration::from_secs(4),
+        "two failed probes a second apart: {took:?}"
+    );
+    let r = s.last_report(id, MachineState::Unhealthy).unwrap();
+    assert_eq!(
+        r.message.as_deref(),
+        Some(format!("http check GET :{port}/healthz: status 500").as_str())
+    );
+    assert_eq!(r.generation, s.with(|f| f.generation));
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert_eq!(s.count(id, MachineState::Unhealthy), 1, "reported once");
+    assert_eq!(pid_of(&mdir), Some(pid), "the check does not restart it");
+    assert!(alive(pid));
+
+    // Passing again: `started` at the same generation, same process.
+    status.store(204, Ordering::SeqCst);
+    eventually("started again", Duration::from_secs(5), || {
+        s.count(id, MachineState::Started) == 2
+    })
+    .await;
+    assert_eq!(
+        s.states(id),
+        vec![
+            MachineState::Starting,
+            MachineState::Started,
+            MachineState::Unhealthy,
+            MachineState::Started
+        ]
+    );
+    assert_eq!(pid_of(&mdir), Some(pid));
+    let log = std::fs::read_to_string(mdir.join("output.log")).unwrap();
+    assert!(
+        log.lines().any(|l| l.starts_with("[coffer] ")
+            && l.contains(&format!(
+                " unhealthy: http check GET :{port}/healthz: status 500"
+            ))),
+        "{log}"
+    );
+    assert!(log.contains("healthy again"), "{log}");
+
+    // Stopped: no probe outcome is reported after `stopped`, even while failing.
+    status.store(0, Ordering::SeqCst);
+    s.set_desired(id, DesiredState::Stopped);
+    eventually("stopped", Duration::from_secs(10), || {
+        s.count(id, MachineState::Stopped) == 1
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(3000)).await;
+    assert_eq!(s.states(id).last(), Some(&MachineState::Stopped));
+    assert_eq!(s.count(id, MachineState::Unhealthy), 1);
     agent.shutdown().await;
 }

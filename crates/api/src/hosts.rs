@@ -115,6 +115,7 @@ pub fn assignment(m: &MachineRecord, app_name: &str) -> Assignment {
         command: m.config.command.clone(),
         env: m.config.env.clone(),
         restart: m.config.restart,
+        check: m.config.check.clone(),
         desired: m.desired,
         secrets_version: m.secrets_version,
         release_version: m.release_version,

@@ -37,6 +37,7 @@ pub fn to_wire(m: &MachineRecord, app: &AppName, hosts: &HashMap<String, String>
             .unwrap_or_else(|| m.host_id.clone()),
         command: m.config.command.clone(),
         restart: m.config.restart,
+        check: m.config.check.clone(),
         exit_status: m.exit_status,
         message: m.message.clone(),
         created_at: rfc3339(m.created_at),
@@ -82,6 +83,10 @@ fn validate(body: &RunMachine) -> ApiResult<()> {
         AppName::parse(n).map_err(|_| {
             ApiError::invalid("machine name must be 1 to 63 lowercase letters, digits and '-', starting with a letter")
         })?;
+    }
+    if let Some(check) = &body.check {
+        // The path goes into the agent's request line verbatim: no spaces, no CR/LF.
+        check.validate().map_err(ApiError::invalid)?;
     }
     Ok(())
 }
@@ -143,6 +148,7 @@ pub async fn run(
                 command: body.command,
                 env: body.env,
                 restart: body.restart,
+                check: body.check,
             },
             // A machine boots with what is deployed, never with what is only staged.
             secrets_version: app.deployed_version,
@@ -304,4 +310,45 @@ pub fn is_settled(m: &MachineRecord) -> bool {
         m.state,
         MachineState::Stopped | MachineState::Exited | MachineState::Destroyed
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use coffer_core::wire::machines::{HealthCheck, RestartPolicy};
+
+    fn run(check: Option<HealthCheck>) -> RunMachine {
+        RunMachine {
+            name: None,
+            command: vec!["./server".into()],
+            env: Default::default(),
+            restart: RestartPolicy::No,
+            check,
+        }
+    }
+
+    #[test]
+    fn health_checks_are_validated() {
+        let http = |port, path: &str| {
+            Some(HealthCheck::Http {
+                port,
+                path: path.into(),
+            })
+        };
+        assert!(validate(&run(None)).is_ok());
+        assert!(validate(&run(http(8080, "/healthz"))).is_ok());
+        assert!(validate(&run(Some(HealthCheck::Tcp { port: 5432 }))).is_ok());
+        for (bad, why) in [
+            (http(0, "/"), "port"),
+            (Some(HealthCheck::Tcp { port: 0 }), "port"),
+            (http(8080, "healthz"), "start with '/'"),
+            (http(8080, "/a b"), "spaces"),
+            (http(8080, "/a\r\nHost: evil"), "control"),
+            (http(8080, &format!("/{}", "x".repeat(512))), "512"),
+        ] {
+            let e = validate(&run(bad.clone())).unwrap_err();
+            assert_eq!(e.status, StatusCode::UNPROCESSABLE_ENTITY, "{bad:?}");
+            assert!(e.message.contains(why), "{bad:?}: {}", e.message);
+        }
+    }
 }

@@ -3,6 +3,14 @@
 //! the app's crash window; if one crashes (or fails to boot) inside its window, put every
 //! updated machine back on the previous secrets and fail the release loudly.
 //!
+//! Health checks: a machine with a check (`machines run --check-http`/`--check-tcp`) that its
+//! host reports `unhealthy` at the watched generation inside the window fails the release
+//! exactly like a crash. The host reports `unhealthy` after two consecutive failed probes (one
+//! a second, the first a second after the start), so a failing check shows about 2 s after the
+//! start. A workload that has not opened its port by then counts as failing too: with a check,
+//! a workload must listen within about 2 s of starting, or every release whose crash window is
+//! longer than that fails (there is no start-up grace period).
+//!
 //! Crash safety: every step is a committed store change, and the orchestrator keeps no state
 //! of its own. The order of the rollback matters — machines are moved back *before* the
 //! release is marked failed — so that a crash at any point leaves either a `running` release
@@ -24,15 +32,18 @@ const BOOT_TIMEOUT: Duration = Duration::from_secs(60);
 /// Re-read the store at least this often while waiting (reports from other replicas).
 const TICK: Duration = Duration::from_millis(250);
 
-/// The machines a release restarts: those meant to run and running (or about to). A stopped
-/// or exited machine is not restarted by a release; `machines start` boots it with the
-/// deployed secrets.
+/// The machines a release restarts: those meant to run and running (or about to) — an
+/// `unhealthy` machine runs too. A stopped or exited machine is not restarted by a release;
+/// `machines start` boots it with the deployed secrets.
 fn is_running(m: &MachineRecord) -> bool {
     m.desired == DesiredState::Running
         && m.destroyed_at.is_none()
         && matches!(
             m.state,
-            MachineState::Pending | MachineState::Starting | MachineState::Started
+            MachineState::Pending
+                | MachineState::Starting
+                | MachineState::Started
+                | MachineState::Unhealthy
         )
 }
 
@@ -156,6 +167,11 @@ fn failure_reason(m: &MachineRecord, label: &str, started_at: Option<i64>) -> St
         .map(|t| format!(" {:.2}s after it started", secs(m.updated_at - t)))
         .unwrap_or_default();
     match m.state {
+        MachineState::Unhealthy => format!(
+            "machine {label} [{}] failed its health check ({}){after}",
+            m.id,
+            m.message.as_deref().unwrap_or("no reason given")
+        ),
         MachineState::Exited => match m.exit_status {
             Some(code) => format!(
                 "machine {label} [{}] exited with status {code}{after}",
@@ -200,7 +216,9 @@ async fn watch(
                     let age = Duration::from_micros((now_micros() - m.updated_at).max(0) as u64);
                     break (m.updated_at, tokio::time::Instant::now() - age);
                 }
-                MachineState::Exited | MachineState::Failed => {
+                // `unhealthy` comes after `started` (two failed probes); seen first, the
+                // `started` report was missed between two reads — it still fails the release.
+                MachineState::Exited | MachineState::Failed | MachineState::Unhealthy => {
                     return Ok(Err(failure_reason(&m, label, None)));
                 }
                 _ => {}
@@ -229,7 +247,8 @@ async fn watch(
         if m.state_generation > generation
             || (m.state_generation == generation && m.state != MachineState::Started)
         {
-            // Any exit, failure or restart after it started fails the release.
+            // Any exit, failure, failed health check or restart after it started fails the
+            // release.
             let mut m = m;
             if m.state == MachineState::Started || m.state == MachineState::Starting {
                 m.state = MachineState::Exited;
@@ -282,5 +301,82 @@ async fn roll_back(s: &ApiState, rel: &ReleaseRecord, reason: &str) -> Result<()
         }
         Err(StoreError::Conflict(_)) => Ok(()),
         Err(e) => Err(e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use coffer_store::MachineConfig;
+
+    fn machine(state: MachineState, message: Option<&str>, updated_at: i64) -> MachineRecord {
+        MachineRecord {
+            id: "3f2a9c01".into(),
+            app_id: "a".into(),
+            host_id: "h".into(),
+            name: "web-1".into(),
+            config: MachineConfig {
+                command: vec!["./server".into()],
+                env: Default::default(),
+                restart: Default::default(),
+                check: None,
+            },
+            desired: DesiredState::Running,
+            state,
+            exit_status: None,
+            message: message.map(str::to_string),
+            secrets_version: 2,
+            release_version: 2,
+            generation: 5,
+            state_generation: 5,
+            created_at: 0,
+            updated_at,
+            destroyed_at: None,
+        }
+    }
+
+    #[test]
+    fn failure_reasons() {
+        let unhealthy = machine(
+            MachineState::Unhealthy,
+            Some("http check GET :8080/healthz: status 500"),
+            12_340_000,
+        );
+        assert_eq!(
+            failure_reason(&unhealthy, "web-1 (canary)", Some(10_000_000)),
+            "machine web-1 (canary) [3f2a9c01] failed its health check \
+             (http check GET :8080/healthz: status 500) 2.34s after it started"
+        );
+        assert_eq!(
+            failure_reason(&unhealthy, "web-1 (canary)", None),
+            "machine web-1 (canary) [3f2a9c01] failed its health check \
+             (http check GET :8080/healthz: status 500)"
+        );
+        let mut exited = machine(MachineState::Exited, None, 11_000_000);
+        exited.exit_status = Some(1);
+        assert_eq!(
+            failure_reason(&exited, "web-1 (2/2)", Some(10_000_000)),
+            "machine web-1 (2/2) [3f2a9c01] exited with status 1 1.00s after it started"
+        );
+        let failed = machine(MachineState::Failed, Some("vault unavailable"), 0);
+        assert_eq!(
+            failure_reason(&failed, "web-1 (canary)", None),
+            "machine web-1 (canary) [3f2a9c01] failed to boot: vault unavailable"
+        );
+    }
+
+    #[test]
+    fn unhealthy_machines_are_running_for_a_release() {
+        for (state, running) in [
+            (MachineState::Pending, true),
+            (MachineState::Starting, true),
+            (MachineState::Started, true),
+            (MachineState::Unhealthy, true),
+            (MachineState::Stopped, false),
+            (MachineState::Exited, false),
+            (MachineState::Failed, false),
+        ] {
+            assert_eq!(is_running(&machine(state, None, 0)), running, "{state:?}");
+        }
     }
 }

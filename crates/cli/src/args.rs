@@ -189,6 +189,13 @@ pub enum MachinesCommand {
         /// Restart the workload when it exits: never, after a failure, or always
         #[arg(long, value_enum, default_value_t = RestartArg::No)]
         restart: RestartArg,
+        /// Health check: GET PATH on 127.0.0.1:PORT must answer 2xx or 3xx (e.g. 8080/healthz;
+        /// PORT alone checks /)
+        #[arg(long, value_name = "PORT/PATH", conflicts_with = "check_tcp")]
+        check_http: Option<String>,
+        /// Health check: 127.0.0.1:PORT must accept a TCP connection
+        #[arg(long, value_name = "PORT")]
+        check_tcp: Option<String>,
         /// The program and its arguments, after `--`
         #[arg(required = true, last = true, value_name = "CMD")]
         command: Vec<String>,
@@ -238,11 +245,21 @@ Examples:
   coffer machines run -- ./server --port 8080
   coffer machines run --name worker --env QUEUE=emails --restart on-failure -- ./worker
   coffer machines run -- sh -c 'echo $DATABASE_URL | wc -c'
+  coffer machines run --check-http 8080/healthz -- ./server --port 8080
 
 The workload's environment holds exactly the app's secrets, the --env pairs, COFFER_APP_NAME,
 COFFER_MACHINE_ID, COFFER_RELEASE_VERSION, and PATH=/usr/local/bin:/usr/bin:/bin and HOME
 (which --env may replace). A secret wins over an --env pair of the same name. Secrets do not
 belong in --env: --env values are stored and shown in plain text.
+
+With --check-http PORT/PATH or --check-tcp PORT, the host checks the running workload on
+127.0.0.1 every second (the first check a second after it starts): an HTTP GET must answer
+2xx or 3xx, a TCP connection must be accepted. After two failed checks in a row the machine
+is `unhealthy` (`coffer machines list` shows why); it is `started` again once a check
+passes. The check never restarts or stops the workload, but a machine that becomes
+unhealthy inside a release's crash window fails the release, which is rolled back as for a
+crash. A workload that has not opened its port yet fails its checks too: with a check, a
+workload should listen within about 2s of starting, or a release restarting it fails.
 
 The command returns once the machine is created; `coffer machines list` shows its state and
 `coffer machines logs ID --follow` its output.";
@@ -369,6 +386,8 @@ mod tests {
                     name,
                     env,
                     restart,
+                    check_http,
+                    check_tcp,
                     command,
                 },
         }) = cli.command
@@ -379,6 +398,7 @@ mod tests {
         assert_eq!(name.as_deref(), Some("w1"));
         assert_eq!(env, vec!["A=1", "B=x=y"]);
         assert_eq!(restart, RestartArg::OnFailure);
+        assert_eq!((check_http, check_tcp), (None, None));
         assert_eq!(command, vec!["sh", "-c", "echo --env $A"]);
         // The app flag also goes after the subcommand.
         let cli =
@@ -393,6 +413,51 @@ mod tests {
         assert_eq!(
             (app.app.as_deref(), id.as_str(), follow),
             (Some("web"), "3f2a", true)
+        );
+    }
+
+    #[test]
+    fn machines_run_takes_a_health_check() {
+        let run = |argv: &[&str]| {
+            let cli = Cli::try_parse_from(argv).unwrap();
+            let Command::Machines(MachinesArgs {
+                command:
+                    MachinesCommand::Run {
+                        check_http,
+                        check_tcp,
+                        command,
+                        ..
+                    },
+                ..
+            }) = cli.command
+            else {
+                panic!()
+            };
+            assert_eq!(command, vec!["./server"]);
+            (check_http, check_tcp)
+        };
+        assert_eq!(
+            run(&[
+                "coffer",
+                "machines",
+                "run",
+                "--check-http",
+                "8080/healthz",
+                "--",
+                "./server"
+            ]),
+            (Some("8080/healthz".into()), None)
+        );
+        assert_eq!(
+            run(&[
+                "coffer",
+                "machines",
+                "run",
+                "--check-tcp=5432",
+                "--",
+                "./server"
+            ]),
+            (None, Some("5432".into()))
         );
     }
 
@@ -416,6 +481,18 @@ mod tests {
                 "x",
             ][..],
             &["coffer", "machines", "stop"][..],
+            &[
+                "coffer",
+                "machines",
+                "run",
+                "--check-http",
+                "8080/healthz",
+                "--check-tcp",
+                "5432",
+                "--",
+                "x",
+            ][..],
+            &["coffer", "machines", "run", "--check-tcp", "--", "x"][..],
         ] {
             let e = Cli::try_parse_from(argv).unwrap_err();
             assert_eq!(e.exit_code(), 2, "{argv:?}");

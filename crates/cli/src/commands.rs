@@ -357,15 +357,19 @@ async fn machines(ctx: &Ctx<'_>, args: MachinesArgs) -> Result<(), CliError> {
             name,
             env,
             restart,
+            check_http,
+            check_tcp,
             command,
         } => {
             let env = input::parse_env(&env)?;
+            let check = input::parse_check(check_http.as_deref(), check_tcp.as_deref())?;
             let app = ctx.app(app_flag)?;
             let request = RunMachine {
                 name,
                 command,
                 env,
                 restart: restart.into(),
+                check,
             };
             let m = ctx.client()?.run_machine(app.as_str(), &request).await?;
             machine_result(ctx, MachineVerb::Run, &m)?;

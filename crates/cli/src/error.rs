@@ -26,7 +26,7 @@
 //! | 5 | not found (app, token) |
 //! | 6 | conflict (the app exists already, a release is in progress) |
 //! | 7 | invalid input: names, values, sizes, a dotenv parse error, a `NAME=VALUE` without `=` |
-//! | 8 | a release failed: a machine crashed or failed to boot in its crash window; it was rolled back |
+//! | 8 | a release failed: a machine crashed, failed to boot or failed its health check in its crash window; it was rolled back |
 
 use coffer_client::ClientError;
 use std::fmt;

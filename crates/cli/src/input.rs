@@ -1,5 +1,6 @@
-//! Turning `secrets set` arguments and `secrets import` input into a validated change, and
-//! `machines run --env` arguments into a machine's environment pairs.
+//! Turning `secrets set` arguments and `secrets import` input into a validated change,
+//! `machines run --env` arguments into a machine's environment pairs, and `--check-http` /
+//! `--check-tcp` into its health check.
 //!
 //! Arguments are taken as raw bytes (`OsStr`), so a value may be any bytes the shell can pass,
 //! not only UTF-8. Error messages name secrets but never show a value; an argument that has no
@@ -10,6 +11,7 @@ use std::collections::BTreeMap;
 use std::ffi::OsString;
 use std::os::unix::ffi::OsStrExt;
 
+use coffer_core::wire::machines::HealthCheck;
 use coffer_core::{ChangeSet, NameError, SecretName, SecretValue};
 
 use crate::error::{CliError, Exit};
@@ -250,10 +252,154 @@ pub fn parse_env(args: &[String]) -> Result<BTreeMap<String, String>, CliError> 
     }
 }
 
+/// Parses `machines run --check-http PORT/PATH` (`8080/healthz`; `8080` alone checks `/`) or
+/// `--check-tcp PORT` (clap refuses both at once) and applies the API's rules
+/// ([`HealthCheck::validate`]) locally. These flags hold no secret, so errors quote them.
+pub fn parse_check(http: Option<&str>, tcp: Option<&str>) -> Result<Option<HealthCheck>, CliError> {
+    let (flag, arg, check) = match (http, tcp) {
+        (Some(arg), _) => {
+            let (port, path) = match arg.find('/') {
+                Some(i) => (&arg[..i], &arg[i..]),
+                None => (arg, "/"),
+            };
+            let check = parse_port(port).map(|port| HealthCheck::Http {
+                port,
+                path: path.to_string(),
+            });
+            ("--check-http", arg, check)
+        }
+        (None, Some(arg)) => (
+            "--check-tcp",
+            arg,
+            parse_port(arg).map(|port| HealthCheck::Tcp { port }),
+        ),
+        (None, None) => return Ok(None),
+    };
+    let hint =
+        "write --check-http PORT/PATH (e.g. 8080/healthz, or 8080 for /) or --check-tcp PORT";
+    let shown = clip(arg, 80);
+    check
+        .and_then(|c| c.validate().map(|()| c))
+        .map(Some)
+        .map_err(|why| {
+            CliError::new(Exit::Invalid, format!("{flag} {shown:?}: {why}")).with_hint(hint)
+        })
+}
+
+/// A TCP port: digits only, 1 to 65535.
+fn parse_port(s: &str) -> Result<u16, String> {
+    let why = || "the port must be a number from 1 to 65535".to_string();
+    if s.is_empty() || s.len() > 5 || !s.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(why());
+    }
+    match s.parse::<u32>() {
+        Ok(p @ 1..=65535) => Ok(p as u16),
+        _ => Err(why()),
+    }
+}
+
+/// At most `max` characters of user input, for an error message.
+fn clip(s: &str, max: usize) -> String {
+    let mut out: String = s.chars().take(max).collect();
+    if s.chars().count() > max {
+        out.push('…');
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::os::unix::ffi::OsStringExt;
+
+    #[test]
+    fn health_check_flags() {
+        let http = |port, path: &str| {
+            Some(HealthCheck::Http {
+                port,
+                path: path.into(),
+            })
+        };
+        assert_eq!(parse_check(None, None).unwrap(), None);
+        assert_eq!(
+            parse_check(Some("8080/healthz"), None).unwrap(),
+            http(8080, "/healthz")
+        );
+        assert_eq!(parse_check(Some("8080"), None).unwrap(), http(8080, "/"));
+        assert_eq!(parse_check(Some("8080/"), None).unwrap(), http(8080, "/"));
+        assert_eq!(
+            parse_check(Some("1/ready?deep=1"), None).unwrap(),
+            http(1, "/ready?deep=1")
+        );
+        assert_eq!(
+            parse_check(Some("65535/a/b"), None).unwrap(),
+            http(65535, "/a/b")
+        );
+        assert_eq!(
+            parse_check(None, Some("5432")).unwrap(),
+            Some(HealthCheck::Tcp { port: 5432 })
+        );
+        for (http, tcp, why) in [
+            (
+                Some("0/healthz"),
+                None,
+                "port must be a number from 1 to 65535",
+            ),
+            (Some("65536"), None, "port must be a number from 1 to 65535"),
+            (
+                Some("/healthz"),
+                None,
+                "port must be a number from 1 to 65535",
+            ),
+            (
+                Some(":8080/healthz"),
+                None,
+                "port must be a number from 1 to 65535",
+            ),
+            (Some("+80/x"), None, "port must be a number from 1 to 65535"),
+            (
+                Some("http://x/"),
+                None,
+                "port must be a number from 1 to 65535",
+            ),
+            (Some("8080/a b"), None, "must not contain spaces or control"),
+            (
+                Some("8080/a\r\nHost: x"),
+                None,
+                "must not contain spaces or control",
+            ),
+            (None, Some("0"), "port must be a number from 1 to 65535"),
+            (
+                None,
+                Some("99999999999"),
+                "port must be a number from 1 to 65535",
+            ),
+            (
+                None,
+                Some("db:5432"),
+                "port must be a number from 1 to 65535",
+            ),
+            (None, Some(""), "port must be a number from 1 to 65535"),
+        ] {
+            let e = parse_check(http, tcp).unwrap_err();
+            assert_eq!(e.exit, Exit::Invalid, "{http:?} {tcp:?}");
+            let text = e.render();
+            assert!(text.contains(why), "{text}");
+            assert!(
+                text.contains("hint: write --check-http PORT/PATH"),
+                "{text}"
+            );
+        }
+        let e = parse_check(Some("http://x/"), None).unwrap_err();
+        insta::assert_snapshot!(e.render(), @r#"
+        error: --check-http "http://x/": the port must be a number from 1 to 65535
+        hint: write --check-http PORT/PATH (e.g. 8080/healthz, or 8080 for /) or --check-tcp PORT
+        "#);
+        let long = format!("8080/{}", "a".repeat(600));
+        let e = parse_check(Some(&long), None).unwrap_err();
+        assert!(e.message.contains("at most 512 bytes"), "{}", e.message);
+        assert!(e.message.len() < 200, "input is clipped: {}", e.message);
+    }
 
     #[test]
     fn env_pairs() {

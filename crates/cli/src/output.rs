@@ -273,7 +273,10 @@ pub fn machine_state(m: &Machine) -> String {
         (state, _) => state.as_str().to_string(),
     };
     let heading = match (m.desired, m.state) {
-        (DesiredState::Stopped, MachineState::Started | MachineState::Starting) => Some("stopped"),
+        (
+            DesiredState::Stopped,
+            MachineState::Started | MachineState::Starting | MachineState::Unhealthy,
+        ) => Some("stopped"),
         (DesiredState::Destroyed, state) if state != MachineState::Destroyed => Some("destroyed"),
         _ => None,
     };
@@ -284,12 +287,12 @@ pub fn machine_state(m: &Machine) -> String {
     s
 }
 
-/// Does `machines list` explain this machine's state under the table? A failed boot always
-/// (the reason), an exit when the host said more than the status the STATE cell shows (a
-/// signal, an upcoming restart).
+/// Does `machines list` explain this machine's state under the table? A failed boot or a
+/// failing health check always (the reason), an exit when the host said more than the
+/// status the STATE cell shows (a signal, an upcoming restart).
 fn needs_note(m: &Machine) -> bool {
     match (m.state, m.message.as_deref(), m.exit_status) {
-        (MachineState::Failed, Some(_), _) => true,
+        (MachineState::Failed | MachineState::Unhealthy, Some(_), _) => true,
         (MachineState::Exited, Some(msg), Some(code)) => {
             msg != format!("exited with status {code}")
         }
@@ -298,8 +301,8 @@ fn needs_note(m: &Machine) -> bool {
     }
 }
 
-/// `machines list`: ID | NAME | STATE | RELEASE | HOST | AGE, then one line per failed or
-/// exited machine with the host's reason (`* web-1: vault unavailable: …`), marked `*` in
+/// `machines list`: ID | NAME | STATE | RELEASE | HOST | AGE, then one line per failed,
+/// unhealthy or exited machine with the host's reason (`* web-1: vault unavailable: …`), marked `*` in
 /// the STATE column.
 pub fn machines_table(machines: &[Machine], now: Timestamp, tty: bool) -> String {
     let mut t = table(&["ID", "NAME", "STATE", "RELEASE", "HOST", "AGE"], tty);
@@ -624,6 +627,7 @@ mod tests {
             host: "dev".into(),
             command: vec!["./server".into()],
             restart: RestartPolicy::No,
+            check: None,
             exit_status: None,
             message: None,
             created_at: created.into(),
@@ -632,7 +636,7 @@ mod tests {
     }
 
     fn machines() -> Vec<Machine> {
-        use coffer_core::wire::machines::DesiredState;
+        use coffer_core::wire::machines::{DesiredState, HealthCheck};
         let mut failed = machine(
             "9c01d3e4",
             "worker",
@@ -664,6 +668,17 @@ mod tests {
             "2026-11-01T12:00:00Z",
         );
         stopping.desired = DesiredState::Stopped;
+        let mut unhealthy = machine(
+            "e1f2a3b4",
+            "api",
+            MachineState::Unhealthy,
+            "2026-11-05T11:00:00Z",
+        );
+        unhealthy.check = Some(HealthCheck::Http {
+            port: 8080,
+            path: "/healthz".into(),
+        });
+        unhealthy.message = Some("http check GET :8080/healthz: status 500".into());
         vec![
             machine(
                 "3f2a9c01",
@@ -675,6 +690,7 @@ mod tests {
             exited,
             stopping,
             done,
+            unhealthy,
             machine(
                 "51c4e2aa",
                 "web-2",
@@ -682,6 +698,18 @@ mod tests {
                 "2026-11-03T12:00:00Z",
             ),
         ]
+    }
+
+    #[test]
+    fn machines_json_shows_the_health_check() {
+        let v: serde_json::Value = serde_json::from_str(&json(&machines()[5..6]).unwrap()).unwrap();
+        assert_eq!(v[0]["name"], "api");
+        assert_eq!(v[0]["state"], "unhealthy");
+        assert_eq!(
+            v[0]["check"],
+            serde_json::json!({"type": "http", "port": 8080, "path": "/healthz"})
+        );
+        assert_eq!(v[0]["message"], "http check GET :8080/healthz: status 500");
     }
 
     #[test]

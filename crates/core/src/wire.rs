@@ -355,6 +355,10 @@ pub mod machines {
         Exited,
         /// Could not start (see `message`); the host retries with backoff.
         Failed,
+        /// Started, but failing its health check (see `message`). The workload keeps running:
+        /// the check does not restart or stop it; the host reports `started` again once the
+        /// check passes.
+        Unhealthy,
         Destroyed,
     }
 
@@ -367,6 +371,7 @@ pub mod machines {
                 MachineState::Stopped => "stopped",
                 MachineState::Exited => "exited",
                 MachineState::Failed => "failed",
+                MachineState::Unhealthy => "unhealthy",
                 MachineState::Destroyed => "destroyed",
             }
         }
@@ -378,9 +383,67 @@ pub mod machines {
                 "stopped" => MachineState::Stopped,
                 "exited" => MachineState::Exited,
                 "failed" => MachineState::Failed,
+                "unhealthy" => MachineState::Unhealthy,
                 "destroyed" => MachineState::Destroyed,
                 _ => return None,
             })
+        }
+    }
+
+    /// The longest health-check path accepted.
+    pub const MAX_CHECK_PATH: usize = 512;
+
+    /// How the host checks that a started workload is healthy: from the host itself, on
+    /// 127.0.0.1, every second. A machine that fails it inside a release's crash window fails
+    /// the release; outside a release it is shown `unhealthy` and left running.
+    #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+    #[serde(tag = "type", rename_all = "lowercase", deny_unknown_fields)]
+    pub enum HealthCheck {
+        /// `GET PATH` over plain HTTP/1.1; a 2xx or 3xx status is healthy.
+        Http { port: u16, path: String },
+        /// A TCP connection to the port is accepted.
+        Tcp { port: u16 },
+    }
+
+    impl HealthCheck {
+        pub fn port(&self) -> u16 {
+            match self {
+                HealthCheck::Http { port, .. } | HealthCheck::Tcp { port } => *port,
+            }
+        }
+
+        /// What is checked, for messages: `GET :8080/healthz`, `:5432`.
+        pub fn target(&self) -> String {
+            match self {
+                HealthCheck::Http { port, path } => format!("GET :{port}{path}"),
+                HealthCheck::Tcp { port } => format!(":{port}"),
+            }
+        }
+
+        /// The rules the API enforces (the CLI checks them too): a port in 1..=65535, an HTTP
+        /// path that starts with `/`, at most [`MAX_CHECK_PATH`] bytes, with no whitespace or
+        /// control character (it goes into the request line as-is).
+        pub fn validate(&self) -> Result<(), String> {
+            if self.port() == 0 {
+                return Err("the health check port must be between 1 and 65535".into());
+            }
+            if let HealthCheck::Http { path, .. } = self {
+                if !path.starts_with('/') {
+                    return Err("the health check path must start with '/'".into());
+                }
+                if path.len() > MAX_CHECK_PATH {
+                    return Err(format!(
+                        "the health check path must be at most {MAX_CHECK_PATH} bytes"
+                    ));
+                }
+                if path.chars().any(|c| c.is_whitespace() || c.is_control()) {
+                    return Err(
+                        "the health check path must not contain spaces or control characters"
+                            .into(),
+                    );
+                }
+            }
+            Ok(())
         }
     }
 
@@ -397,6 +460,9 @@ pub mod machines {
         pub env: BTreeMap<String, String>,
         #[serde(default)]
         pub restart: RestartPolicy,
+        /// Checked by the host while the workload runs (see [`HealthCheck`]).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub check: Option<HealthCheck>,
     }
 
     #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -413,6 +479,8 @@ pub mod machines {
         pub command: Vec<String>,
         pub restart: RestartPolicy,
         #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub check: Option<HealthCheck>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
         pub exit_status: Option<i32>,
         /// Why the machine is in its state (a failed boot's reason, …).
         #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -424,7 +492,7 @@ pub mod machines {
 
 /// Between a host agent and the control plane / vault.
 pub mod agent {
-    use super::machines::{DesiredState, MachineState, RestartPolicy};
+    use super::machines::{DesiredState, HealthCheck, MachineState, RestartPolicy};
     use serde::{Deserialize, Serialize};
     use std::collections::BTreeMap;
 
@@ -475,6 +543,9 @@ pub mod agent {
         pub command: Vec<String>,
         pub env: BTreeMap<String, String>,
         pub restart: RestartPolicy,
+        /// Probed by the agent while the workload runs; failing it is reported `unhealthy`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub check: Option<HealthCheck>,
         pub desired: DesiredState,
         pub secrets_version: i64,
         pub release_version: i64,
@@ -572,5 +643,104 @@ pub mod agent {
         /// The values sealed to the one-time key (base64), context (app id, machine id,
         /// secrets version).
         pub bundle: String,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::agent::Assignment;
+    use super::machines::{HealthCheck, MachineState, RunMachine};
+
+    #[test]
+    fn health_checks_on_the_wire() {
+        let http = HealthCheck::Http {
+            port: 8080,
+            path: "/healthz".into(),
+        };
+        assert_eq!(
+            serde_json::to_value(&http).unwrap(),
+            serde_json::json!({"type": "http", "port": 8080, "path": "/healthz"})
+        );
+        assert_eq!(
+            serde_json::to_value(HealthCheck::Tcp { port: 5432 }).unwrap(),
+            serde_json::json!({"type": "tcp", "port": 5432})
+        );
+        let run: RunMachine = serde_json::from_value(serde_json::json!({
+            "command": ["./server"],
+            "check": {"type": "http", "port": 8080, "path": "/healthz"},
+        }))
+        .unwrap();
+        assert_eq!(run.check, Some(http));
+        // Without a check, nothing is sent, and old bodies still parse.
+        let run: RunMachine =
+            serde_json::from_value(serde_json::json!({"command": ["./server"]})).unwrap();
+        assert_eq!(run.check, None);
+        assert!(!serde_json::to_string(&run).unwrap().contains("check"));
+        for bad in [
+            serde_json::json!({"type": "udp", "port": 53}),
+            serde_json::json!({"type": "tcp", "port": 70000}),
+            serde_json::json!({"type": "tcp", "port": 1, "timeout": 5}),
+            serde_json::json!({"type": "http", "port": 1}),
+        ] {
+            assert!(
+                serde_json::from_value::<HealthCheck>(bad.clone()).is_err(),
+                "{bad}"
+            );
+        }
+        let a: Result<Assignment, _> = serde_json::from_value(serde_json::json!({
+            "machine_id": "m", "app_id": "a", "app_name": "web", "name": "web-1",
+            "command": ["x"], "env": {}, "restart": "no", "desired": "running",
+            "secrets_version": 1, "release_version": 1, "generation": 1,
+        }));
+        assert_eq!(
+            a.unwrap().check,
+            None,
+            "an older control plane's assignment"
+        );
+    }
+
+    #[test]
+    fn health_check_rules() {
+        let http = |port, path: &str| HealthCheck::Http {
+            port,
+            path: path.into(),
+        };
+        assert!(http(8080, "/").validate().is_ok());
+        assert!(http(1, "/healthz?full=1").validate().is_ok());
+        assert!(HealthCheck::Tcp { port: 65535 }.validate().is_ok());
+        assert!(HealthCheck::Tcp { port: 0 }.validate().is_err());
+        assert!(http(0, "/").validate().is_err());
+        assert!(http(80, "healthz").validate().is_err());
+        assert!(http(80, "").validate().is_err());
+        assert!(http(80, "/a b").validate().is_err());
+        assert!(http(80, "/a\r\nHost: x").validate().is_err());
+        assert!(http(80, &format!("/{}", "a".repeat(511)))
+            .validate()
+            .is_ok());
+        assert!(http(80, &format!("/{}", "a".repeat(512)))
+            .validate()
+            .is_err());
+        assert_eq!(http(8080, "/healthz").target(), "GET :8080/healthz");
+        assert_eq!(HealthCheck::Tcp { port: 5432 }.target(), ":5432");
+    }
+
+    #[test]
+    fn machine_states_round_trip() {
+        for s in [
+            MachineState::Pending,
+            MachineState::Starting,
+            MachineState::Started,
+            MachineState::Stopped,
+            MachineState::Exited,
+            MachineState::Failed,
+            MachineState::Unhealthy,
+            MachineState::Destroyed,
+        ] {
+            assert_eq!(MachineState::parse(s.as_str()), Some(s));
+            assert_eq!(
+                serde_json::to_value(s).unwrap(),
+                serde_json::json!(s.as_str())
+            );
+        }
     }
 }

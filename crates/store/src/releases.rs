@@ -12,7 +12,8 @@ use std::collections::BTreeMap;
 pub enum ReleaseStatus {
     Running,
     Complete,
-    /// A machine crashed or failed to boot in its crash window; the updated machines were put
+    /// A machine crashed, failed to boot or failed its health check in its crash window (or the
+    /// control plane restarted mid-release); the updated machines were put
     /// back on the previous secrets.
     Failed,
     /// The release that records the automatic rollback after a failed one.
