@@ -16,7 +16,6 @@ use coffer_core::{Action, ChangeSet, SecretName, SecretValue};
 use coffer_crypto::{digest_hex, seal_values};
 use coffer_http::{ApiError, ApiResult};
 use coffer_store::{NewRelease, NewValue, NewVersion, StoreError};
-use std::collections::HashMap;
 
 /// How often a write is recomputed when another write to the same app won the race.
 const WRITE_ATTEMPTS: usize = 5;
@@ -69,7 +68,7 @@ pub async fn write(
 
     for attempt in 1..=WRITE_ATTEMPTS {
         let base = app.secrets_version;
-        let current = s.store.snapshot(&app.id, base).await?;
+        let current = s.store.listing(&app.id, base, base).await?;
         let sizes: Vec<(SecretName, usize)> = current
             .iter()
             .map(|c| (c.name.clone(), c.value_len as usize))
@@ -145,20 +144,10 @@ pub async fn list(
     Path(app): Path<String>,
 ) -> ApiResult<Json<SecretList>> {
     let app = authorized_app(&s, &caller, Action::Read, &app).await?;
-    let current = s.store.snapshot(&app.id, app.secrets_version).await?;
-    let deployed: HashMap<SecretName, i64> = if app.deployed_version == app.secrets_version {
-        current
-            .iter()
-            .map(|c| (c.name.clone(), c.value_version))
-            .collect()
-    } else {
-        s.store
-            .snapshot(&app.id, app.deployed_version)
-            .await?
-            .into_iter()
-            .map(|c| (c.name, c.value_version))
-            .collect()
-    };
+    let current = s
+        .store
+        .listing(&app.id, app.secrets_version, app.deployed_version)
+        .await?;
     let secrets = current
         .iter()
         .map(|c| SecretInfo {
@@ -166,7 +155,7 @@ pub async fn list(
             digest: c.digest.clone(),
             created_at: rfc3339(c.created_at),
             updated_at: rfc3339(c.updated_at),
-            status: if deployed.get(&c.name) == Some(&c.value_version) {
+            status: if c.deployed {
                 SecretStatus::Deployed
             } else {
                 SecretStatus::Staged

@@ -243,6 +243,10 @@ pub(crate) async fn connect(url: &DatabaseUrl, mode: OpenMode) -> Result<Pools> 
                 AnyPoolOptions::new()
                     .max_connections(max)
                     .acquire_timeout(Duration::from_secs(30))
+                    // sqlx already pings every connection when it goes back to the pool; a
+                    // second ping on every acquire is one more round trip to SQLite's thread
+                    // per statement (see BENCHMARKS.md, "Where coffer's time goes").
+                    .test_before_acquire(false)
                     .after_connect(|conn, _meta| {
                         Box::pin(async move {
                             for pragma in SQLITE_PRAGMAS {
@@ -262,6 +266,7 @@ pub(crate) async fn connect(url: &DatabaseUrl, mode: OpenMode) -> Result<Pools> 
             let pool = AnyPoolOptions::new()
                 .max_connections(POSTGRES_CONNECTIONS)
                 .acquire_timeout(Duration::from_secs(30))
+                .test_before_acquire(false)
                 .connect_with(options)
                 .await?;
             Ok(Pools {

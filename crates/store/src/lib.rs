@@ -82,6 +82,19 @@ pub struct StoredSecret {
     pub updated_at: Micros,
 }
 
+/// One row of `secrets list`: a stored secret without its ciphertext.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListedSecret {
+    pub name: SecretName,
+    pub value_version: i64,
+    pub digest: String,
+    pub value_len: i64,
+    pub created_at: Micros,
+    pub updated_at: Micros,
+    /// The same value is in the deployed version.
+    pub deployed: bool,
+}
+
 /// A value to store in a new version: already sealed by the caller.
 #[derive(Debug, Clone)]
 pub struct NewValue {

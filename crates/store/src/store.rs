@@ -5,8 +5,8 @@
 
 use crate::engine::{self, DatabaseUrl, Engine, OpenMode};
 use crate::{
-    AppKeyRecord, AppRecord, ChangeKind, ChangeRecord, Micros, NewToken, NewValue, NewVersion,
-    Result, StoreError, StoredSecret, TokenRecord, VersionRecord, WriteOutcome,
+    AppKeyRecord, AppRecord, ChangeKind, ChangeRecord, ListedSecret, Micros, NewToken, NewValue,
+    NewVersion, Result, StoreError, StoredSecret, TokenRecord, VersionRecord, WriteOutcome,
 };
 use coffer_core::{Action, AppName, SecretName};
 use sqlx::any::AnyRow;
@@ -243,6 +243,58 @@ impl Store {
                     value_len: row.try_get("value_len")?,
                     created_at: row.try_get("created_at")?,
                     updated_at: row.try_get("updated_at")?,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        secrets.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(secrets)
+    }
+
+    /// What `secrets list` shows of one version, without reading any ciphertext: each name's
+    /// digest, length and dates, and whether the value is also the one in `deployed_version`.
+    /// One statement.
+    pub async fn listing(
+        &self,
+        app_id: &str,
+        version: i64,
+        deployed_version: i64,
+    ) -> Result<Vec<ListedSecret>> {
+        if version == 0 {
+            return Ok(Vec::new());
+        }
+        if version < 0 {
+            return Err(StoreError::NotFound("secrets version"));
+        }
+        let rows = sqlx::query(
+            "SELECT m.name, m.value_version, v.digest, v.value_len, v.created_at, v.updated_at, \
+             d.value_version AS deployed_value_version \
+             FROM secret_members m JOIN secret_values v \
+             ON v.app_id = m.app_id AND v.name = m.name AND v.version = m.value_version \
+             LEFT JOIN secret_members d \
+             ON d.app_id = m.app_id AND d.name = m.name AND d.version = $1 \
+             WHERE m.app_id = $2 AND m.version = $3",
+        )
+        .bind(deployed_version)
+        .bind(app_id)
+        .bind(version)
+        .fetch_all(&self.read)
+        .await?;
+        if rows.is_empty() && !self.version_exists(app_id, version).await? {
+            return Err(StoreError::NotFound("secrets version"));
+        }
+        let mut secrets = rows
+            .iter()
+            .map(|row| {
+                let value_version: i64 = row.try_get("value_version")?;
+                let deployed: Option<i64> = row.try_get("deployed_value_version")?;
+                Ok(ListedSecret {
+                    name: secret_name(row.try_get("name")?)?,
+                    value_version,
+                    digest: row.try_get("digest")?,
+                    value_len: row.try_get("value_len")?,
+                    created_at: row.try_get("created_at")?,
+                    updated_at: row.try_get("updated_at")?,
+                    deployed: deployed == Some(value_version),
                 })
             })
             .collect::<Result<Vec<_>>>()?;

@@ -1139,6 +1139,15 @@ mod release_scenarios {
                 .unwrap(),
             2
         );
+        // The listing says which values are also deployed, without reading ciphertexts.
+        let listed = store.listing(&app.id, 2, 1).await.unwrap();
+        let flags: Vec<(&str, bool)> = listed
+            .iter()
+            .map(|l| (l.name.as_str(), l.deployed))
+            .collect();
+        assert_eq!(flags, [("A", true), ("B", false)]);
+        assert_eq!(listed[0].value_len, 1);
+        assert_not_found(store.listing(&app.id, 9, 1).await, "secrets version");
         assert_conflict(
             store.deploy_staged(&app.id, &rel("Deploy")).await,
             "release is already running",
