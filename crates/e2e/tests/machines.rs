@@ -6,7 +6,7 @@ mod common;
 
 use coffer_core::wire::agent::{BootGrant, DecryptRequest, DecryptResponse};
 use coffer_crypto::machine_token::{self, HostKey};
-use common::{wait_for, Dev, Engine};
+use common::{pids_with, unique_sleep, wait_for, Dev, Engine};
 use serde_json::Value;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -42,30 +42,6 @@ fn run_machine(dev: &Dev, app: &str, extra: &[&str], command: &[&str]) -> String
 
 fn machine_dir(dev: &Dev, id: &str) -> PathBuf {
     dev.data_dir.join("agent/machines").join(id)
-}
-
-/// PIDs of processes whose command line contains `marker`.
-fn pids_with(marker: &str) -> Vec<u32> {
-    let mut out = Vec::new();
-    for e in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
-            continue;
-        };
-        if let Ok(cmd) = std::fs::read(e.path().join("cmdline")) {
-            if String::from_utf8_lossy(&cmd).contains(marker) {
-                out.push(pid);
-            }
-        }
-    }
-    out
-}
-
-fn unique_sleep() -> String {
-    use rand::Rng;
-    format!(
-        "1000.{:09}",
-        rand::thread_rng().gen_range(0..1_000_000_000u32)
-    )
 }
 
 /// `env -0` output as a map, from the machine's output log (agent lines removed).

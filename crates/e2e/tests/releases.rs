@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{wait_for, Dev, Engine};
+use common::{pids_with, unique_sleep, wait_for, Dev, Engine};
 use serde_json::Value;
 
 fn json(s: &str) -> Value {
@@ -23,29 +23,6 @@ fn releases(dev: &Dev) -> Vec<Value> {
         .as_array()
         .unwrap()
         .clone()
-}
-
-fn pids_with(marker: &str) -> Vec<u32> {
-    let mut out = Vec::new();
-    for e in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
-            continue;
-        };
-        if let Ok(cmd) = std::fs::read(e.path().join("cmdline")) {
-            if String::from_utf8_lossy(&cmd).contains(marker) {
-                out.push(pid);
-            }
-        }
-    }
-    out
-}
-
-fn marker() -> String {
-    use rand::Rng;
-    format!(
-        "1000.{:09}",
-        rand::thread_rng().gen_range(0..1_000_000_000u32)
-    )
 }
 
 /// A machine whose workload exits 1 at once when MODE is "bad", else after $DELAY seconds if
@@ -82,7 +59,7 @@ fn setup(dev: &Dev) -> (String, String, String, String) {
     let apps = json(&dev.ok(&["apps", "list", "--json"]));
     assert_eq!(apps[0]["crash_window_secs"], 2);
     dev.ok(&["secrets", "set", "-a", "web", "MODE=good"]);
-    let (m1, m2) = (marker(), marker());
+    let (m1, m2) = (unique_sleep(), unique_sleep());
     let id1 = run_worker(dev, &m1);
     let id2 = run_worker(dev, &m2);
     wait_for(30, "both machines to start", || all_started(dev));
@@ -214,7 +191,7 @@ async fn crash_timing(engine: Engine) {
     dev.ok(&["apps", "create", "web"]);
     dev.ok(&["apps", "update", "web", "--crash-window", "3s"]);
     dev.ok(&["secrets", "set", "-a", "web", "MODE=good"]);
-    run_worker(&dev, &marker());
+    run_worker(&dev, &unique_sleep());
     wait_for(30, "the machine to start", || all_started(&dev));
     // Crash 1 s after start, and just inside the window's edge: both fail the release.
     for delay in ["1", "2.5"] {

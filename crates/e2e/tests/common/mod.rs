@@ -573,3 +573,28 @@ pub async fn dump_postgres(url: &str) -> String {
     pool.close().await;
     out
 }
+
+/// PIDs of processes whose command line contains `marker`.
+pub fn pids_with(marker: &str) -> Vec<u32> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        if let Ok(cmd) = std::fs::read(e.path().join("cmdline")) {
+            if String::from_utf8_lossy(&cmd).contains(marker) {
+                out.push(pid);
+            }
+        }
+    }
+    out
+}
+
+/// A `sleep` argument no other process has, so a workload can be found in `/proc`.
+pub fn unique_sleep() -> String {
+    use rand::Rng;
+    format!(
+        "1000.{:09}",
+        rand::thread_rng().gen_range(0..1_000_000_000u32)
+    )
+}
