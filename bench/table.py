@@ -147,7 +147,7 @@ def main():
     if others and max(others) > 0.1:
         prio = (f"; they ran at lower priority than the benchmark (nice {a.nice}), so mostly in "
                 "its idle time" if a.nice < 0 else "")
-        notes.append(f"the machine was not quiet: other processes used {min(others):.2f} to "
+        notes.append(f"other processes on the machine used {min(others):.2f} to "
                      f"{max(others):.2f} cores (median {statistics.median(others):.2f}) during "
                      f"the measured windows{prio}")
     for n in notes:
