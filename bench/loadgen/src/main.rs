@@ -479,6 +479,9 @@ enum Plan {
     List,
     /// The same batch-decrypt body each time (OpenBao transit).
     TransitDecrypt(Bytes),
+    /// Signed decrypt requests of one machine's boot (coffer's vault), each with its own
+    /// one-time key, used in turn.
+    CofferBoot(Vec<Bytes>, std::sync::atomic::AtomicUsize),
 }
 
 impl Plan {
@@ -501,6 +504,14 @@ impl Plan {
             (Plan::List, System::Openbao) => {
                 target.request(Method::GET, &format!("/v1/secret/metadata/app-{app}"), None)
             }
+            (Plan::CofferBoot(bodies, next), _) => {
+                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % bodies.len();
+                let mut req = target.request(Method::POST, "/v1/decrypt", None);
+                req.headers_mut()
+                    .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+                *req.body_mut() = Full::new(bodies[i].clone());
+                req
+            }
             (Plan::TransitDecrypt(body), _) => {
                 let mut req = target.request(
                     Method::POST,
@@ -518,6 +529,125 @@ impl Plan {
 
 /// One-time setup of the OpenBao boot-decrypt workload: a transit key and 50 ciphertexts of
 /// 40-byte values, encrypted once; every request then decrypts all 50 in one batch.
+/// One-time setup of coffer's boot-decrypt workload, done as a host agent does it: an app
+/// with 50 secrets, a host registered with its own Ed25519 key, a machine of the app placed on
+/// that host, and one boot grant (machine token + ciphertexts). Then 256 decrypt requests, each
+/// with a fresh one-time X25519 key and the host's signature, used in turn (the vault accepts a
+/// request for a minute; each answer is sealed to its request's one-time key).
+async fn coffer_boot_setup(api: &Target) -> Result<Vec<Bytes>, Error> {
+    use coffer_crypto::machine_token::{decrypt_request_message, HostKey};
+    let mut conn = None;
+    let call = |method: Method, path: String, body: Option<Value>, auth: Option<String>| {
+        let mut req = api.request(method, &path, body.map(|b| serde_json::to_vec(&b).expect("json")));
+        if let Some(token) = auth {
+            req.headers_mut().insert(
+                AUTHORIZATION,
+                HeaderValue::from_str(&format!("Bearer {token}")).expect("header"),
+            );
+        }
+        req
+    };
+    let mut rng = Rng::new(11);
+    let app = format!("boot-bench-{}", std::process::id());
+    let expect = |o: Outcome, what: &str| -> Result<Value, Error> {
+        if !is_ok(o.status) {
+            return Err(format!("{what}: http {}: {}", o.status, clip(&o.body)).into());
+        }
+        Ok(serde_json::from_slice(&o.body).unwrap_or(Value::Null))
+    };
+    expect(send(api, &mut conn, call(Method::POST, "/v1/apps".into(), Some(json!({"name": app})), None)).await?, "create app")?;
+    let set: Vec<Value> = (0..BOOT_SECRETS).map(|i| json!({"name": format!("K{i}"), "value": rng.value()})).collect();
+    expect(
+        send(api, &mut conn, call(Method::POST, format!("/v1/apps/{app}/secrets"), Some(json!({"set": set})), None)).await?,
+        "set secrets",
+    )?;
+    let host_key = HostKey::generate();
+    let host = expect(
+        send(
+            api,
+            &mut conn,
+            call(
+                Method::POST,
+                "/v1/hosts".into(),
+                Some(json!({"name": "bench-host", "address": "http://127.0.0.1:9", "public_key": host_key.public_key_hex()})),
+                None,
+            ),
+        )
+        .await?,
+        "register host",
+    )?;
+    let host_id = host["host_id"].as_str().ok_or("no host id")?.to_string();
+    let host_token = host["host_token"].as_str().ok_or("no host token")?.to_string();
+    // The API places a machine on the live host with the fewest machines; `cofferd dev`'s own
+    // host comes first, so machines are created until one lands on the bench host.
+    let mut machine = None;
+    for _ in 0..4 {
+        let m = expect(
+            send(
+                api,
+                &mut conn,
+                call(Method::POST, format!("/v1/apps/{app}/machines"), Some(json!({"command": ["sleep", "1000000"]})), None),
+            )
+            .await?,
+            "create machine",
+        )?;
+        if m["host"] == "bench-host" {
+            machine = m["id"].as_str().map(str::to_string);
+            break;
+        }
+    }
+    let machine_id = machine.ok_or("no machine was placed on the bench host")?;
+    let grant = expect(
+        send(
+            api,
+            &mut conn,
+            call(Method::POST, format!("/v1/hosts/{host_id}/machines/{machine_id}/boot"), None, Some(host_token)),
+        )
+        .await?,
+        "boot grant",
+    )?;
+    let token = grant["machine_token"].as_str().ok_or("no machine token")?.to_string();
+    let cts = grant["ciphertexts"].as_array().ok_or("no ciphertexts")?.clone();
+    if cts.len() != BOOT_SECRETS {
+        return Err(format!("the grant has {} ciphertexts, not {BOOT_SECRETS}", cts.len()).into());
+    }
+    let listed: Vec<(String, i64, String)> = cts
+        .iter()
+        .map(|c| {
+            (
+                c["name"].as_str().unwrap_or_default().to_string(),
+                c["version"].as_i64().unwrap_or_default(),
+                c["ciphertext"].as_str().unwrap_or_default().to_string(),
+            )
+        })
+        .collect();
+    let listed_refs: Vec<(&str, i64, &str)> = listed.iter().map(|(n, v, c)| (n.as_str(), *v, c.as_str())).collect();
+    let issued_at = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0);
+    let mut bodies = Vec::with_capacity(256);
+    for _ in 0..256 {
+        let (_sk, pk) = coffer_crypto::PrivateKey::generate();
+        let pk_hex = hex_encode(&pk.to_bytes());
+        let msg = decrypt_request_message(&token, &machine_id, &pk_hex, issued_at, &listed_refs);
+        let body = json!({
+            "machine_token": token,
+            "machine_id": machine_id,
+            "one_time_public_key": pk_hex,
+            "ciphertexts": cts,
+            "issued_at": issued_at,
+            "host_signature": host_key.sign_hex(&msg),
+        });
+        bodies.push(Bytes::from(serde_json::to_vec(&body)?));
+    }
+    Ok(bodies)
+}
+
+fn hex_encode(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
 async fn transit_setup(target: &Target) -> Result<Bytes, Error> {
     let mut conn = None;
     let o = send(
@@ -620,14 +750,15 @@ async fn run(args: &Args) -> Result<Value, Error> {
             Plan::TransitDecrypt(transit_setup(&target).await?)
         }
         (Workload::BootDecrypt, System::Coffer) => {
-            // PLACEHOLDER (issue 5, part 2): coffer's boot decrypt — machine token check +
-            // decrypt + re-encrypt to the agent's one-time key — needs the machine-token route
-            // of issue 3. When it lands: preload machines and tokens, make a one-time X25519
-            // key per request (coffer-crypto), POST the boot request, and open the bundle.
-            let mut out = base;
-            out["skipped"] = json!("coffer has no boot-decrypt route yet (machines, issue 3)");
-            return Ok(out);
+            let bodies = coffer_boot_setup(&target).await?;
+            Plan::CofferBoot(bodies, std::sync::atomic::AtomicUsize::new(0))
         }
+    };
+    // coffer's boot decrypt goes to its vault, not its API.
+    let target = match (&plan, args.0.get("vault-url")) {
+        (Plan::CofferBoot(..), Some(vault)) => Arc::new(Target::new(system, vault, &token(args)?)?),
+        (Plan::CofferBoot(..), None) => return Err("--vault-url is needed for coffer's boot-decrypt".into()),
+        _ => target,
     };
     let plan = Arc::new(plan);
     let items_per_req = match workload {
