@@ -281,17 +281,8 @@ pub fn wait_ready_child(url: &str, child: &mut Child, log: &Path) {
                 std::fs::read_to_string(log).unwrap_or_default()
             );
         }
-        if let Ok(mut s) = std::net::TcpStream::connect(&addr) {
-            use std::io::Write;
-            let _ = write!(
-                s,
-                "GET /readyz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
-            );
-            let mut resp = String::new();
-            let _ = s.read_to_string(&mut resp);
-            if resp.starts_with("HTTP/1.1 200") {
-                return;
-            }
+        if is_ready(&addr) {
+            return;
         }
         assert!(
             Instant::now() < deadline,
@@ -368,22 +359,28 @@ fn wait_for_api_url(out: &Path, err: &Path, child: &mut Child) -> String {
     }
 }
 
+/// One `GET /readyz` on `addr` (host:port): true on a 200.
+fn is_ready(addr: &str) -> bool {
+    use std::io::Write;
+    let Ok(mut s) = std::net::TcpStream::connect(addr) else {
+        return false;
+    };
+    let _ = write!(
+        s,
+        "GET /readyz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    );
+    let mut resp = String::new();
+    let _ = s.read_to_string(&mut resp);
+    resp.starts_with("HTTP/1.1 200")
+}
+
 /// Polls `/readyz` instead of sleeping.
 pub fn wait_ready(api_url: &str) {
     let deadline = Instant::now() + Duration::from_secs(30);
     let addr = api_url.trim_start_matches("http://").to_string();
     loop {
-        if let Ok(mut s) = std::net::TcpStream::connect(&addr) {
-            use std::io::Write;
-            let _ = write!(
-                s,
-                "GET /readyz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
-            );
-            let mut resp = String::new();
-            let _ = s.read_to_string(&mut resp);
-            if resp.starts_with("HTTP/1.1 200") {
-                return;
-            }
+        if is_ready(&addr) {
+            return;
         }
         assert!(
             Instant::now() < deadline,
