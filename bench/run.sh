@@ -184,8 +184,13 @@ XDG_CONFIG_HOME=$WORK/xdg ${PRIO[@]+"${PRIO[@]}"} "$COFFERD" dev --data-dir "$WO
 COFFER_PID=$!
 wait_http "$COFFER_URL/healthz" 30 '^200$' || die "cofferd did not start (see $WORK/coffer.stdout.log)"
 [[ -s $WORK/coffer/admin.token ]] || die "cofferd wrote no admin token in $WORK/coffer"
-# The vault's URL, for the boot-decrypt workload (cofferd dev prints it at start).
-COFFER_VAULT_URL=$(awk '/^ *vault:/{print $2; exit}' "$WORK/coffer.stdout.log")
+# The vault's URL, for the boot-decrypt workload (cofferd dev prints it once everything is up,
+# which may be a moment after the API answers).
+for _ in $(seq 50); do
+  COFFER_VAULT_URL=$(awk '/^ *vault:/{print $2; exit}' "$WORK/coffer.stdout.log")
+  [[ -n $COFFER_VAULT_URL ]] && break
+  sleep 0.1
+done
 [[ $COFFER_VAULT_URL == http://127.0.0.1:* ]] || die "cofferd printed no vault URL (see $WORK/coffer.stdout.log)"
 
 log "load average before the workloads: $(cut -d' ' -f1-3 /proc/loadavg) on $(nproc) cores (the run should be alone on the machine); nice $NICE"

@@ -95,6 +95,7 @@ pub async fn destroy(
     s.keys.vault().delete_keys(&app.id).await?;
     s.keys.evict(&app.id);
     s.store.delete_app(&app.id).await?;
+    s.tokens.clear();
     tracing::info!(app = %app.name, "app destroyed");
     Ok(StatusCode::NO_CONTENT)
 }

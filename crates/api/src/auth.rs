@@ -7,7 +7,10 @@ use axum::http::request::Parts;
 use coffer_core::{Action, AppName, Scope};
 use coffer_crypto::token::{ct_eq, parse_token};
 use coffer_http::ApiError;
-use coffer_store::{now_micros, StoreError};
+use coffer_store::{now_micros, StoreError, TokenRecord};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 #[derive(Debug, Clone)]
 pub struct Caller {
@@ -40,10 +43,13 @@ impl FromRequestParts<ApiState> for Caller {
     async fn from_request_parts(parts: &mut Parts, state: &ApiState) -> Result<Self, ApiError> {
         let presented = coffer_http::bearer(&parts.headers).ok_or_else(ApiError::unauthorized)?;
         let (id, hash) = parse_token(presented).ok_or_else(ApiError::unauthorized)?;
-        let rec = match state.store.token(&id).await {
-            Ok(r) => r,
-            Err(StoreError::NotFound(_)) => return Err(ApiError::unauthorized()),
-            Err(e) => return Err(e.into()),
+        let rec = match state.tokens.get(&id) {
+            Some(r) => r,
+            None => match state.store.token(&id).await {
+                Ok(r) => state.tokens.put(r),
+                Err(StoreError::NotFound(_)) => return Err(ApiError::unauthorized()),
+                Err(e) => return Err(e.into()),
+            },
         };
         if !ct_eq(&hash, &rec.secret_hash)
             || rec.revoked_at.is_some()
@@ -57,13 +63,58 @@ impl FromRequestParts<ApiState> for Caller {
             rec.description.clone()
         };
         Ok(Caller {
-            token_id: rec.id,
+            token_id: rec.id.clone(),
             scope: Scope {
-                app: rec.app_name,
+                app: rec.app_name.clone(),
                 action: rec.action,
             },
             actor,
         })
+    }
+}
+
+/// How long an API token's record, once read, is reused without reading the store again: the
+/// token check is on every request, and its read was a large share of a cheap one. Revoking a
+/// token or destroying an app through this process takes effect at once (the entries are
+/// dropped); through another API replica sharing the database, within this time.
+pub const TOKEN_CACHE_TTL: Duration = Duration::from_secs(1);
+
+/// Entries at most; when full the cache starts over. Only records of existing tokens are kept,
+/// so a caller sending made-up tokens cannot fill it.
+const TOKEN_CACHE_MAX: usize = 4096;
+
+/// Recently read API token records by token id. Each request still checks the presented
+/// secret against the record's hash, the revocation and the expiry.
+#[derive(Default)]
+pub struct TokenCache {
+    entries: Mutex<HashMap<String, (Instant, Arc<TokenRecord>)>>,
+}
+
+impl TokenCache {
+    fn get(&self, id: &str) -> Option<Arc<TokenRecord>> {
+        let entries = self.entries.lock().expect("token cache lock");
+        let (read_at, rec) = entries.get(id)?;
+        (read_at.elapsed() < TOKEN_CACHE_TTL).then(|| rec.clone())
+    }
+
+    fn put(&self, rec: TokenRecord) -> Arc<TokenRecord> {
+        let rec = Arc::new(rec);
+        let mut entries = self.entries.lock().expect("token cache lock");
+        if entries.len() >= TOKEN_CACHE_MAX {
+            entries.clear();
+        }
+        entries.insert(rec.id.clone(), (Instant::now(), rec.clone()));
+        rec
+    }
+
+    /// After a revocation.
+    pub fn forget(&self, id: &str) {
+        self.entries.lock().expect("token cache lock").remove(id);
+    }
+
+    /// After an app is destroyed (its tokens go with it).
+    pub fn clear(&self) {
+        self.entries.lock().expect("token cache lock").clear();
     }
 }
 
@@ -101,5 +152,55 @@ impl FromRequestParts<ApiState> for HostCaller {
             return Err(ApiError::unauthorized());
         }
         Ok(HostCaller { host })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(id: &str) -> TokenRecord {
+        TokenRecord {
+            id: id.into(),
+            secret_hash: vec![7; 32],
+            app_id: None,
+            app_name: None,
+            action: Action::Read,
+            description: String::new(),
+            created_at: 0,
+            expires_at: i64::MAX,
+            revoked_at: None,
+        }
+    }
+
+    #[test]
+    fn token_cache_keeps_forgets_and_stays_bounded() {
+        let cache = TokenCache::default();
+        assert!(cache.get("a").is_none());
+        cache.put(record("a"));
+        cache.put(record("b"));
+        assert_eq!(cache.get("a").unwrap().id, "a");
+        cache.forget("a");
+        assert!(cache.get("a").is_none(), "a revoked token is read again");
+        assert!(cache.get("b").is_some());
+        cache.clear();
+        assert!(cache.get("b").is_none());
+
+        for i in 0..TOKEN_CACHE_MAX + 10 {
+            cache.put(record(&format!("t{i}")));
+        }
+        assert!(cache.entries.lock().unwrap().len() <= TOKEN_CACHE_MAX);
+    }
+
+    #[test]
+    fn token_cache_entries_expire() {
+        let cache = TokenCache::default();
+        cache.put(record("a"));
+        let old = Instant::now().checked_sub(TOKEN_CACHE_TTL).unwrap();
+        cache.entries.lock().unwrap().get_mut("a").unwrap().0 = old;
+        assert!(
+            cache.get("a").is_none(),
+            "an entry older than the TTL is read again"
+        );
     }
 }

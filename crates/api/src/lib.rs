@@ -49,6 +49,8 @@ pub use keys::{KeyCache, VaultClient};
 pub struct ApiState {
     pub store: Store,
     pub keys: Arc<KeyCache>,
+    /// API token records read recently (see [`auth::TOKEN_CACHE_TTL`]).
+    pub tokens: Arc<auth::TokenCache>,
     /// Signs machine tokens and log grants; the vault and agents hold its public key.
     pub signing_key: Arc<ControlPlaneKey>,
     /// Bumped when a host's assignments change, to wake long-polling agents at once.
@@ -64,6 +66,7 @@ impl ApiState {
         Self {
             store,
             keys: Arc::new(KeyCache::new(vault)),
+            tokens: Arc::default(),
             signing_key: Arc::new(signing_key),
             host_changes: Arc::new(tokio::sync::watch::channel(0).0),
             machine_events: Arc::new(tokio::sync::watch::channel(0).0),

@@ -1,6 +1,6 @@
 //! Secrets: the encrypt-only write path, listing and history.
 
-use crate::apps::authorized_app;
+use crate::apps::{authorized_app, parse_app};
 use crate::auth::Caller;
 use crate::timefmt::rfc3339;
 use crate::ApiState;
@@ -58,17 +58,19 @@ pub async fn write(
     Path(app): Path<String>,
     body: Result<Json<WriteSecrets>, JsonRejection>,
 ) -> ApiResult<Json<WriteResult>> {
-    let mut app = authorized_app(&s, &caller, Action::Deploy, &app).await?;
+    let name = parse_app(&app)?;
+    caller.require(Action::Deploy, Some(&name))?;
     let Json(mut body) = body?;
     let stage = body.stage;
     let unsets = std::mem::take(&mut body.unset);
     let sets = decode_pairs(std::mem::take(&mut body.set))?;
     let change = ChangeSet::new(sets, unsets).map_err(|e| ApiError::invalid(e.to_string()))?;
-    let keys = s.keys.get(&app.id).await?;
-
     for attempt in 1..=WRITE_ATTEMPTS {
+        // The app and its current secrets in one read; a write that lost a race reads them
+        // again.
+        let (app, current) = s.store.app_with_listing(&name).await?;
+        let keys = s.keys.get(&app.id).await?;
         let base = app.secrets_version;
-        let current = s.store.listing(&app.id, base, base).await?;
         let sizes: Vec<(SecretName, usize)> = current
             .iter()
             .map(|c| (c.name.clone(), c.value_len as usize))
@@ -129,9 +131,7 @@ pub async fn write(
             Err(StoreError::Conflict(msg)) if msg.contains("release is already running") => {
                 return Err(ApiError::conflict(msg));
             }
-            Err(StoreError::Conflict(_)) if attempt < WRITE_ATTEMPTS => {
-                app = s.store.app_by_id(&app.id).await?;
-            }
+            Err(StoreError::Conflict(_)) if attempt < WRITE_ATTEMPTS => {}
             Err(e) => return Err(e.into()),
         }
     }
@@ -143,11 +143,9 @@ pub async fn list(
     State(s): State<ApiState>,
     Path(app): Path<String>,
 ) -> ApiResult<Json<SecretList>> {
-    let app = authorized_app(&s, &caller, Action::Read, &app).await?;
-    let current = s
-        .store
-        .listing(&app.id, app.secrets_version, app.deployed_version)
-        .await?;
+    let name = parse_app(&app)?;
+    caller.require(Action::Read, Some(&name))?;
+    let (app, current) = s.store.app_with_listing(&name).await?;
     let secrets = current
         .iter()
         .map(|c| SecretInfo {

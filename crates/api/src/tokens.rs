@@ -97,6 +97,7 @@ pub async fn revoke(
         return Err(ApiError::not_found("token"));
     }
     s.store.revoke_token(&id).await?;
+    s.tokens.forget(&id);
     tracing::info!(token_id = %id, "token revoked");
     Ok(StatusCode::NO_CONTENT)
 }

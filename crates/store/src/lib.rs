@@ -14,6 +14,7 @@
 //!   with [`StoreError::Conflict`] and changes nothing.
 
 pub mod engine;
+mod group_commit;
 mod machines;
 mod releases;
 mod store;
@@ -40,6 +41,10 @@ pub enum StoreError {
     Backend(#[from] sqlx::Error),
     #[error("stored data is corrupt: {0}")]
     Corrupt(String),
+    /// A write that was not committed for a reason outside it (the database failed, the
+    /// daemon is stopping); the message says which.
+    #[error("database error: {0}")]
+    NotCommitted(String),
 }
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;

@@ -4,6 +4,7 @@
 //! database's collation and SQLite by bytes.
 
 use crate::engine::{self, DatabaseUrl, Engine, OpenMode};
+use crate::group_commit::GroupCommit;
 use crate::{
     AppKeyRecord, AppRecord, ChangeKind, ChangeRecord, ListedSecret, Micros, NewToken, NewValue,
     NewVersion, Result, StoreError, StoredSecret, TokenRecord, VersionRecord, WriteOutcome,
@@ -23,6 +24,8 @@ pub struct Store {
     pub(crate) read: AnyPool,
     /// Writes; for SQLite a single connection, so writers queue here rather than in SQLite.
     pub(crate) write: AnyPool,
+    /// SQLite: secrets writes are committed in groups (see `group_commit`).
+    group_commit: Option<GroupCommit>,
 }
 
 impl fmt::Debug for Store {
@@ -48,8 +51,11 @@ impl Store {
     /// processes). A SQLite file is created (mode 0600) only with [`OpenMode::CreateIfMissing`].
     pub async fn open(url: &DatabaseUrl, mode: OpenMode) -> Result<Store> {
         let pools = engine::connect(url, mode).await?;
+        let engine = url.engine();
         let store = Store {
-            engine: url.engine(),
+            engine,
+            group_commit: (engine == Engine::Sqlite)
+                .then(|| GroupCommit::start(engine, pools.write.clone())),
             read: pools.read,
             write: pools.write,
         };
@@ -302,6 +308,50 @@ impl Store {
         Ok(secrets)
     }
 
+    /// The app named `name` and what `secrets list` shows of its current version (as
+    /// [`Store::listing`] with the app's own versions), read together in one statement: the
+    /// hot path of `secrets list` and of every write.
+    pub async fn app_with_listing(&self, name: &AppName) -> Result<(AppRecord, Vec<ListedSecret>)> {
+        let rows = sqlx::query(
+            "SELECT a.id, a.name, a.created_at, a.secrets_version, a.deployed_version, \
+             a.crash_window_ms, a.release_version, \
+             m.name AS s_name, m.value_version AS s_value_version, v.digest AS s_digest, \
+             v.value_len AS s_value_len, v.created_at AS s_created_at, \
+             v.updated_at AS s_updated_at, d.value_version AS s_deployed_value_version \
+             FROM apps a \
+             LEFT JOIN secret_members m ON m.app_id = a.id AND m.version = a.secrets_version \
+             LEFT JOIN secret_values v \
+             ON v.app_id = m.app_id AND v.name = m.name AND v.version = m.value_version \
+             LEFT JOIN secret_members d \
+             ON d.app_id = m.app_id AND d.name = m.name AND d.version = a.deployed_version \
+             WHERE a.name = $1",
+        )
+        .bind(name.as_str())
+        .fetch_all(&self.read)
+        .await?;
+        let app = app_from_row(rows.first().ok_or(StoreError::NotFound("app"))?)?;
+        let mut secrets = Vec::with_capacity(rows.len());
+        for row in &rows {
+            // An app without secrets is one row of NULLs on the right.
+            let Some(name) = row.try_get::<Option<String>, _>("s_name")? else {
+                continue;
+            };
+            let value_version: i64 = row.try_get("s_value_version")?;
+            let deployed: Option<i64> = row.try_get("s_deployed_value_version")?;
+            secrets.push(ListedSecret {
+                name: secret_name(name)?,
+                value_version,
+                digest: row.try_get("s_digest")?,
+                value_len: row.try_get("s_value_len")?,
+                created_at: row.try_get("s_created_at")?,
+                updated_at: row.try_get("s_updated_at")?,
+                deployed: deployed == Some(value_version),
+            });
+        }
+        secrets.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok((app, secrets))
+    }
+
     async fn version_exists(&self, app_id: &str, version: i64) -> Result<bool> {
         let row = sqlx::query("SELECT 1 FROM secret_versions WHERE app_id = $1 AND version = $2")
             .bind(app_id)
@@ -349,29 +399,11 @@ impl Store {
         let changes = serde_json::to_string(&changes)
             .map_err(|e| StoreError::Corrupt(format!("cannot encode the changes: {e}")))?;
 
-        let mut tx = self.begin_write().await?;
-        let now = crate::now_micros();
-        let result = async {
-            // Read before the write moves `deployed_version`: the release records what the
-            // machines ran before it.
-            let before = match &v.release {
-                Some(_) => Some(crate::releases::deployed_in(&mut tx, &v.app_id).await?),
-                None => None,
-            };
-            write_version_in(&mut tx, &v, &changes, now).await?;
-            match (&v.release, before) {
-                (Some(r), Some(before)) => {
-                    let rec = crate::releases::insert_release_in(
-                        &mut tx, &v.app_id, v.version, before, r, now,
-                    )
-                    .await?;
-                    Ok(Some(rec))
-                }
-                _ => Ok(None),
-            }
+        if let Some(queue) = &self.group_commit {
+            return queue.write(v, changes).await;
         }
-        .await;
-        match result {
+        let mut tx = self.begin_write().await?;
+        match write_version_body(&mut tx, &v, &changes).await {
             Ok(release) => {
                 tx.commit().await?;
                 Ok(WriteOutcome {
@@ -381,7 +413,7 @@ impl Store {
             }
             Err(e) => {
                 let _ = tx.rollback().await;
-                Err(e)
+                Err(e.into())
             }
         }
     }
@@ -573,14 +605,101 @@ impl Store {
     }
 }
 
-async fn write_version_in(
+/// Why the statements of one write failed, and whether they left anything in the
+/// transaction.
+pub(crate) enum BodyError {
+    /// Refused before anything was written: the transaction can go on with other writes.
+    Refused(StoreError),
+    /// Failed after writing: the transaction must be rolled back.
+    Failed(StoreError),
+}
+
+impl From<BodyError> for StoreError {
+    fn from(e: BodyError) -> StoreError {
+        match e {
+            BodyError::Refused(e) | BodyError::Failed(e) => e,
+        }
+    }
+}
+
+const RELEASE_RUNNING: &str = "a release is already running for this app; wait for it to \
+                               finish (coffer releases list), or use --stage";
+
+/// The statements of one [`Store::write_version`], inside the caller's write transaction.
+/// Every check that can refuse the write runs before its first change, so that a refused
+/// write leaves the transaction as it found it (group commit relies on it). Returns the
+/// release it started, if any.
+pub(crate) async fn write_version_body(
     tx: &mut AnyConnection,
     v: &NewVersion,
     changes: &str,
-    now: Micros,
-) -> Result<()> {
-    // First, so that concurrent writers of one app serialize on its row (PostgreSQL) and the
-    // loser sees the new version and fails.
+) -> Result<Option<crate::ReleaseRecord>, BodyError> {
+    let now = crate::now_micros();
+    let checked = check_version(tx, v).await.map_err(BodyError::Refused)?;
+    apply_version(tx, v, checked, changes, now)
+        .await
+        .map_err(BodyError::Failed)
+}
+
+/// What [`check_version`] read, for [`apply_version`].
+struct CheckedVersion {
+    /// The base snapshot: which value each name has, and since when the name has had one.
+    base_members: HashMap<String, (i64, Micros)>,
+    /// With a release: what the machines ran before it (deployed secrets version, release).
+    before: Option<(i64, i64)>,
+}
+
+/// Reads, checks, and finally moves the app's version (the one statement that can refuse the
+/// write and changes nothing when it does).
+async fn check_version(tx: &mut AnyConnection, v: &NewVersion) -> Result<CheckedVersion> {
+    // The base version is immutable, so it can be read before the app's row is locked.
+    let base = sqlx::query(
+        "SELECT m.name, m.value_version, v.created_at \
+         FROM secret_members m JOIN secret_values v \
+         ON v.app_id = m.app_id AND v.name = m.name AND v.version = m.value_version \
+         WHERE m.app_id = $1 AND m.version = $2",
+    )
+    .bind(&v.app_id)
+    .bind(v.base_version)
+    .fetch_all(&mut *tx)
+    .await?;
+    let mut base_members: HashMap<String, (i64, Micros)> = HashMap::with_capacity(base.len());
+    for row in &base {
+        base_members.insert(
+            row.try_get("name")?,
+            (row.try_get("value_version")?, row.try_get("created_at")?),
+        );
+    }
+
+    for name in &v.unsets {
+        if !base_members.contains_key(name.as_str()) {
+            return Err(StoreError::Conflict(format!(
+                "cannot unset {name}: it is not set in version {}",
+                v.base_version
+            )));
+        }
+    }
+
+    // Read before the write moves `deployed_version`: the release records what the machines
+    // ran before it. The unique index on running releases is the guarantee; this check only
+    // refuses early, before anything is written.
+    let before = match &v.release {
+        Some(_) => {
+            let running =
+                sqlx::query("SELECT 1 FROM releases WHERE app_id = $1 AND status = 'running'")
+                    .bind(&v.app_id)
+                    .fetch_optional(&mut *tx)
+                    .await?;
+            if running.is_some() {
+                return Err(StoreError::Conflict(RELEASE_RUNNING.into()));
+            }
+            Some(crate::releases::deployed_in(tx, &v.app_id).await?)
+        }
+        None => None,
+    };
+
+    // Concurrent writers of one app serialize on its row (PostgreSQL) and the loser sees the
+    // new version and fails. Zero rows moved: nothing was written.
     let moved = if v.deploy {
         sqlx::query(
             "UPDATE apps SET secrets_version = $1, deployed_version = $2 \
@@ -611,34 +730,24 @@ async fn write_version_in(
             )),
         });
     }
+    Ok(CheckedVersion {
+        base_members,
+        before,
+    })
+}
 
-    // The base snapshot: which value each name has, and since when the name has had one.
-    let base = sqlx::query(
-        "SELECT m.name, m.value_version, v.created_at \
-         FROM secret_members m JOIN secret_values v \
-         ON v.app_id = m.app_id AND v.name = m.name AND v.version = m.value_version \
-         WHERE m.app_id = $1 AND m.version = $2",
-    )
-    .bind(&v.app_id)
-    .bind(v.base_version)
-    .fetch_all(&mut *tx)
-    .await?;
-    let mut base_members: HashMap<String, (i64, Micros)> = HashMap::with_capacity(base.len());
-    for row in &base {
-        base_members.insert(
-            row.try_get("name")?,
-            (row.try_get("value_version")?, row.try_get("created_at")?),
-        );
-    }
-    for name in &v.unsets {
-        if !base_members.contains_key(name.as_str()) {
-            return Err(StoreError::Conflict(format!(
-                "cannot unset {name}: it is not set in version {}",
-                v.base_version
-            )));
-        }
-    }
-
+/// The writes of one version, after [`check_version`] moved the app to it.
+async fn apply_version(
+    tx: &mut AnyConnection,
+    v: &NewVersion,
+    checked: CheckedVersion,
+    changes: &str,
+    now: Micros,
+) -> Result<Option<crate::ReleaseRecord>> {
+    let CheckedVersion {
+        base_members,
+        before,
+    } = checked;
     sqlx::query(
         "INSERT INTO secret_versions (app_id, version, actor, created_at, changes) \
          VALUES ($1, $2, $3, $4, $5)",
@@ -670,7 +779,12 @@ async fn write_version_in(
     for chunk in members.chunks(ROWS_PER_INSERT) {
         insert_members(tx, &v.app_id, v.version, chunk).await?;
     }
-    Ok(())
+    match (&v.release, before) {
+        (Some(r), Some(before)) => Ok(Some(
+            crate::releases::insert_release_in(tx, &v.app_id, v.version, before, r, now).await?,
+        )),
+        _ => Ok(None),
+    }
 }
 
 async fn insert_values(

@@ -71,10 +71,12 @@ conformance!(
     stale_base_conflicts,
     unset_of_a_missing_name_rolls_back,
     deploy_flag_and_mark_deployed,
+    app_with_listing,
     tokens,
     vault_keys,
     meta,
     concurrent_writers,
+    concurrent_writes_with_failures,
     hosts_and_machines,
     releases,
 );
@@ -644,6 +646,56 @@ mod scenarios {
         assert_eq!(versions(store.app_by_id(&app.id).await.unwrap()), (3, 2));
     }
 
+    /// `app_with_listing` is `app_by_name` + `listing` of the app's own versions, in one read.
+    pub async fn app_with_listing(store: Store) {
+        let app = store.create_app("id-web", &app_name("web")).await.unwrap();
+        let (got, listed) = store.app_with_listing(&app_name("web")).await.unwrap();
+        assert_eq!(got, app);
+        assert!(listed.is_empty(), "a new app lists nothing");
+
+        store
+            .write_v(change(
+                &app.id,
+                0,
+                vec![value("B", "1"), value("A", "1")],
+                &[],
+                true,
+            ))
+            .await
+            .unwrap();
+        store
+            .write_v(change(
+                &app.id,
+                1,
+                vec![value("C", "2"), value("A", "2")],
+                &["B"],
+                false,
+            ))
+            .await
+            .unwrap();
+        let app = store.app_by_id(&app.id).await.unwrap();
+        assert_eq!((app.secrets_version, app.deployed_version), (2, 1));
+        let (got, listed) = store.app_with_listing(&app_name("web")).await.unwrap();
+        assert_eq!(got, app);
+        assert_eq!(listed, store.listing(&app.id, 2, 1).await.unwrap());
+        let shown: Vec<_> = listed
+            .iter()
+            .map(|l| (l.name.as_str(), l.value_version, l.deployed))
+            .collect();
+        assert_eq!(shown, vec![("A", 2, false), ("C", 2, false)]);
+
+        // Everything unset: the app, no secrets.
+        store
+            .write_v(change(&app.id, 2, vec![], &["A", "C"], false))
+            .await
+            .unwrap();
+        let (got, listed) = store.app_with_listing(&app_name("web")).await.unwrap();
+        assert_eq!(got.secrets_version, 3);
+        assert!(listed.is_empty());
+
+        assert_not_found(store.app_with_listing(&app_name("nope")).await, "app");
+    }
+
     pub async fn tokens(store: Store) {
         let web = store.create_app("id-web", &app_name("web")).await.unwrap();
         let api = store.create_app("id-api", &app_name("api")).await.unwrap();
@@ -856,6 +908,67 @@ mod scenarios {
         }
         let app = store.app_by_id(&app.id).await.unwrap();
         assert_eq!(app.secrets_version, WRITERS as i64);
+    }
+
+    /// Many writes at once, to many apps, some of which must fail: on SQLite they share
+    /// transactions (group commit), so a failing write must not take the others down with it,
+    /// nor leave anything of itself behind.
+    pub async fn concurrent_writes_with_failures(store: Store) {
+        const APPS: usize = 24;
+        let mut apps = Vec::new();
+        for i in 0..APPS {
+            let app = store
+                .create_app(&format!("id-{i}"), &app_name(&format!("app-{i}")))
+                .await
+                .unwrap();
+            apps.push(app.id);
+        }
+        // Per app: a good write, a second write at the same base (exactly one of the two
+        // wins), and an unset of a name that does not exist (always refused).
+        let mut tasks = Vec::new();
+        for (i, app_id) in apps.iter().enumerate() {
+            for (kind, v) in [
+                (
+                    "first",
+                    change(app_id, 0, vec![value("A", &format!("a{i}"))], &[], false),
+                ),
+                (
+                    "second",
+                    change(app_id, 0, vec![value("B", &format!("b{i}"))], &[], false),
+                ),
+                (
+                    "bad",
+                    change(app_id, 0, vec![value("C", "c")], &["MISSING"], false),
+                ),
+            ] {
+                let store = store.clone();
+                tasks.push(tokio::spawn(
+                    async move { (i, kind, store.write_v(v).await) },
+                ));
+            }
+        }
+        let mut winners = vec![Vec::new(); APPS];
+        for t in tasks {
+            let (i, kind, result) = t.await.unwrap();
+            match (kind, result) {
+                // Refused for the missing name, or for its stale base if a good write
+                // came first.
+                ("bad", Err(StoreError::Conflict(_))) => {}
+                ("bad", other) => panic!("app {i}: the bad write gave {other:?}"),
+                (_, Ok(1)) => winners[i].push(kind),
+                (_, Err(StoreError::Conflict(_))) => {}
+                (_, other) => panic!("app {i}: {kind} gave {other:?}"),
+            }
+        }
+        for (i, app_id) in apps.iter().enumerate() {
+            assert_eq!(winners[i].len(), 1, "app {i}: winners {:?}", winners[i]);
+            let app = store.app_by_id(app_id).await.unwrap();
+            assert_eq!(app.secrets_version, 1, "app {i}");
+            let snapshot = store.snapshot(app_id, 1).await.unwrap();
+            let expected = if winners[i][0] == "first" { "A" } else { "B" };
+            assert_eq!(names(&snapshot), vec![expected], "app {i}");
+            assert_eq!(store.versions(app_id).await.unwrap().len(), 1, "app {i}");
+        }
     }
 }
 

@@ -1,0 +1,141 @@
+//! Group commit for SQLite's one writer.
+//!
+//! SQLite has one writer, and with `synchronous=FULL` every commit is an `fsync`. Writes that
+//! arrive while another is committing would each wait for the writer and then pay their own
+//! transaction and `fsync`. Instead, secrets writes go to one task that takes every write
+//! waiting at that moment, runs them one after the other in a single transaction and commits
+//! them with a single `fsync`; each caller gets its answer only after that commit, so an
+//! acknowledged write is as durable as before.
+//!
+//! A write that fails must change nothing. A refusal (a stale base version, an unset of a
+//! missing name, a release already running) is found before the write changes anything (see
+//! `write_version_body`), so it is answered and the batch goes on. A write that fails after it
+//! began changing things (a database error) rolls its batch back; it gets its error and the
+//! batch runs again without it: the writes before it are redone, those after it run as if it
+//! had never been sent. The common path pays nothing for this, not even a savepoint per write.
+//!
+//! PostgreSQL does not need this: it runs writes on many connections at once and already
+//! combines the WAL flushes of concurrent commits.
+
+use crate::store::{write_version_body, BodyError};
+use crate::{engine, Engine, NewVersion, Result, StoreError, WriteOutcome};
+use sqlx::AnyPool;
+use tokio::sync::{mpsc, oneshot};
+
+/// Most writes per transaction: bounds the work redone when a write of the batch fails, and
+/// how long the writes of one batch hold the writer.
+const MAX_BATCH: usize = 64;
+
+struct Job {
+    version: NewVersion,
+    changes: String,
+    reply: oneshot::Sender<Result<WriteOutcome>>,
+}
+
+/// The queue in front of the writer task. Cheap to clone.
+#[derive(Clone)]
+pub(crate) struct GroupCommit {
+    queue: mpsc::UnboundedSender<Job>,
+}
+
+impl GroupCommit {
+    /// Starts the writer task on the current tokio runtime. It ends when every clone of the
+    /// returned queue is dropped.
+    pub(crate) fn start(engine: Engine, write: AnyPool) -> GroupCommit {
+        let (queue, jobs) = mpsc::unbounded_channel();
+        tokio::spawn(writer(engine, write, jobs));
+        GroupCommit { queue }
+    }
+
+    /// Queues one secrets write and waits until it is committed (or refused).
+    pub(crate) async fn write(&self, version: NewVersion, changes: String) -> Result<WriteOutcome> {
+        let (reply, answer) = oneshot::channel();
+        let job = Job {
+            version,
+            changes,
+            reply,
+        };
+        self.queue.send(job).map_err(|_| stopped())?;
+        answer.await.map_err(|_| stopped())?
+    }
+}
+
+fn stopped() -> StoreError {
+    StoreError::NotCommitted("the store's writer has stopped (is the daemon shutting down?)".into())
+}
+
+async fn writer(engine: Engine, write: AnyPool, mut jobs: mpsc::UnboundedReceiver<Job>) {
+    let mut batch = Vec::with_capacity(MAX_BATCH);
+    while jobs.recv_many(&mut batch, MAX_BATCH).await > 0 {
+        run_batch(engine, &write, std::mem::take(&mut batch)).await;
+    }
+}
+
+/// Commits as many of `batch` as can be, in one transaction; answers every job.
+async fn run_batch(engine: Engine, write: &AnyPool, mut batch: Vec<Job>) {
+    while !batch.is_empty() {
+        // A caller that gave up (its request was dropped) needs no write.
+        batch.retain(|job| !job.reply.is_closed());
+        if batch.is_empty() {
+            return;
+        }
+        match attempt(engine, write, &batch).await {
+            Attempt::Committed(outcomes) => {
+                for (job, outcome) in batch.into_iter().zip(outcomes) {
+                    let _ = job.reply.send(outcome);
+                }
+                return;
+            }
+            Attempt::JobFailed(i, e) => {
+                let job = batch.remove(i);
+                let _ = job.reply.send(Err(e));
+            }
+            Attempt::BatchFailed(e) => {
+                // Nothing of the batch was written (BEGIN or COMMIT failed): each write gets
+                // the same answer it would have had alone.
+                let msg = e.to_string();
+                for job in batch {
+                    let _ = job.reply.send(Err(StoreError::NotCommitted(msg.clone())));
+                }
+                return;
+            }
+        }
+    }
+}
+
+enum Attempt {
+    /// Committed; each write's outcome (a refused write is in the batch, unwritten).
+    Committed(Vec<Result<WriteOutcome>>),
+    /// The write at this index failed; the transaction was rolled back.
+    JobFailed(usize, StoreError),
+    BatchFailed(StoreError),
+}
+
+async fn attempt(engine: Engine, write: &AnyPool, batch: &[Job]) -> Attempt {
+    let begun = match engine::begin_write(engine) {
+        Some(begin) => write.begin_with(begin).await,
+        None => write.begin().await,
+    };
+    let mut tx = match begun {
+        Ok(tx) => tx,
+        Err(e) => return Attempt::BatchFailed(e.into()),
+    };
+    let mut outcomes = Vec::with_capacity(batch.len());
+    for (i, job) in batch.iter().enumerate() {
+        match write_version_body(&mut tx, &job.version, &job.changes).await {
+            Ok(release) => outcomes.push(Ok(WriteOutcome {
+                version: job.version.version,
+                release,
+            })),
+            Err(BodyError::Refused(e)) => outcomes.push(Err(e)),
+            Err(BodyError::Failed(e)) => {
+                let _ = tx.rollback().await;
+                return Attempt::JobFailed(i, e);
+            }
+        }
+    }
+    match tx.commit().await {
+        Ok(()) => Attempt::Committed(outcomes),
+        Err(e) => Attempt::BatchFailed(e.into()),
+    }
+}
