@@ -2,7 +2,7 @@
 # Profiles coffer's server under one workload of the benchmark with perf (CPU samples with
 # call stacks), to see where the time goes.
 #
-#   bench/profile.sh [--workload list|write|bulk] [--apps 2000] [--conns 16] [--duration 8]
+#   bench/profile.sh [--workload list|write|boot-decrypt|bulk] [--apps 2000] [--conns 16] [--duration 8]
 #
 # Starts `cofferd dev` in a temp dir, preloads --apps apps x 10 secrets (profiled only for
 # --workload bulk), runs the workload with bench/loadgen while `perf record` samples cofferd,
@@ -52,6 +52,15 @@ for _ in $(seq 1 300); do
   sleep 0.1
 done
 ARGS=(--system coffer --url "http://127.0.0.1:$PORT" --token-file "$WORK/coffer/admin.token" --server-pid "$PID")
+if [[ $WORKLOAD == boot-decrypt ]]; then
+  # The boot-decrypt workload talks to the vault, whose URL cofferd dev prints once it is up.
+  for _ in $(seq 1 50); do
+    VAULT_URL=$(awk '/^ *vault:/{print $2; exit}' "$WORK/stdout.log")
+    [[ -n $VAULT_URL ]] && break
+    sleep 0.1
+  done
+  ARGS+=(--vault-url "$VAULT_URL")
+fi
 
 record() { perf record -q -F 499 --call-graph dwarf,16384 -o "$WORK/perf.data" -p "$PID" -- sleep "$1" 2>/dev/null; }
 if [[ $WORKLOAD == bulk ]]; then

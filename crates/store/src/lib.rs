@@ -21,7 +21,7 @@ mod store;
 pub mod testing;
 
 pub use engine::{DatabaseUrl, Engine, OpenMode};
-pub use machines::{HostRecord, MachineConfig, MachineRecord, NewMachine};
+pub use machines::{BootFacts, HostRecord, MachineConfig, MachineRecord, NewMachine};
 pub use releases::{NewRelease, ReleaseRecord, ReleaseStatus};
 pub use store::Store;
 

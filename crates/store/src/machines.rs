@@ -66,6 +66,16 @@ pub struct NewMachine {
     pub release_version: i64,
 }
 
+/// See [`Store::boot_facts`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BootFacts {
+    pub machine: MachineRecord,
+    /// The host's public key as registered now.
+    pub host_public_key: String,
+    /// Name → value version, of the machine's secrets version.
+    pub members: std::collections::HashMap<String, i64>,
+}
+
 const MACHINE_COLUMNS: &str = "id, app_id, host_id, name, config, desired, state, exit_status, \
      message, secrets_version, release_version, generation, state_generation, created_at, updated_at, \
      destroyed_at";
@@ -189,6 +199,55 @@ impl Store {
             .fetch_optional(&self.read)
             .await?;
         machine_from_row(&row.ok_or(StoreError::NotFound("machine"))?)
+    }
+
+    /// What the vault checks before it decrypts for a machine's boot, read in one statement:
+    /// the machine, the public key its host has now, and which value of each name the
+    /// machine's secrets version holds. `NotFound("machine")` if there is no such machine.
+    pub async fn boot_facts(&self, machine_id: &str) -> Result<BootFacts> {
+        // Two parts in one statement: one row with the machine and its host's key, then a
+        // narrow row per member. (A join would repeat every machine column on every member
+        // row, and copying those values was most of the cost of a boot's read.)
+        let columns: Vec<&str> = MACHINE_COLUMNS.split(',').map(str::trim).collect();
+        let machine_part: Vec<String> = columns.iter().map(|c| format!("m.{c}")).collect();
+        let member_part: Vec<String> = columns.iter().map(|c| format!("NULL AS {c}")).collect();
+        let sql = format!(
+            "SELECT {}, h.public_key AS host_public_key, NULL AS member_name, \
+             NULL AS member_value_version \
+             FROM machines m JOIN hosts h ON h.id = m.host_id WHERE m.id = $1 \
+             UNION ALL \
+             SELECT {}, NULL, s.name, s.value_version \
+             FROM machines m JOIN secret_members s \
+             ON s.app_id = m.app_id AND s.version = m.secrets_version WHERE m.id = $2",
+            machine_part.join(", "),
+            member_part.join(", "),
+        );
+        let rows = sqlx::query(&sql)
+            .bind(machine_id)
+            .bind(machine_id)
+            .fetch_all(&self.read)
+            .await?;
+        let mut machine = None;
+        let mut members = std::collections::HashMap::with_capacity(rows.len());
+        for row in &rows {
+            match row.try_get::<Option<String>, _>("member_name")? {
+                Some(name) => {
+                    members.insert(name, row.try_get::<i64, _>("member_value_version")?);
+                }
+                None => {
+                    machine = Some((
+                        machine_from_row(row)?,
+                        row.try_get::<String, _>("host_public_key")?,
+                    ))
+                }
+            }
+        }
+        let (machine, host_public_key) = machine.ok_or(StoreError::NotFound("machine"))?;
+        Ok(BootFacts {
+            machine,
+            host_public_key,
+            members,
+        })
     }
 
     /// The app's machines, oldest first, destroyed ones included (callers filter).

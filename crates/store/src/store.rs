@@ -39,6 +39,11 @@ impl fmt::Debug for Store {
 /// Rows per multi-row INSERT: far below SQLite's and PostgreSQL's limits on bound parameters.
 const ROWS_PER_INSERT: usize = 100;
 
+/// Multi-row INSERTs of up to this many rows (the common writes) stay prepared on their
+/// connection; longer ones are prepared for one use, so that they do not crowd the statement
+/// cache (one entry per row count).
+const PREPARED_ROWS_MAX: usize = 16;
+
 const APP_COLUMNS: &str =
     "id, name, created_at, secrets_version, deployed_version, crash_window_ms, release_version";
 
@@ -800,7 +805,7 @@ async fn insert_values(
         8,
         values.len(),
     );
-    let mut q = sqlx::query(&sql).persistent(false);
+    let mut q = sqlx::query(&sql).persistent(values.len() <= PREPARED_ROWS_MAX);
     for value in values {
         let created_at = base.get(value.name.as_str()).map_or(now, |(_, c)| *c);
         q = q
@@ -828,7 +833,7 @@ async fn insert_members(
         4,
         members.len(),
     );
-    let mut q = sqlx::query(&sql).persistent(false);
+    let mut q = sqlx::query(&sql).persistent(members.len() <= PREPARED_ROWS_MAX);
     for (name, value_version) in members {
         q = q
             .bind(app_id)

@@ -78,6 +78,7 @@ conformance!(
     concurrent_writers,
     concurrent_writes_with_failures,
     hosts_and_machines,
+    boot_facts,
     releases,
 );
 
@@ -1072,6 +1073,50 @@ mod machine_scenarios {
                 path: "/healthz".into(),
             }),
         }
+    }
+
+    /// The vault's one read before a boot decrypt.
+    pub async fn boot_facts(store: Store) {
+        let app = store.create_app("app1", &app_name("web")).await.unwrap();
+        store
+            .register_host("h1", "dev", "http://127.0.0.1:1", "ab", b"hash")
+            .await
+            .unwrap();
+        store
+            .write_v(change(
+                &app.id,
+                0,
+                vec![value("A", "1"), value("B", "1")],
+                &[],
+                true,
+            ))
+            .await
+            .unwrap();
+        store
+            .write_v(change(&app.id, 1, vec![value("B", "2")], &[], true))
+            .await
+            .unwrap();
+        let new = |id: &str, secrets_version: i64| NewMachine {
+            id: id.into(),
+            app_id: app.id.clone(),
+            host_id: "h1".into(),
+            name: format!("m-{id}"),
+            config: config(),
+            secrets_version,
+            release_version: 0,
+        };
+        let m1 = store.create_machine(new("m1", 2)).await.unwrap();
+        let facts = store.boot_facts("m1").await.unwrap();
+        assert_eq!(facts.machine, m1);
+        assert_eq!(facts.host_public_key, "ab");
+        assert_eq!(
+            facts.members,
+            [("A".to_string(), 1), ("B".to_string(), 2)].into()
+        );
+        // A machine at version 0 has no members; an unknown one is not found.
+        store.create_machine(new("m0", 0)).await.unwrap();
+        assert!(store.boot_facts("m0").await.unwrap().members.is_empty());
+        assert_not_found(store.boot_facts("nope").await, "machine");
     }
 
     pub async fn hosts_and_machines(store: Store) {

@@ -25,7 +25,6 @@ use coffer_crypto::machine_token::{
 use coffer_crypto::PublicKey;
 use coffer_http::{ApiError, ApiResult};
 use coffer_store::StoreError;
-use std::collections::HashSet;
 use std::time::SystemTime;
 
 const MAX_SKEW_SECS: i64 = 60;
@@ -94,34 +93,28 @@ async fn decrypt_checked(s: &VaultState, req: &DecryptRequest) -> ApiResult<Json
     verify_host_signature(&claims.host_key, &message, &req.host_signature)
         .map_err(|_| refused("the request is not signed by the token's host"))?;
 
-    let store = s.vault.store();
-    let machine = match store.machine(&claims.machine_id).await {
-        Ok(m) => m,
+    // The machine, its host's current key and its version's members, in one read.
+    let facts = match s.vault.store().boot_facts(&claims.machine_id).await {
+        Ok(f) => f,
         Err(StoreError::NotFound(_)) => return Err(refused("the machine does not exist")),
         Err(e) => return Err(e.into()),
     };
+    let machine = &facts.machine;
     if machine.destroyed_at.is_some() {
         return Err(refused("the machine is destroyed"));
     }
     if machine.app_id != claims.app_id || machine.host_id != claims.host_id {
         return Err(refused("the machine token does not match the machine"));
     }
-    let host = store.host(&claims.host_id).await?;
-    if host.public_key != claims.host_key {
+    if facts.host_public_key != claims.host_key {
         return Err(refused(
             "the host's key has changed since the token was issued",
         ));
     }
 
-    let members: HashSet<(String, i64)> = store
-        .snapshot(&machine.app_id, machine.secrets_version)
-        .await?
-        .into_iter()
-        .map(|c| (c.name.to_string(), c.value_version))
-        .collect();
     let mut presented = Vec::with_capacity(req.ciphertexts.len());
     for c in &req.ciphertexts {
-        if !members.contains(&(c.name.clone(), c.version)) {
+        if facts.members.get(&c.name) != Some(&c.version) {
             return Err(refused(
                 "a ciphertext is not part of the machine's secrets version",
             ));

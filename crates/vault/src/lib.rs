@@ -20,7 +20,8 @@ use coffer_crypto::{
     bundle, open_values, DigestKey, PrivateKey, PublicKey, RootKey, SealingKeys, ValueContext,
 };
 use coffer_store::{now_micros, AppKeyRecord, Store, StoreError};
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 
 const PURPOSE_PRIVATE: &str = "app-private-key";
 const PURPOSE_DIGEST: &str = "app-digest-key";
@@ -53,7 +54,15 @@ pub struct Presented {
 pub struct Vault {
     store: Store,
     root: Arc<RootKey>,
+    /// Apps' private keys once unwrapped, so that a boot does not read and unwrap its app's
+    /// key again. They are no more exposed here than the root key that unwraps them all,
+    /// which this process holds anyway; dropped (and zeroized) when the app's keys are
+    /// destroyed.
+    private_keys: Arc<Mutex<HashMap<String, Arc<PrivateKey>>>>,
 }
+
+/// Unwrapped private keys kept at most; when full the cache starts over.
+const PRIVATE_KEYS_MAX: usize = 10_000;
 
 impl Vault {
     /// Binds the root key to the store. The first vault to open a store records the key's
@@ -70,6 +79,7 @@ impl Vault {
         Ok(Self {
             store,
             root: Arc::new(root),
+            private_keys: Arc::default(),
         })
     }
 
@@ -120,7 +130,36 @@ impl Vault {
     /// Crypto-shredding: once the wrapped private key is gone, no ciphertext of the app can
     /// ever be opened again, whatever copies of the database exist.
     pub async fn destroy_app_keys(&self, app_id: &str) -> Result<(), VaultError> {
+        self.private_keys
+            .lock()
+            .expect("private key cache lock")
+            .remove(app_id);
         Ok(self.store.delete_app_key(app_id).await?)
+    }
+
+    /// The app's private key, unwrapped (from the cache, or read and unwrapped now).
+    async fn private_key(&self, app_id: &str) -> Result<Arc<PrivateKey>, VaultError> {
+        if let Some(sk) = self
+            .private_keys
+            .lock()
+            .expect("private key cache lock")
+            .get(app_id)
+        {
+            return Ok(sk.clone());
+        }
+        let rec = self.app_key(app_id).await?;
+        let sk_bytes = self
+            .root
+            .unwrap_key(PURPOSE_PRIVATE, app_id, &rec.wrapped_private_key)
+            .map_err(|_| VaultError::Integrity)?;
+        let sk =
+            Arc::new(PrivateKey::from_secret_bytes(&sk_bytes).map_err(|_| VaultError::Integrity)?);
+        let mut cache = self.private_keys.lock().expect("private key cache lock");
+        if cache.len() >= PRIVATE_KEYS_MAX {
+            cache.clear();
+        }
+        cache.insert(app_id.to_string(), sk.clone());
+        Ok(sk)
     }
 
     /// Opens the presented ciphertexts of one app, each in the place it claims to come from,
@@ -133,12 +172,7 @@ impl Vault {
         recipient: &PublicKey,
         context: &[&[u8]],
     ) -> Result<Vec<u8>, VaultError> {
-        let rec = self.app_key(app_id).await?;
-        let sk_bytes = self
-            .root
-            .unwrap_key(PURPOSE_PRIVATE, app_id, &rec.wrapped_private_key)
-            .map_err(|_| VaultError::Integrity)?;
-        let sk = PrivateKey::from_secret_bytes(&sk_bytes).map_err(|_| VaultError::Integrity)?;
+        let sk = self.private_key(app_id).await?;
         let items: Vec<(ValueContext<'_>, &[u8])> = presented
             .iter()
             .map(|p| {
