@@ -3,6 +3,8 @@
 #
 #   bench/run.sh            full run: 10,000 apps x 10 secrets, 3 rounds of 10 s per workload
 #   bench/run.sh --smoke    tiny run for CI: 200 apps, ~1.5 s per workload; never fails on timings
+#   bench/run.sh --smoke --debug   the same with debug builds (CI: reuses the tests' build; the
+#                           figures mean nothing, the point is that the harness still works)
 #
 # Options: --apps N  --duration SECS  --warmup SECS  --conns "16 64"  --rounds N (each timed
 # workload N times, the table shows medians; default 3, smoke 1)  --keep (keep the data dirs
@@ -22,6 +24,7 @@ ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 CARGO=${CARGO:-cargo}
 
 SMOKE=0
+PROFILE=release
 KEEP=0
 APPS=10000
 DURATION=10
@@ -34,6 +37,7 @@ WORK=""
 while [[ $# -gt 0 ]]; do
   case "$1" in
     --smoke) SMOKE=1 ;;
+    --debug) PROFILE=debug ;;
     --keep) KEEP=1 ;;
     --apps) APPS=$2; shift ;;
     --duration) DURATION=$2; shift ;;
@@ -61,16 +65,22 @@ log() { printf '[bench %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 die() { echo "error: $*" >&2; exit 1; }
 
 # --- build ---------------------------------------------------------------------------------------
-log "building release binaries (cofferd, coffer, loadgen)"
-(cd "$ROOT" && "$CARGO" build --release --quiet -p cofferd -p coffer-cli)
+PROFILE_FLAG=()
+[[ $PROFILE == release ]] && PROFILE_FLAG=(--release)
+log "building $PROFILE binaries (cofferd, coffer, loadgen)"
+(cd "$ROOT" && "$CARGO" build ${PROFILE_FLAG[@]+"${PROFILE_FLAG[@]}"} --quiet -p cofferd -p coffer-cli)
 TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
-COFFERD=$TARGET_DIR/release/cofferd
+COFFERD=$TARGET_DIR/$PROFILE/cofferd
 # The load generator is its own workspace with its own target dir (not part of the main build).
-"$CARGO" build --release --quiet --manifest-path "$ROOT/bench/loadgen/Cargo.toml" \
+"$CARGO" build ${PROFILE_FLAG[@]+"${PROFILE_FLAG[@]}"} --quiet --manifest-path "$ROOT/bench/loadgen/Cargo.toml" \
   --target-dir "$ROOT/bench/loadgen/target"
-LOADGEN=$ROOT/bench/loadgen/target/release/coffer-loadgen
+LOADGEN=$ROOT/bench/loadgen/target/$PROFILE/coffer-loadgen
+"$CARGO" build ${PROFILE_FLAG[@]+"${PROFILE_FLAG[@]}"} --quiet --manifest-path "$ROOT/bench/bootlat/Cargo.toml" \
+  --target-dir "$ROOT/bench/bootlat/target"
+BOOTLAT=$ROOT/bench/bootlat/target/$PROFILE/coffer-bootlat
 [[ -x $COFFERD ]] || die "no cofferd at $COFFERD"
 [[ -x $LOADGEN ]] || die "no loadgen at $LOADGEN"
+[[ -x $BOOTLAT ]] || die "no bootlat at $BOOTLAT"
 
 # --- OpenBao binary ------------------------------------------------------------------------------
 find_bao() {
@@ -214,8 +224,6 @@ done
 # decrypt. Within each (workload, connections) cell the two systems run back to back and the
 # order alternates from cell to cell and from round to round, so slow drift of the machine hits
 # both alike; with several rounds the table shows the median of each figure.
-# PLACEHOLDER boot-decrypt, coffer side: the loadgen reports it as skipped until the machine
-# token route (issue 3) exists; the OpenBao side (transit batch decrypt of 50) runs now.
 cell=0
 for round in $(seq 1 "$ROUNDS"); do
   for workload in list write boot-decrypt; do
@@ -231,13 +239,21 @@ for round in $(seq 1 "$ROUNDS"); do
     done
   done
 done
-# PLACEHOLDER machine boot latency (coffer only; `machines start` to the workload's first
-# instruction with 10 and 100 secrets, against a plain spawn): needs machines (issue 3).
+# Machine boot latency, coffer only: `machines start` to the workload's first instruction with
+# 10 and 100 secrets, against a plain spawn of the same process (bench/bootlat), on the same
+# cofferd dev and its in-process agent.
+BOOTS=$([[ $SMOKE == 1 ]] && echo 5 || echo 40)
+TOKEN=$(cat "$WORK/coffer/admin.token")
+for n in 10 100; do
+  log "machine boot latency: $n secrets, $BOOTS boots"
+  ${PRIO[@]+"${PRIO[@]}"} "$BOOTLAT" "$COFFER_URL" "$TOKEN" "$WORK/coffer" "$n" "$BOOTS" >> "$RESULTS"
+done
 
 # --- the table -----------------------------------------------------------------------------------
 mkdir -p "$ROOT/bench/results"
 STAMP=$(date -u +%Y%m%dT%H%M%SZ)
 MODE=$([[ $SMOKE == 1 ]] && echo smoke || echo full)
+[[ $PROFILE == debug ]] && MODE=$MODE-debug-build
 OUT=$ROOT/bench/results/$STAMP-$MODE
 cp "$RESULTS" "$OUT.jsonl"
 python3 "$ROOT/bench/table.py" "$RESULTS" --mode "$MODE" --apps "$APPS" --rounds "$ROUNDS" --nice "$NICE" | tee "$OUT.txt"

@@ -10,7 +10,7 @@ import json
 import statistics
 import sys
 
-PENDING = "pending (#3)"
+SKIPPED = "skipped"
 
 
 def load(path):
@@ -102,7 +102,7 @@ def main():
             b = runs.get((workload, conns, "openbao"), {})
             if not c and not b:
                 continue
-            cv = lambda k: PENDING if "skipped" in c else c.get(k)
+            cv = lambda k: SKIPPED if "skipped" in c else c.get(k)
             bv = lambda k: b.get(k)
             add(title, conns, "requests/s", cv("rps"), bv("rps"), unit="int",
                 target={"write": ("ratio>=", 5), "boot-decrypt": ("ratio>=", 3)}.get(workload))
@@ -113,11 +113,17 @@ def main():
                 target=("abs<=", 2) if workload == "list" else None)
             add(title, conns, "server CPU / request (us)", cv("server_cpu_us_per_req"),
                 bv("server_cpu_us_per_req"))
-    # PLACEHOLDER machine boot latency (coffer only): needs machines (issue 3).
-    for metric in ("start -> first instruction, 10 secrets (ms)",
-                   "start -> first instruction, 100 secrets (ms)",
-                   "plain spawn of the same process (ms)"):
-        table.append(("machine boot", "-", metric, PENDING, "n/a (coffer only)", "-", ""))
+    # Machine boot latency, coffer only (bench/bootlat: `machines start` to the workload's
+    # first instruction, against a plain spawn of the same process).
+    boots = [r for r in rows if r.get("kind") in ("machine-start", "plain-spawn")]
+    for kind, secrets, metric in (("machine-start", 10, "start -> first instruction, 10 secrets"),
+                                  ("machine-start", 100, "start -> first instruction, 100 secrets"),
+                                  ("plain-spawn", None, "plain spawn of the same process")):
+        found = [r for r in boots if r["kind"] == kind and secrets in (None, r.get("secrets"))]
+        for q in ("p50", "p99"):
+            v = statistics.median(r[f"{q}_ms"] for r in found) if found else None
+            table.append(("machine boot", "-", f"{metric}, {q} (ms)", fmt(v, None),
+                          "n/a (coffer only)", "-", ""))
 
     head = ("workload", "connections", "metric", "coffer", "openbao", "ratio", "target")
     widths = [max(len(str(r[i])) for r in table + [head]) for i in range(len(head))]

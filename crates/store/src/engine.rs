@@ -379,6 +379,14 @@ pub(crate) fn migration_lock(engine: Engine) -> Option<&'static str> {
     }
 }
 
+/// An aggregate that joins the text `expr` of a group's rows with commas (order unspecified).
+pub(crate) fn comma_joined(engine: Engine, expr: &str) -> String {
+    match engine {
+        Engine::Sqlite => format!("group_concat({expr}, ',')"),
+        Engine::Postgres => format!("string_agg({expr}, ',')"),
+    }
+}
+
 pub(crate) struct Migration {
     pub version: i64,
     pub sql: &'static str,

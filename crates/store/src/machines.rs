@@ -205,44 +205,44 @@ impl Store {
     /// the machine, the public key its host has now, and which value of each name the
     /// machine's secrets version holds. `NotFound("machine")` if there is no such machine.
     pub async fn boot_facts(&self, machine_id: &str) -> Result<BootFacts> {
-        // Two parts in one statement: one row with the machine and its host's key, then a
-        // narrow row per member. (A join would repeat every machine column on every member
-        // row, and copying those values was most of the cost of a boot's read.)
-        let columns: Vec<&str> = MACHINE_COLUMNS.split(',').map(str::trim).collect();
-        let machine_part: Vec<String> = columns.iter().map(|c| format!("m.{c}")).collect();
-        let member_part: Vec<String> = columns.iter().map(|c| format!("NULL AS {c}")).collect();
-        let sql = format!(
-            "SELECT {}, h.public_key AS host_public_key, NULL AS member_name, \
-             NULL AS member_value_version \
-             FROM machines m JOIN hosts h ON h.id = m.host_id WHERE m.id = $1 \
-             UNION ALL \
-             SELECT {}, NULL, s.name, s.value_version \
-             FROM machines m JOIN secret_members s \
-             ON s.app_id = m.app_id AND s.version = m.secrets_version WHERE m.id = $2",
-            machine_part.join(", "),
-            member_part.join(", "),
+        // One row: the members come packed as "NAME:VERSION,…" (names are [A-Z0-9_]). A join
+        // would repeat every machine column on every member row, and copying those values was
+        // most of the cost of a boot's read.
+        let columns: Vec<String> = MACHINE_COLUMNS
+            .split(',')
+            .map(|c| format!("m.{}", c.trim()))
+            .collect();
+        let packed = crate::engine::comma_joined(
+            self.engine(),
+            "s.name || ':' || CAST(s.value_version AS TEXT)",
         );
-        let rows = sqlx::query(&sql)
+        let sql = format!(
+            "SELECT {}, h.public_key AS host_public_key, \
+             (SELECT {packed} FROM secret_members s \
+              WHERE s.app_id = m.app_id AND s.version = m.secrets_version) AS members \
+             FROM machines m JOIN hosts h ON h.id = m.host_id WHERE m.id = $1",
+            columns.join(", "),
+        );
+        let row = sqlx::query(&sql)
             .bind(machine_id)
-            .bind(machine_id)
-            .fetch_all(&self.read)
-            .await?;
-        let mut machine = None;
-        let mut members = std::collections::HashMap::with_capacity(rows.len());
-        for row in &rows {
-            match row.try_get::<Option<String>, _>("member_name")? {
-                Some(name) => {
-                    members.insert(name, row.try_get::<i64, _>("member_value_version")?);
-                }
-                None => {
-                    machine = Some((
-                        machine_from_row(row)?,
-                        row.try_get::<String, _>("host_public_key")?,
-                    ))
-                }
-            }
+            .fetch_optional(&self.read)
+            .await?
+            .ok_or(StoreError::NotFound("machine"))?;
+        let packed: Option<String> = row.try_get("members")?;
+        let mut members = std::collections::HashMap::new();
+        for member in packed.iter().flat_map(|p| p.split(',')) {
+            let parsed = member
+                .rsplit_once(':')
+                .and_then(|(name, v)| Some((name.to_string(), v.parse::<i64>().ok()?)));
+            let Some((name, version)) = parsed else {
+                return Err(StoreError::Corrupt(format!(
+                    "secret member {member:?} of machine {machine_id}"
+                )));
+            };
+            members.insert(name, version);
         }
-        let (machine, host_public_key) = machine.ok_or(StoreError::NotFound("machine"))?;
+        let machine = machine_from_row(&row)?;
+        let host_public_key = row.try_get("host_public_key")?;
         Ok(BootFacts {
             machine,
             host_public_key,
