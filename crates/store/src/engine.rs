@@ -212,6 +212,22 @@ impl fmt::Display for DatabaseUrl {
 pub(crate) struct Pools {
     pub read: AnyPool,
     pub write: AnyPool,
+    /// For the store's own hot-path readers (see `readers`): how to connect, and how many.
+    pub read_options: AnyConnectOptions,
+    pub hot_readers: usize,
+}
+
+/// Runs the per-connection settings on a connection made outside a pool.
+pub(crate) async fn set_up_connection(
+    engine: Engine,
+    conn: &mut sqlx::AnyConnection,
+) -> Result<()> {
+    if engine == Engine::Sqlite {
+        for pragma in SQLITE_PRAGMAS {
+            conn.execute(*pragma).await?;
+        }
+    }
+    Ok(())
 }
 
 static DRIVERS: std::sync::Once = std::sync::Once::new();
@@ -222,6 +238,8 @@ pub(crate) fn install_drivers() {
 
 const SQLITE_READERS: u32 = 4;
 const POSTGRES_CONNECTIONS: u32 = 16;
+/// PostgreSQL connections of the hot-path readers, besides the pool.
+const POSTGRES_HOT_READERS: usize = 8;
 
 /// Per-connection settings. `busy_timeout` first: changing the journal mode needs a lock.
 /// `synchronous=FULL`: a commit the API acknowledged survives a power cut. `mmap_size`: reads
@@ -262,11 +280,17 @@ pub(crate) async fn connect(url: &DatabaseUrl, mode: OpenMode) -> Result<Pools> 
             };
             // The writer first: its first connection switches the file to WAL.
             let write = pool(1).connect_with(options.clone()).await?;
-            let read = pool(SQLITE_READERS).connect_with(options).await?;
-            Ok(Pools { read, write })
+            let read = pool(SQLITE_READERS).connect_with(options.clone()).await?;
+            Ok(Pools {
+                read,
+                write,
+                read_options: options,
+                hot_readers: SQLITE_READERS as usize,
+            })
         }
         Target::Postgres(u) => {
             let options = AnyConnectOptions::from_url(u)?;
+            let read_options = options.clone();
             let pool = AnyPoolOptions::new()
                 .max_connections(POSTGRES_CONNECTIONS)
                 .acquire_timeout(Duration::from_secs(30))
@@ -276,6 +300,8 @@ pub(crate) async fn connect(url: &DatabaseUrl, mode: OpenMode) -> Result<Pools> 
             Ok(Pools {
                 read: pool.clone(),
                 write: pool,
+                read_options,
+                hot_readers: POSTGRES_HOT_READERS,
             })
         }
     }

@@ -16,6 +16,7 @@
 pub mod engine;
 mod group_commit;
 mod machines;
+mod readers;
 mod releases;
 mod store;
 pub mod testing;

@@ -223,11 +223,13 @@ impl Store {
              FROM machines m JOIN hosts h ON h.id = m.host_id WHERE m.id = $1",
             columns.join(", "),
         );
+        let mut reader = self.hot.get().await?;
         let row = sqlx::query(&sql)
             .bind(machine_id)
-            .fetch_optional(&self.read)
-            .await?
-            .ok_or(StoreError::NotFound("machine"))?;
+            .fetch_optional(reader.conn())
+            .await?;
+        reader.done();
+        let row = row.ok_or(StoreError::NotFound("machine"))?;
         let packed: Option<String> = row.try_get("members")?;
         let mut members = std::collections::HashMap::new();
         for member in packed.iter().flat_map(|p| p.split(',')) {

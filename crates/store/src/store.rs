@@ -5,6 +5,7 @@
 
 use crate::engine::{self, DatabaseUrl, Engine, OpenMode};
 use crate::group_commit::GroupCommit;
+use crate::readers::Readers;
 use crate::{
     AppKeyRecord, AppRecord, ChangeKind, ChangeRecord, ListedSecret, Micros, NewToken, NewValue,
     NewVersion, Result, StoreError, StoredSecret, TokenRecord, VersionRecord, WriteOutcome,
@@ -15,6 +16,7 @@ use sqlx::error::ErrorKind;
 use sqlx::{Any, AnyConnection, AnyPool, Executor, Row, Transaction};
 use std::collections::{HashMap, HashSet};
 use std::fmt;
+use std::sync::Arc;
 
 /// The store of record. Cheap to clone: the pools are shared.
 #[derive(Clone)]
@@ -26,6 +28,8 @@ pub struct Store {
     pub(crate) write: AnyPool,
     /// SQLite: secrets writes are committed in groups (see `group_commit`).
     group_commit: Option<GroupCommit>,
+    /// Connections for the reads on every request's path (see `readers`).
+    pub(crate) hot: Arc<Readers>,
 }
 
 impl fmt::Debug for Store {
@@ -61,6 +65,7 @@ impl Store {
             engine,
             group_commit: (engine == Engine::Sqlite)
                 .then(|| GroupCommit::start(engine, pools.write.clone())),
+            hot: Arc::new(Readers::new(engine, pools.read_options, pools.hot_readers)),
             read: pools.read,
             write: pools.write,
         };
@@ -84,6 +89,7 @@ impl Store {
 
     /// Waits for the connections in use to be returned, then closes them all.
     pub async fn close(&self) {
+        self.hot.close().await;
         self.write.close().await;
         self.read.close().await;
     }
@@ -167,19 +173,23 @@ impl Store {
 
     pub async fn app_by_name(&self, name: &AppName) -> Result<AppRecord> {
         let sql = format!("SELECT {APP_COLUMNS} FROM apps WHERE name = $1");
+        let mut reader = self.hot.get().await?;
         let row = sqlx::query(&sql)
             .bind(name.as_str())
-            .fetch_optional(&self.read)
+            .fetch_optional(reader.conn())
             .await?;
+        reader.done();
         app_from_row(&row.ok_or(StoreError::NotFound("app"))?)
     }
 
     pub async fn app_by_id(&self, id: &str) -> Result<AppRecord> {
         let sql = format!("SELECT {APP_COLUMNS} FROM apps WHERE id = $1");
+        let mut reader = self.hot.get().await?;
         let row = sqlx::query(&sql)
             .bind(id)
-            .fetch_optional(&self.read)
+            .fetch_optional(reader.conn())
             .await?;
+        reader.done();
         app_from_row(&row.ok_or(StoreError::NotFound("app"))?)
     }
 
@@ -317,6 +327,7 @@ impl Store {
     /// [`Store::listing`] with the app's own versions), read together in one statement: the
     /// hot path of `secrets list` and of every write.
     pub async fn app_with_listing(&self, name: &AppName) -> Result<(AppRecord, Vec<ListedSecret>)> {
+        let mut reader = self.hot.get().await?;
         let rows = sqlx::query(
             "SELECT a.id, a.name, a.created_at, a.secrets_version, a.deployed_version, \
              a.crash_window_ms, a.release_version, \
@@ -332,8 +343,9 @@ impl Store {
              WHERE a.name = $1",
         )
         .bind(name.as_str())
-        .fetch_all(&self.read)
+        .fetch_all(reader.conn())
         .await?;
+        reader.done();
         let app = app_from_row(rows.first().ok_or(StoreError::NotFound("app"))?)?;
         let mut secrets = Vec::with_capacity(rows.len());
         for row in &rows {
@@ -506,7 +518,12 @@ impl Store {
     }
 
     pub async fn token(&self, id: &str) -> Result<TokenRecord> {
-        token_on(&self.read, id).await
+        let mut reader = self.hot.get().await?;
+        let token = token_on(reader.conn(), id).await;
+        if !matches!(token, Err(StoreError::Backend(_))) {
+            reader.done();
+        }
+        token
     }
 
     /// All tokens, oldest first.
@@ -864,11 +881,11 @@ fn multi_row_insert(prefix: &str, columns: usize, rows: usize) -> String {
     sql
 }
 
-async fn token_on(pool: &AnyPool, id: &str) -> Result<TokenRecord> {
+async fn token_on<'e>(on: impl Executor<'e, Database = Any>, id: &str) -> Result<TokenRecord> {
     let sql = format!("{TOKEN_SELECT} WHERE t.id = $1");
     let row = sqlx::query(&sql)
         .bind(id)
-        .fetch_optional(pool)
+        .fetch_optional(on)
         .await?
         .ok_or(StoreError::NotFound("token"))?;
     token_from_row(&row)
