@@ -2,14 +2,16 @@
 //!
 //! SQLite has one writer, and with `synchronous=FULL` every commit is an `fsync`. Writes that
 //! arrive while another is committing would each wait for the writer and then pay their own
-//! transaction and `fsync`. Instead, secrets writes go to one task that takes every write
-//! waiting at that moment, runs them one after the other in a single transaction and commits
-//! them with a single `fsync`; each caller gets its answer only after that commit, so an
-//! acknowledged write is as durable as before.
+//! transaction and `fsync`. Instead, the frequent writes (secrets versions, creating an app and
+//! its keys, completing a release) go to one task that takes every write waiting at that
+//! moment, runs them one after the other in a single transaction and commits them with a
+//! single `fsync`; each caller gets its answer only after that commit, so an acknowledged
+//! write is as durable as before.
 //!
 //! A write that fails must change nothing. A refusal (a stale base version, an unset of a
-//! missing name, a release already running) is found before the write changes anything (see
-//! `write_version_body`), so it is answered and the batch goes on. A write that fails after it
+//! missing name, a release already running, a name taken) is found before the write changes
+//! anything (each write says so with [`BodyError::Refused`]), so it is answered and the batch
+//! goes on. A write that fails after it
 //! began changing things (a database error) rolls its batch back; it gets its error and the
 //! batch runs again without it: the writes before it are redone, those after it run as if it
 //! had never been sent. The common path pays nothing for this, not even a savepoint per write.
@@ -17,19 +19,34 @@
 //! PostgreSQL does not need this: it runs writes on many connections at once and already
 //! combines the WAL flushes of concurrent commits.
 
-use crate::store::{write_version_body, BodyError};
-use crate::{engine, Engine, NewVersion, Result, StoreError, WriteOutcome};
-use sqlx::AnyPool;
+use crate::store::BodyError;
+use crate::{engine, Engine, Result, StoreError};
+use sqlx::{AnyConnection, AnyPool};
+use std::any::Any;
+use std::future::Future;
+use std::pin::Pin;
 use tokio::sync::{mpsc, oneshot};
 
 /// Most writes per transaction: bounds the work redone when a write of the batch fails, and
 /// how long the writes of one batch hold the writer.
 const MAX_BATCH: usize = 64;
 
+/// What a write returns, type-erased on its way through the queue.
+pub(crate) type Outcome = Box<dyn Any + Send>;
+
+/// One write: the statements it runs inside the group's transaction. It may run more than
+/// once (when a later write of its batch fails and the batch is redone), hence `FnMut`.
+pub(crate) type WriteOp = Box<
+    dyn for<'c> FnMut(
+            &'c mut AnyConnection,
+        )
+            -> Pin<Box<dyn Future<Output = Result<Outcome, BodyError>> + Send + 'c>>
+        + Send,
+>;
+
 struct Job {
-    version: NewVersion,
-    changes: String,
-    reply: oneshot::Sender<Result<WriteOutcome>>,
+    op: WriteOp,
+    reply: oneshot::Sender<Result<Outcome>>,
 }
 
 /// The queue in front of the writer task. Cheap to clone.
@@ -47,15 +64,10 @@ impl GroupCommit {
         GroupCommit { queue }
     }
 
-    /// Queues one secrets write and waits until it is committed (or refused).
-    pub(crate) async fn write(&self, version: NewVersion, changes: String) -> Result<WriteOutcome> {
+    /// Queues one write and waits until it is committed (or refused).
+    pub(crate) async fn run(&self, op: WriteOp) -> Result<Outcome> {
         let (reply, answer) = oneshot::channel();
-        let job = Job {
-            version,
-            changes,
-            reply,
-        };
-        self.queue.send(job).map_err(|_| stopped())?;
+        self.queue.send(Job { op, reply }).map_err(|_| stopped())?;
         answer.await.map_err(|_| stopped())?
     }
 }
@@ -79,7 +91,7 @@ async fn run_batch(engine: Engine, write: &AnyPool, mut batch: Vec<Job>) {
         if batch.is_empty() {
             return;
         }
-        match attempt(engine, write, &batch).await {
+        match attempt(engine, write, &mut batch).await {
             Attempt::Committed(outcomes) => {
                 for (job, outcome) in batch.into_iter().zip(outcomes) {
                     let _ = job.reply.send(outcome);
@@ -105,13 +117,13 @@ async fn run_batch(engine: Engine, write: &AnyPool, mut batch: Vec<Job>) {
 
 enum Attempt {
     /// Committed; each write's outcome (a refused write is in the batch, unwritten).
-    Committed(Vec<Result<WriteOutcome>>),
+    Committed(Vec<Result<Outcome>>),
     /// The write at this index failed; the transaction was rolled back.
     JobFailed(usize, StoreError),
     BatchFailed(StoreError),
 }
 
-async fn attempt(engine: Engine, write: &AnyPool, batch: &[Job]) -> Attempt {
+async fn attempt(engine: Engine, write: &AnyPool, batch: &mut [Job]) -> Attempt {
     let begun = match engine::begin_write(engine) {
         Some(begin) => write.begin_with(begin).await,
         None => write.begin().await,
@@ -121,12 +133,9 @@ async fn attempt(engine: Engine, write: &AnyPool, batch: &[Job]) -> Attempt {
         Err(e) => return Attempt::BatchFailed(e.into()),
     };
     let mut outcomes = Vec::with_capacity(batch.len());
-    for (i, job) in batch.iter().enumerate() {
-        match write_version_body(&mut tx, &job.version, &job.changes).await {
-            Ok(release) => outcomes.push(Ok(WriteOutcome {
-                version: job.version.version,
-                release,
-            })),
+    for (i, job) in batch.iter_mut().enumerate() {
+        match (job.op)(&mut tx).await {
+            Ok(outcome) => outcomes.push(Ok(outcome)),
             Err(BodyError::Refused(e)) => outcomes.push(Err(e)),
             Err(BodyError::Failed(e)) => {
                 let _ = tx.rollback().await;

@@ -3,6 +3,8 @@
 //! and enforces one running release per app (a unique partial index), so the rule holds across
 //! API replicas.
 
+use crate::group_commit::Outcome;
+use crate::store::BodyError;
 use crate::{ChangeKind, ChangeRecord, Micros, Result, Store, StoreError};
 use sqlx::any::AnyRow;
 use sqlx::{AnyConnection, Row};
@@ -229,19 +231,29 @@ impl Store {
     /// Marks a running release complete. `Conflict` if it is not running (someone else
     /// finished it).
     pub async fn complete_release(&self, app_id: &str, version: i64) -> Result<ReleaseRecord> {
-        let sql = format!(
-            "UPDATE releases SET status = 'complete', progress = '', updated_at = $1 \
-             WHERE app_id = $2 AND version = $3 AND status = 'running' RETURNING {RELEASE_COLUMNS}"
-        );
-        let row = sqlx::query(&sql)
-            .bind(crate::now_micros())
-            .bind(app_id)
-            .bind(version)
-            .fetch_optional(&self.write)
-            .await?;
-        release_from_row(
-            &row.ok_or_else(|| StoreError::Conflict("the release is not running".into()))?,
-        )
+        let app_id = std::sync::Arc::new(app_id.to_string());
+        self.write_tx(Box::new(move |tx| {
+            let app_id = app_id.clone();
+            Box::pin(async move {
+                let sql = format!(
+                    "UPDATE releases SET status = 'complete', progress = '', updated_at = $1 \
+                     WHERE app_id = $2 AND version = $3 AND status = 'running' \
+                     RETURNING {RELEASE_COLUMNS}"
+                );
+                let row = sqlx::query(&sql)
+                    .bind(crate::now_micros())
+                    .bind(app_id.as_str())
+                    .bind(version)
+                    .fetch_optional(&mut *tx)
+                    .await
+                    .map_err(|e| BodyError::Failed(e.into()))?;
+                let row = row.ok_or_else(|| {
+                    BodyError::Refused(StoreError::Conflict("the release is not running".into()))
+                })?;
+                Ok(Box::new(release_from_row(&row).map_err(BodyError::Failed)?) as Outcome)
+            })
+        }))
+        .await
     }
 
     /// Fails a running release and returns the app's secrets to what ran before it, in one

@@ -4,7 +4,7 @@
 //! database's collation and SQLite by bytes.
 
 use crate::engine::{self, DatabaseUrl, Engine, OpenMode};
-use crate::group_commit::GroupCommit;
+use crate::group_commit::{GroupCommit, Outcome, WriteOp};
 use crate::readers::Readers;
 use crate::{
     AppKeyRecord, AppRecord, ChangeKind, ChangeRecord, ListedSecret, Micros, NewToken, NewValue,
@@ -149,26 +149,37 @@ impl Store {
 
     /// Creates an app at secrets version 0. `Conflict` if the name is taken.
     pub async fn create_app(&self, id: &str, name: &AppName) -> Result<AppRecord> {
-        let sql = format!(
-            "INSERT INTO apps (id, name, created_at) VALUES ($1, $2, $3) \
-             ON CONFLICT (name) DO NOTHING RETURNING {APP_COLUMNS}"
-        );
-        let row = sqlx::query(&sql)
-            .bind(id)
-            .bind(name.as_str())
-            .bind(crate::now_micros())
-            .fetch_optional(&self.write)
-            .await
-            .map_err(|e| match kind(&e) {
-                Some(ErrorKind::UniqueViolation) => {
-                    StoreError::Conflict(format!("app ID {id} already exists"))
+        let (id, name) = (Arc::new(id.to_string()), Arc::new(name.clone()));
+        self.write_tx(Box::new(move |tx| {
+            let (id, name) = (id.clone(), name.clone());
+            Box::pin(async move {
+                let sql = format!(
+                    "INSERT INTO apps (id, name, created_at) VALUES ($1, $2, $3) \
+                     ON CONFLICT (name) DO NOTHING RETURNING {APP_COLUMNS}"
+                );
+                let row = sqlx::query(&sql)
+                    .bind(id.as_str())
+                    .bind(name.as_str())
+                    .bind(crate::now_micros())
+                    .fetch_optional(&mut *tx)
+                    .await
+                    .map_err(|e| match kind(&e) {
+                        Some(ErrorKind::UniqueViolation) => BodyError::Refused(
+                            StoreError::Conflict(format!("app ID {id} already exists")),
+                        ),
+                        _ => BodyError::Failed(e.into()),
+                    })?;
+                match row {
+                    Some(row) => {
+                        Ok(Box::new(app_from_row(&row).map_err(BodyError::Failed)?) as Outcome)
+                    }
+                    None => Err(BodyError::Refused(StoreError::Conflict(format!(
+                        "app {name} already exists"
+                    )))),
                 }
-                _ => e.into(),
-            })?;
-        match row {
-            Some(row) => app_from_row(&row),
-            None => Err(StoreError::Conflict(format!("app {name} already exists"))),
-        }
+            })
+        }))
+        .await
     }
 
     pub async fn app_by_name(&self, name: &AppName) -> Result<AppRecord> {
@@ -416,23 +427,43 @@ impl Store {
         let changes = serde_json::to_string(&changes)
             .map_err(|e| StoreError::Corrupt(format!("cannot encode the changes: {e}")))?;
 
-        if let Some(queue) = &self.group_commit {
-            return queue.write(v, changes).await;
-        }
-        let mut tx = self.begin_write().await?;
-        match write_version_body(&mut tx, &v, &changes).await {
-            Ok(release) => {
-                tx.commit().await?;
-                Ok(WriteOutcome {
+        let (v, changes) = (Arc::new(v), Arc::new(changes));
+        self.write_tx(Box::new(move |tx| {
+            let (v, changes) = (v.clone(), changes.clone());
+            Box::pin(async move {
+                let release = write_version_body(tx, &v, &changes).await?;
+                let outcome = WriteOutcome {
                     version: v.version,
                     release,
-                })
+                };
+                Ok(Box::new(outcome) as Outcome)
+            })
+        }))
+        .await
+    }
+
+    /// Runs the statements of one write transaction: on SQLite through group commit (with the
+    /// writes waiting beside it, see `group_commit`), on PostgreSQL in a transaction of its own.
+    pub(crate) async fn write_tx<T: Send + 'static>(&self, mut op: WriteOp) -> Result<T> {
+        let outcome = match &self.group_commit {
+            Some(queue) => queue.run(op).await?,
+            None => {
+                let mut tx = self.begin_write().await?;
+                match op(&mut tx).await {
+                    Ok(outcome) => {
+                        tx.commit().await?;
+                        outcome
+                    }
+                    Err(e) => {
+                        let _ = tx.rollback().await;
+                        return Err(e.into());
+                    }
+                }
             }
-            Err(e) => {
-                let _ = tx.rollback().await;
-                Err(e.into())
-            }
-        }
+        };
+        Ok(*outcome
+            .downcast::<T>()
+            .expect("a write returns the type its caller expects"))
     }
 
     /// Records that `version` is what the app's machines run. `Conflict` if that version does
@@ -552,25 +583,33 @@ impl Store {
 
     /// `Conflict` if the app already has keys: they are never replaced silently.
     pub async fn insert_app_key(&self, k: &AppKeyRecord) -> Result<()> {
-        let done = sqlx::query(
-            "INSERT INTO vault_app_keys \
-             (app_id, public_key, wrapped_private_key, wrapped_digest_key, created_at) \
-             VALUES ($1, $2, $3, $4, $5) ON CONFLICT (app_id) DO NOTHING",
-        )
-        .bind(&k.app_id)
-        .bind(&k.public_key)
-        .bind(&k.wrapped_private_key)
-        .bind(&k.wrapped_digest_key)
-        .bind(k.created_at)
-        .execute(&self.write)
-        .await?;
-        if done.rows_affected() == 0 {
-            return Err(StoreError::Conflict(format!(
-                "the app {} already has keys",
-                k.app_id
-            )));
-        }
-        Ok(())
+        let k = Arc::new(k.clone());
+        self.write_tx(Box::new(move |tx| {
+            let k = k.clone();
+            Box::pin(async move {
+                let done = sqlx::query(
+                    "INSERT INTO vault_app_keys \
+                     (app_id, public_key, wrapped_private_key, wrapped_digest_key, created_at) \
+                     VALUES ($1, $2, $3, $4, $5) ON CONFLICT (app_id) DO NOTHING",
+                )
+                .bind(&k.app_id)
+                .bind(&k.public_key)
+                .bind(&k.wrapped_private_key)
+                .bind(&k.wrapped_digest_key)
+                .bind(k.created_at)
+                .execute(&mut *tx)
+                .await
+                .map_err(|e| BodyError::Failed(e.into()))?;
+                if done.rows_affected() == 0 {
+                    return Err(BodyError::Refused(StoreError::Conflict(format!(
+                        "the app {} already has keys",
+                        k.app_id
+                    ))));
+                }
+                Ok(Box::new(()) as Outcome)
+            })
+        }))
+        .await
     }
 
     pub async fn app_key(&self, app_id: &str) -> Result<AppKeyRecord> {

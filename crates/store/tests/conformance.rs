@@ -77,6 +77,7 @@ conformance!(
     meta,
     concurrent_writers,
     concurrent_writes_with_failures,
+    concurrent_creates_with_collisions,
     hosts_and_machines,
     boot_facts,
     releases,
@@ -909,6 +910,49 @@ mod scenarios {
         }
         let app = store.app_by_id(&app.id).await.unwrap();
         assert_eq!(app.secrets_version, WRITERS as i64);
+    }
+
+    /// Apps and their keys created all at once, with names and key records that collide: on
+    /// SQLite they share transactions (group commit); each collision is refused alone.
+    pub async fn concurrent_creates_with_collisions(store: Store) {
+        const NAMES: usize = 12;
+        let mut tasks = Vec::new();
+        for i in 0..NAMES {
+            for attempt in 0..3 {
+                let store = store.clone();
+                tasks.push(tokio::spawn(async move {
+                    let id = format!("id-{i}-{attempt}");
+                    let created = store.create_app(&id, &app_name(&format!("app-{i}"))).await;
+                    let key = AppKeyRecord {
+                        app_id: format!("keys-{i}"),
+                        public_key: vec![attempt as u8; 32],
+                        wrapped_private_key: vec![1, 2, 3],
+                        wrapped_digest_key: vec![4, 5, 6],
+                        created_at: 1,
+                    };
+                    (i, id, created, store.insert_app_key(&key).await)
+                }));
+            }
+        }
+        let mut apps = vec![0; NAMES];
+        let mut keys = vec![0; NAMES];
+        for t in tasks {
+            let (i, id, created, keyed) = t.await.unwrap();
+            match created {
+                Ok(app) => {
+                    assert_eq!(app.id, id);
+                    apps[i] += 1;
+                }
+                Err(e) => assert_conflict::<()>(Err(e), "already exists"),
+            }
+            match keyed {
+                Ok(()) => keys[i] += 1,
+                Err(e) => assert_conflict::<()>(Err(e), "already has keys"),
+            }
+        }
+        assert_eq!(apps, vec![1; NAMES], "one app per name");
+        assert_eq!(keys, vec![1; NAMES], "one key record per app");
+        assert_eq!(store.list_apps().await.unwrap().len(), NAMES);
     }
 
     /// Many writes at once, to many apps, some of which must fail: on SQLite they share
