@@ -457,7 +457,10 @@ async fn tokens_scenario(engine: Engine) {
     .await;
     assert_eq!(status, 422, "{body}");
 
-    // A real expiry: the row's expires_at moved into the past behind coffer's back.
+    // A real expiry: the row's expires_at moved into the past behind coffer's back. (The API
+    // keeps token records it read for TOKEN_CACHE_TTL, so a change it did not make itself, as
+    // by another replica, shows within that time; an expiry that simply arrives is checked
+    // against the clock on every request.)
     let expiring = create_token(&dev, &["--app", A, "--scope", "deploy"]);
     allowed(&dev, &expiring.token, &["secrets", "list", "-a", A], None);
     let pool = dev.raw_pool().await;
@@ -470,6 +473,8 @@ async fn tokens_scenario(engine: Engine) {
         .unwrap();
     assert_eq!(done.rows_affected(), 1);
     pool.close().await;
+    tokio::time::sleep(coffer_api::auth::TOKEN_CACHE_TTL + std::time::Duration::from_millis(100))
+        .await;
     denied(&dev, &expiring.token, &["secrets", "list", "-a", A], None);
     denied(
         &dev,
