@@ -24,6 +24,7 @@ use hpke::{aead::ChaCha20Poly1305 as HpkeAead, kdf::HkdfSha256, Deserializable, 
 use hpke::{OpModeS, Serializable};
 use std::collections::hash_map::Entry;
 use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use zeroize::Zeroizing;
 
 pub const FORMAT_V1: u8 = 1;
@@ -126,7 +127,27 @@ pub fn open_values(
     app_sk: &PrivateKey,
     items: &[(ValueContext<'_>, &[u8])],
 ) -> Result<Vec<SecretValue>, CryptoError> {
-    let mut keys: HashMap<(&[u8], &str, i64), XChaCha20Poly1305> = HashMap::new();
+    open_values_with(app_sk, items, None)
+}
+
+/// [`open_values`], reusing (and filling) `cache`: the values of one write opened again (every
+/// boot of every machine on a version) cost no public-key operation.
+pub fn open_values_cached(
+    app_sk: &PrivateKey,
+    items: &[(ValueContext<'_>, &[u8])],
+    cache: &DataKeyCache,
+) -> Result<Vec<SecretValue>, CryptoError> {
+    open_values_with(app_sk, items, Some(cache))
+}
+
+fn open_values_with(
+    app_sk: &PrivateKey,
+    items: &[(ValueContext<'_>, &[u8])],
+    cache: Option<&DataKeyCache>,
+) -> Result<Vec<SecretValue>, CryptoError> {
+    // Per write: its cipher, and the data key if it was derived now (not from the cache).
+    type Opened = (XChaCha20Poly1305, Option<Arc<Zeroizing<[u8; 32]>>>);
+    let mut keys: HashMap<(&[u8], &str, i64), Opened> = HashMap::new();
     let mut out = Vec::with_capacity(items.len());
     for (ctx, bytes) in items {
         if bytes.len() < HEADER_LEN + TAG_LEN {
@@ -138,9 +159,21 @@ pub fn open_values(
         let enc = &bytes[1..1 + ENC_LEN];
         let nonce = &bytes[1 + ENC_LEN..HEADER_LEN];
         let key_id = (enc, ctx.app_id, ctx.version);
-        let cipher = match keys.entry(key_id) {
+        let (cipher, _) = match keys.entry(key_id) {
             Entry::Occupied(e) => e.into_mut(),
-            Entry::Vacant(e) => e.insert(derive_data_key(app_sk, enc, ctx.app_id, ctx.version)?),
+            Entry::Vacant(e) => {
+                let cached = cache.and_then(|c| c.get(enc, ctx.app_id, ctx.version));
+                let (key, fresh) = match cached {
+                    Some(key) => (key, false),
+                    None => (
+                        Arc::new(derive_data_key(app_sk, enc, ctx.app_id, ctx.version)?),
+                        true,
+                    ),
+                };
+                let raw: &[u8; 32] = &key;
+                let cipher = XChaCha20Poly1305::new(raw.into());
+                e.insert((cipher, fresh.then_some(key)))
+            }
         };
         let aad = value_aad(ctx);
         let plain = cipher
@@ -154,7 +187,92 @@ pub fn open_values(
             .map_err(|_| CryptoError::Integrity)?;
         out.push(SecretValue::new(plain));
     }
+    // Only keys that opened values are kept: a made-up envelope derives a key too (for
+    // nothing), and must not push real ones out of the cache.
+    if let Some(cache) = cache {
+        for ((enc, app_id, version), (_, fresh)) in keys {
+            if let Some(key) = fresh {
+                cache.insert(enc, app_id, version, key);
+            }
+        }
+    }
     Ok(out)
+}
+
+/// Data keys of writes already decapsulated, by (encapsulated key, app id, version): a data key
+/// is a function of the app's private key and these three, so a cached one is exactly the one
+/// a decapsulation would give. Whoever holds this cache can open those writes' values, which
+/// the holder of the app's private key (the vault) can anyway. Bounded (it starts over when
+/// full); every key is zeroized when dropped.
+pub struct DataKeyCache {
+    keys: Mutex<HashMap<DataKeyId, Arc<Zeroizing<[u8; 32]>>>>,
+    max: usize,
+}
+
+#[derive(PartialEq, Eq, Hash)]
+struct DataKeyId {
+    enc: [u8; ENC_LEN],
+    app_id: String,
+    version: i64,
+}
+
+impl DataKeyCache {
+    pub fn new(max: usize) -> Self {
+        Self {
+            keys: Mutex::default(),
+            max,
+        }
+    }
+
+    fn id(enc: &[u8], app_id: &str, version: i64) -> Option<DataKeyId> {
+        Some(DataKeyId {
+            enc: enc.try_into().ok()?,
+            app_id: app_id.to_string(),
+            version,
+        })
+    }
+
+    fn get(&self, enc: &[u8], app_id: &str, version: i64) -> Option<Arc<Zeroizing<[u8; 32]>>> {
+        let id = Self::id(enc, app_id, version)?;
+        self.keys
+            .lock()
+            .expect("data key cache lock")
+            .get(&id)
+            .cloned()
+    }
+
+    fn insert(&self, enc: &[u8], app_id: &str, version: i64, key: Arc<Zeroizing<[u8; 32]>>) {
+        let Some(id) = Self::id(enc, app_id, version) else {
+            return;
+        };
+        let mut keys = self.keys.lock().expect("data key cache lock");
+        if keys.len() >= self.max {
+            keys.clear();
+        }
+        keys.insert(id, key);
+    }
+
+    /// Drops every data key of the app (its keys are being destroyed).
+    pub fn forget_app(&self, app_id: &str) {
+        self.keys
+            .lock()
+            .expect("data key cache lock")
+            .retain(|id, _| id.app_id != app_id);
+    }
+
+    pub fn len(&self) -> usize {
+        self.keys.lock().expect("data key cache lock").len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+impl std::fmt::Debug for DataKeyCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "DataKeyCache({} keys)", self.len())
+    }
 }
 
 fn derive_data_key(
@@ -162,7 +280,7 @@ fn derive_data_key(
     enc: &[u8],
     app_id: &str,
     version: i64,
-) -> Result<XChaCha20Poly1305, CryptoError> {
+) -> Result<Zeroizing<[u8; 32]>, CryptoError> {
     let enc = <AppKem as Kem>::EncappedKey::from_bytes(enc)
         .map_err(|_| CryptoError::Malformed("envelope"))?;
     let receiver = hpke::setup_receiver::<HpkeAead, HkdfSha256, AppKem>(
@@ -177,7 +295,7 @@ fn derive_data_key(
     receiver
         .export(b"coffer/v1/data-key", data_key.as_mut())
         .map_err(|_| CryptoError::Malformed("export length"))?;
-    Ok(XChaCha20Poly1305::new(data_key.as_ref().into()))
+    Ok(data_key)
 }
 
 #[cfg(test)]
@@ -190,6 +308,55 @@ mod tests {
             app_id,
             name,
             version,
+        }
+    }
+
+    #[test]
+    fn the_data_key_cache_opens_what_a_decapsulation_opens_and_nothing_more() {
+        let (sk, pk) = PrivateKey::generate();
+        let a = SecretValue::from_str_value("alpha");
+        let b = SecretValue::from_str_value("beta");
+        let sealed = seal_values(&pk, "app1", 3, &[("A", &a), ("B", &b)]).unwrap();
+        let items = [
+            (ctx("app1", "A", 3), sealed[0].0.as_slice()),
+            (ctx("app1", "B", 3), sealed[1].0.as_slice()),
+        ];
+        let cache = DataKeyCache::new(8);
+        for _ in 0..2 {
+            let opened = open_values_cached(&sk, &items, &cache).unwrap();
+            assert_eq!(opened[0].expose_bytes(), b"alpha");
+            assert_eq!(opened[1].expose_bytes(), b"beta");
+            assert_eq!(cache.len(), 1, "one write, one data key");
+        }
+        // With the key cached, a value moved to another name or version still fails, and so
+        // does a flipped bit.
+        for wrong in [
+            ctx("app1", "B", 3),
+            ctx("app1", "A", 4),
+            ctx("app2", "A", 3),
+        ] {
+            let r = open_values_cached(&sk, &[(wrong, sealed[0].0.as_slice())], &cache);
+            assert!(matches!(r, Err(CryptoError::Integrity)), "{wrong:?}");
+        }
+        let mut flipped = sealed[0].0.clone();
+        *flipped.last_mut().unwrap() ^= 1;
+        let r = open_values_cached(&sk, &[(ctx("app1", "A", 3), flipped.as_slice())], &cache);
+        assert!(matches!(r, Err(CryptoError::Integrity)));
+        // Another app's key derives nothing useful from this cache.
+        let (other_sk, _) = PrivateKey::generate();
+        let r = open_values_cached(&other_sk, &items, &DataKeyCache::new(8));
+        assert!(matches!(r, Err(CryptoError::Integrity)));
+
+        cache.forget_app("app2");
+        assert_eq!(cache.len(), 1);
+        cache.forget_app("app1");
+        assert!(cache.is_empty());
+        // Bounded: it starts over when full.
+        let small = DataKeyCache::new(2);
+        for v in 1..=5 {
+            let s = seal_values(&pk, "app1", v, &[("A", &a)]).unwrap();
+            open_values_cached(&sk, &[(ctx("app1", "A", v), s[0].0.as_slice())], &small).unwrap();
+            assert!(small.len() <= 2);
         }
     }
 

@@ -26,7 +26,10 @@ pub mod token;
 pub mod wrap;
 
 pub use digest::{digest_hex, DigestKey};
-pub use envelope::{open_values, seal_values, EncryptedValue, SealedValue, ValueContext};
+pub use envelope::{
+    open_values, open_values_cached, seal_values, DataKeyCache, EncryptedValue, SealedValue,
+    ValueContext,
+};
 pub use keys::{PrivateKey, PublicKey};
 pub use wrap::RootKey;
 

@@ -17,7 +17,8 @@ pub mod wire;
 
 use coffer_core::SecretBytes;
 use coffer_crypto::{
-    bundle, open_values, DigestKey, PrivateKey, PublicKey, RootKey, SealingKeys, ValueContext,
+    bundle, open_values_cached, DataKeyCache, DigestKey, PrivateKey, PublicKey, RootKey,
+    SealingKeys, ValueContext,
 };
 use coffer_store::{now_micros, AppKeyRecord, Store, StoreError};
 use std::collections::HashMap;
@@ -59,7 +60,13 @@ pub struct Vault {
     /// which this process holds anyway; dropped (and zeroized) when the app's keys are
     /// destroyed.
     private_keys: Arc<Mutex<HashMap<String, Arc<PrivateKey>>>>,
+    /// Data keys of writes already opened: the boots of every machine on a version open the
+    /// same writes, and then cost no public-key operation for them. Same exposure as above.
+    data_keys: Arc<DataKeyCache>,
 }
+
+/// Data keys of opened writes kept at most (about 100 bytes each).
+const DATA_KEYS_MAX: usize = 10_000;
 
 /// Unwrapped private keys kept at most; when full the cache starts over.
 const PRIVATE_KEYS_MAX: usize = 10_000;
@@ -80,6 +87,7 @@ impl Vault {
             store,
             root: Arc::new(root),
             private_keys: Arc::default(),
+            data_keys: Arc::new(DataKeyCache::new(DATA_KEYS_MAX)),
         })
     }
 
@@ -134,6 +142,7 @@ impl Vault {
             .lock()
             .expect("private key cache lock")
             .remove(app_id);
+        self.data_keys.forget_app(app_id);
         Ok(self.store.delete_app_key(app_id).await?)
     }
 
@@ -186,7 +195,8 @@ impl Vault {
                 )
             })
             .collect();
-        let values = open_values(&sk, &items).map_err(|_| VaultError::Integrity)?;
+        let values =
+            open_values_cached(&sk, &items, &self.data_keys).map_err(|_| VaultError::Integrity)?;
         let entries: Vec<(&str, &coffer_core::SecretValue)> = presented
             .iter()
             .map(|p| p.name.as_str())
