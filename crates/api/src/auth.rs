@@ -45,8 +45,8 @@ impl FromRequestParts<ApiState> for Caller {
         let (id, hash) = parse_token(presented).ok_or_else(ApiError::unauthorized)?;
         let rec = match state.tokens.get(&id) {
             Some(r) => r,
-            None => match state.store.token(&id).await {
-                Ok(r) => state.tokens.put(r),
+            None => match state.tokens.read_through(state.store.token(&id)).await {
+                Ok(r) => r,
                 Err(StoreError::NotFound(_)) => return Err(ApiError::unauthorized()),
                 Err(e) => return Err(e.into()),
             },
@@ -87,34 +87,56 @@ const TOKEN_CACHE_MAX: usize = 4096;
 /// secret against the record's hash, the revocation and the expiry.
 #[derive(Default)]
 pub struct TokenCache {
-    entries: Mutex<HashMap<String, (Instant, Arc<TokenRecord>)>>,
+    entries: Mutex<Entries>,
+}
+
+#[derive(Default)]
+struct Entries {
+    by_id: HashMap<String, (Instant, Arc<TokenRecord>)>,
+    /// Bumped by every forget/clear: a record read from the store before one of them may be
+    /// stale, and is then not cached (a revocation racing a first use must not be undone).
+    generation: u64,
 }
 
 impl TokenCache {
-    fn get(&self, id: &str) -> Option<Arc<TokenRecord>> {
-        let entries = self.entries.lock().expect("token cache lock");
-        let (read_at, rec) = entries.get(id)?;
-        (read_at.elapsed() < TOKEN_CACHE_TTL).then(|| rec.clone())
+    /// Reads a record with `read` and caches it, unless a revocation or an app's destruction
+    /// happened while it was being read.
+    async fn read_through(
+        &self,
+        read: impl std::future::Future<Output = Result<TokenRecord, StoreError>>,
+    ) -> Result<Arc<TokenRecord>, StoreError> {
+        let before = self.entries.lock().expect("token cache lock").generation;
+        let rec = Arc::new(read.await?);
+        let mut entries = self.entries.lock().expect("token cache lock");
+        if entries.generation == before {
+            if entries.by_id.len() >= TOKEN_CACHE_MAX {
+                entries.by_id.clear();
+            }
+            entries
+                .by_id
+                .insert(rec.id.clone(), (Instant::now(), rec.clone()));
+        }
+        Ok(rec)
     }
 
-    fn put(&self, rec: TokenRecord) -> Arc<TokenRecord> {
-        let rec = Arc::new(rec);
-        let mut entries = self.entries.lock().expect("token cache lock");
-        if entries.len() >= TOKEN_CACHE_MAX {
-            entries.clear();
-        }
-        entries.insert(rec.id.clone(), (Instant::now(), rec.clone()));
-        rec
+    fn get(&self, id: &str) -> Option<Arc<TokenRecord>> {
+        let entries = self.entries.lock().expect("token cache lock");
+        let (read_at, rec) = entries.by_id.get(id)?;
+        (read_at.elapsed() < TOKEN_CACHE_TTL).then(|| rec.clone())
     }
 
     /// After a revocation.
     pub fn forget(&self, id: &str) {
-        self.entries.lock().expect("token cache lock").remove(id);
+        let mut entries = self.entries.lock().expect("token cache lock");
+        entries.by_id.remove(id);
+        entries.generation += 1;
     }
 
     /// After an app is destroyed (its tokens go with it).
     pub fn clear(&self) {
-        self.entries.lock().expect("token cache lock").clear();
+        let mut entries = self.entries.lock().expect("token cache lock");
+        entries.by_id.clear();
+        entries.generation += 1;
     }
 }
 
@@ -173,12 +195,18 @@ mod tests {
         }
     }
 
-    #[test]
-    fn token_cache_keeps_forgets_and_stays_bounded() {
+    fn read(
+        rec: TokenRecord,
+    ) -> impl std::future::Future<Output = Result<TokenRecord, StoreError>> {
+        std::future::ready(Ok(rec))
+    }
+
+    #[tokio::test]
+    async fn token_cache_keeps_forgets_and_stays_bounded() {
         let cache = TokenCache::default();
         assert!(cache.get("a").is_none());
-        cache.put(record("a"));
-        cache.put(record("b"));
+        cache.read_through(read(record("a"))).await.unwrap();
+        cache.read_through(read(record("b"))).await.unwrap();
         assert_eq!(cache.get("a").unwrap().id, "a");
         cache.forget("a");
         assert!(cache.get("a").is_none(), "a revoked token is read again");
@@ -187,17 +215,42 @@ mod tests {
         assert!(cache.get("b").is_none());
 
         for i in 0..TOKEN_CACHE_MAX + 10 {
-            cache.put(record(&format!("t{i}")));
+            cache
+                .read_through(read(record(&format!("t{i}"))))
+                .await
+                .unwrap();
         }
-        assert!(cache.entries.lock().unwrap().len() <= TOKEN_CACHE_MAX);
+        assert!(cache.entries.lock().unwrap().by_id.len() <= TOKEN_CACHE_MAX);
+
+        // A store miss is not cached.
+        let missing = cache
+            .read_through(std::future::ready(Err(StoreError::NotFound("token"))))
+            .await;
+        assert!(missing.is_err());
+        assert!(cache.get("nope").is_none());
     }
 
-    #[test]
-    fn token_cache_entries_expire() {
+    #[tokio::test]
+    async fn a_revocation_during_a_read_is_not_undone() {
         let cache = TokenCache::default();
-        cache.put(record("a"));
+        // The record is read (unrevoked) while the token is revoked: the stale record is used
+        // for this one request's check but not kept.
+        let racing = async {
+            cache.forget("a");
+            Ok(record("a"))
+        };
+        cache.read_through(racing).await.unwrap();
+        assert!(cache.get("a").is_none());
+        cache.read_through(read(record("a"))).await.unwrap();
+        assert!(cache.get("a").is_some());
+    }
+
+    #[tokio::test]
+    async fn token_cache_entries_expire() {
+        let cache = TokenCache::default();
+        cache.read_through(read(record("a"))).await.unwrap();
         let old = Instant::now().checked_sub(TOKEN_CACHE_TTL).unwrap();
-        cache.entries.lock().unwrap().get_mut("a").unwrap().0 = old;
+        cache.entries.lock().unwrap().by_id.get_mut("a").unwrap().0 = old;
         assert!(
             cache.get("a").is_none(),
             "an entry older than the TTL is read again"
