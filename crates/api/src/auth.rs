@@ -106,15 +106,15 @@ impl TokenCache {
         read: impl std::future::Future<Output = Result<TokenRecord, StoreError>>,
     ) -> Result<Arc<TokenRecord>, StoreError> {
         let before = self.entries.lock().expect("token cache lock").generation;
+        // The entry's age counts from before the read, so a slow read does not stretch the TTL.
+        let read_at = Instant::now();
         let rec = Arc::new(read.await?);
         let mut entries = self.entries.lock().expect("token cache lock");
         if entries.generation == before {
             if entries.by_id.len() >= TOKEN_CACHE_MAX {
                 entries.by_id.clear();
             }
-            entries
-                .by_id
-                .insert(rec.id.clone(), (Instant::now(), rec.clone()));
+            entries.by_id.insert(rec.id.clone(), (read_at, rec.clone()));
         }
         Ok(rec)
     }

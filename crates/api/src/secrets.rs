@@ -65,6 +65,25 @@ pub async fn write(
     let unsets = std::mem::take(&mut body.unset);
     let sets = decode_pairs(std::mem::take(&mut body.set))?;
     let change = ChangeSet::new(sets, unsets).map_err(|e| ApiError::invalid(e.to_string()))?;
+    // The write and the start of its release run in a task of their own: a client that hangs
+    // up must not leave a committed release that nothing orchestrates.
+    detached(write_and_release(s, caller, name, change, stage)).await
+}
+
+/// Runs `work` to its end even if the request that asked for it is dropped.
+async fn detached<T: Send + 'static>(
+    work: impl std::future::Future<Output = ApiResult<T>> + Send + 'static,
+) -> ApiResult<T> {
+    tokio::spawn(work).await.map_err(ApiError::internal)?
+}
+
+async fn write_and_release(
+    s: ApiState,
+    caller: Caller,
+    name: coffer_core::AppName,
+    change: ChangeSet,
+    stage: bool,
+) -> ApiResult<Json<WriteResult>> {
     for attempt in 1..=WRITE_ATTEMPTS {
         // The app and its current secrets in one read; a write that lost a race reads them
         // again.
@@ -180,24 +199,28 @@ pub async fn deploy(
             release: None,
         }));
     }
-    let release = s
-        .store
-        .deploy_staged(
-            &app.id,
-            &NewRelease {
-                description: format!("Deploy secrets version {}", app.secrets_version),
-                actor: caller.actor.clone(),
-            },
-        )
-        .await?;
-    tracing::info!(app = %app.name, version = release.secrets_version, release = release.version, "staged secrets deployed");
-    let out = DeployResult {
-        version: release.secrets_version,
-        changed: true,
-        release: Some(release.version),
-    };
-    crate::releases::start(&s, release).await?;
-    Ok(Json(out))
+    // As for writes: the deploy and the start of its release are not split by a hang-up.
+    detached(async move {
+        let release = s
+            .store
+            .deploy_staged(
+                &app.id,
+                &NewRelease {
+                    description: format!("Deploy secrets version {}", app.secrets_version),
+                    actor: caller.actor.clone(),
+                },
+            )
+            .await?;
+        tracing::info!(app = %app.name, version = release.secrets_version, release = release.version, "staged secrets deployed");
+        let out = DeployResult {
+            version: release.secrets_version,
+            changed: true,
+            release: Some(release.version),
+        };
+        crate::releases::start(&s, release).await?;
+        Ok(Json(out))
+    })
+    .await
 }
 
 #[derive(serde::Deserialize)]

@@ -18,8 +18,9 @@ async fn decrypt(
 ) -> Result<Vec<(String, Vec<u8>)>, VaultError> {
     let (sk, pk) = PrivateKey::generate();
     let ctx: [&[u8]; 1] = [b"tamper-test"];
+    let app_public_key = vault.store().app_key(app_id).await?.public_key;
     let sealed = vault
-        .decrypt_to_recipient(app_id, presented, &pk, &ctx)
+        .decrypt_to_recipient(app_id, &app_public_key, presented, &pk, &ctx)
         .await?;
     let opened =
         bundle::open_bundle(&sk, &ctx, &sealed).expect("bundle opens with the one-time key");

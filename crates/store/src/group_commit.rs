@@ -136,8 +136,11 @@ async fn attempt(engine: Engine, write: &AnyPool, batch: &mut [Job]) -> Attempt 
     for (i, job) in batch.iter_mut().enumerate() {
         match (job.op)(&mut tx).await {
             Ok(outcome) => outcomes.push(Ok(outcome)),
-            Err(BodyError::Refused(e)) => outcomes.push(Err(e)),
-            Err(BodyError::Failed(e)) => {
+            // A database error is never a clean refusal, whatever the op said.
+            Err(BodyError::Refused(e)) if !matches!(e, StoreError::Backend(_)) => {
+                outcomes.push(Err(e))
+            }
+            Err(BodyError::Refused(e) | BodyError::Failed(e)) => {
                 let _ = tx.rollback().await;
                 return Attempt::JobFailed(i, e);
             }

@@ -72,6 +72,9 @@ pub struct BootFacts {
     pub machine: MachineRecord,
     /// The host's public key as registered now.
     pub host_public_key: String,
+    /// The app's public key as the vault's key record has it now; `None` once the app's keys
+    /// are destroyed.
+    pub app_public_key: Option<Vec<u8>>,
     /// Name → value version, of the machine's secrets version.
     pub members: std::collections::HashMap<String, i64>,
 }
@@ -217,10 +220,11 @@ impl Store {
             "s.name || ':' || CAST(s.value_version AS TEXT)",
         );
         let sql = format!(
-            "SELECT {}, h.public_key AS host_public_key, \
+            "SELECT {}, h.public_key AS host_public_key, k.public_key AS app_public_key, \
              (SELECT {packed} FROM secret_members s \
               WHERE s.app_id = m.app_id AND s.version = m.secrets_version) AS members \
-             FROM machines m JOIN hosts h ON h.id = m.host_id WHERE m.id = $1",
+             FROM machines m JOIN hosts h ON h.id = m.host_id \
+             LEFT JOIN vault_app_keys k ON k.app_id = m.app_id WHERE m.id = $1",
             columns.join(", "),
         );
         let mut reader = self.hot.get().await?;
@@ -245,9 +249,11 @@ impl Store {
         }
         let machine = machine_from_row(&row)?;
         let host_public_key = row.try_get("host_public_key")?;
+        let app_public_key = row.try_get("app_public_key")?;
         Ok(BootFacts {
             machine,
             host_public_key,
+            app_public_key,
             members,
         })
     }

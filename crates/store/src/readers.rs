@@ -12,12 +12,22 @@ use crate::{engine, Engine, Result, StoreError};
 use sqlx::any::AnyConnectOptions;
 use sqlx::{AnyConnection, ConnectOptions, Connection};
 use std::sync::Mutex;
+use std::time::{Duration, Instant};
 use tokio::sync::{Semaphore, SemaphorePermit};
+
+/// How long a read waits for a connection (a free one, or a new one to be opened), as the
+/// pools do.
+const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A connection idle longer than this is closed rather than reused (a server or a NAT may have
+/// dropped it meanwhile), as the pools' `idle_timeout` does.
+const MAX_IDLE: Duration = Duration::from_secs(600);
 
 pub(crate) struct Readers {
     engine: Engine,
     options: AnyConnectOptions,
-    idle: Mutex<Vec<AnyConnection>>,
+    /// Connections ready for a read, with when each was last given back.
+    idle: Mutex<Vec<(Instant, AnyConnection)>>,
     permits: Semaphore,
 }
 
@@ -40,14 +50,25 @@ impl Readers {
     }
 
     pub(crate) async fn get(&self) -> Result<Reader<'_>> {
+        tokio::time::timeout(ACQUIRE_TIMEOUT, self.acquire())
+            .await
+            .map_err(|_| sqlx::Error::PoolTimedOut)?
+    }
+
+    async fn acquire(&self) -> Result<Reader<'_>> {
         let permit = self
             .permits
             .acquire()
             .await
             .map_err(|_| StoreError::NotCommitted("the store is closed".into()))?;
-        let idle = self.idle.lock().expect("readers lock").pop();
+        let idle = {
+            let mut idle = self.idle.lock().expect("readers lock");
+            // The newest are at the end; drop the ones idle for too long.
+            idle.retain(|(since, _)| since.elapsed() < MAX_IDLE);
+            idle.pop()
+        };
         let conn = match idle {
-            Some(conn) => conn,
+            Some((_, conn)) => conn,
             None => {
                 let mut conn = self.options.connect().await?;
                 engine::set_up_connection(self.engine, &mut conn).await?;
@@ -66,7 +87,7 @@ impl Readers {
     pub(crate) async fn close(&self) {
         self.permits.close();
         let idle = std::mem::take(&mut *self.idle.lock().expect("readers lock"));
-        for conn in idle {
+        for (_, conn) in idle {
             let _ = conn.close().await;
         }
     }
@@ -89,7 +110,8 @@ impl Drop for Reader<'_> {
     fn drop(&mut self) {
         if let Some(conn) = self.conn.take() {
             if self.finished && !self.readers.permits.is_closed() {
-                self.readers.idle.lock().expect("readers lock").push(conn);
+                let mut idle = self.readers.idle.lock().expect("readers lock");
+                idle.push((Instant::now(), conn));
             }
             // Otherwise the connection is dropped, which closes it.
         }

@@ -696,7 +696,12 @@ pub(crate) async fn write_version_body(
     changes: &str,
 ) -> Result<Option<crate::ReleaseRecord>, BodyError> {
     let now = crate::now_micros();
-    let checked = check_version(tx, v).await.map_err(BodyError::Refused)?;
+    // A refusal changes nothing; a database error may have (SQLite can roll the whole
+    // transaction back by itself on I/O errors), so it fails the group.
+    let checked = check_version(tx, v).await.map_err(|e| match e {
+        StoreError::Backend(_) => BodyError::Failed(e),
+        refusal => BodyError::Refused(refusal),
+    })?;
     apply_version(tx, v, checked, changes, now)
         .await
         .map_err(BodyError::Failed)

@@ -1153,6 +1153,19 @@ mod machine_scenarios {
         let facts = store.boot_facts("m1").await.unwrap();
         assert_eq!(facts.machine, m1);
         assert_eq!(facts.host_public_key, "ab");
+        assert_eq!(facts.app_public_key, None, "no key record yet");
+        let key = AppKeyRecord {
+            app_id: app.id.clone(),
+            public_key: vec![5; 32],
+            wrapped_private_key: vec![1],
+            wrapped_digest_key: vec![2],
+            created_at: 1,
+        };
+        store.insert_app_key(&key).await.unwrap();
+        let facts = store.boot_facts("m1").await.unwrap();
+        assert_eq!(facts.app_public_key, Some(vec![5; 32]));
+        store.delete_app_key(&app.id).await.unwrap();
+        assert_eq!(store.boot_facts("m1").await.unwrap().app_public_key, None);
         assert_eq!(
             facts.members,
             [("A".to_string(), 1), ("B".to_string(), 2)].into()

@@ -106,6 +106,10 @@ async fn decrypt_checked(s: &VaultState, req: &DecryptRequest) -> ApiResult<Json
     if machine.app_id != claims.app_id || machine.host_id != claims.host_id {
         return Err(refused("the machine token does not match the machine"));
     }
+    let Some(app_public_key) = &facts.app_public_key else {
+        s.vault.forget_app_keys(&machine.app_id);
+        return Err(refused("the app's keys have been destroyed"));
+    };
     if facts.host_public_key != claims.host_key {
         return Err(refused(
             "the host's key has changed since the token was issued",
@@ -139,7 +143,13 @@ async fn decrypt_checked(s: &VaultState, req: &DecryptRequest) -> ApiResult<Json
     ];
     let bundle = s
         .vault
-        .decrypt_to_recipient(&machine.app_id, &presented, &recipient, &context)
+        .decrypt_to_recipient(
+            &machine.app_id,
+            app_public_key,
+            &presented,
+            &recipient,
+            &context,
+        )
         .await?;
     tracing::info!(machine = %machine.id, secrets_version = machine.secrets_version, values = presented.len(), "decrypted for a machine boot");
     Ok(Json(DecryptResponse {

@@ -59,7 +59,7 @@ pub struct Vault {
     /// key again. They are no more exposed here than the root key that unwraps them all,
     /// which this process holds anyway; dropped (and zeroized) when the app's keys are
     /// destroyed.
-    private_keys: Arc<Mutex<HashMap<String, Arc<PrivateKey>>>>,
+    private_keys: Arc<Mutex<HashMap<String, UnwrappedKey>>>,
     /// Data keys of writes already opened: the boots of every machine on a version open the
     /// same writes, and then cost no public-key operation for them. Same exposure as above.
     data_keys: Arc<DataKeyCache>,
@@ -67,6 +67,9 @@ pub struct Vault {
 
 /// Data keys of opened writes kept at most (about 100 bytes each).
 const DATA_KEYS_MAX: usize = 10_000;
+
+/// An app's private key, with the public key of the record it was unwrapped from.
+type UnwrappedKey = (Vec<u8>, Arc<PrivateKey>);
 
 /// Unwrapped private keys kept at most; when full the cache starts over.
 const PRIVATE_KEYS_MAX: usize = 10_000;
@@ -138,25 +141,48 @@ impl Vault {
     /// Crypto-shredding: once the wrapped private key is gone, no ciphertext of the app can
     /// ever be opened again, whatever copies of the database exist.
     pub async fn destroy_app_keys(&self, app_id: &str) -> Result<(), VaultError> {
+        self.store.delete_app_key(app_id).await?;
+        // After the delete: a decrypt that read the record before it may still cache the key,
+        // but every decrypt compares the cached key with the record it reads then (see
+        // `private_key`), and there is none any more.
+        self.forget_app_keys(app_id);
+        Ok(())
+    }
+
+    /// Drops what this process keeps in memory for the app (its unwrapped private key and the
+    /// data keys of its writes).
+    pub fn forget_app_keys(&self, app_id: &str) {
         self.private_keys
             .lock()
             .expect("private key cache lock")
             .remove(app_id);
         self.data_keys.forget_app(app_id);
-        Ok(self.store.delete_app_key(app_id).await?)
     }
 
-    /// The app's private key, unwrapped (from the cache, or read and unwrapped now).
-    async fn private_key(&self, app_id: &str) -> Result<Arc<PrivateKey>, VaultError> {
-        if let Some(sk) = self
+    /// The app's private key, unwrapped: from the cache if it was unwrapped from the key
+    /// record whose public key is `expected_public_key` (what the store holds now), else read
+    /// and unwrapped now. So keys destroyed through another vault replica, or re-made for the
+    /// app, are never served from memory.
+    async fn private_key(
+        &self,
+        app_id: &str,
+        expected_public_key: &[u8],
+    ) -> Result<Arc<PrivateKey>, VaultError> {
+        if let Some((public_key, sk)) = self
             .private_keys
             .lock()
             .expect("private key cache lock")
             .get(app_id)
         {
-            return Ok(sk.clone());
+            if public_key.as_slice() == expected_public_key {
+                return Ok(sk.clone());
+            }
         }
+        self.forget_app_keys(app_id);
         let rec = self.app_key(app_id).await?;
+        if rec.public_key != expected_public_key {
+            return Err(VaultError::NoKey);
+        }
         let sk_bytes = self
             .root
             .unwrap_key(PURPOSE_PRIVATE, app_id, &rec.wrapped_private_key)
@@ -167,21 +193,20 @@ impl Vault {
         if cache.len() >= PRIVATE_KEYS_MAX {
             cache.clear();
         }
-        cache.insert(app_id.to_string(), sk.clone());
+        cache.insert(app_id.to_string(), (rec.public_key, sk.clone()));
         Ok(sk)
     }
 
-    /// Opens the presented ciphertexts of one app, each in the place it claims to come from,
-    /// and seals the values to `recipient` for the boot identified by `context`. All or
-    /// nothing: one ciphertext that fails to open fails the whole request.
+    /// `app_public_key`: the app's public key as the store holds it now (see `private_key`).
     pub async fn decrypt_to_recipient(
         &self,
         app_id: &str,
+        app_public_key: &[u8],
         presented: &[Presented],
         recipient: &PublicKey,
         context: &[&[u8]],
     ) -> Result<Vec<u8>, VaultError> {
-        let sk = self.private_key(app_id).await?;
+        let sk = self.private_key(app_id, app_public_key).await?;
         let items: Vec<(ValueContext<'_>, &[u8])> = presented
             .iter()
             .map(|p| {
