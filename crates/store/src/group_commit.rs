@@ -79,19 +79,25 @@ fn stopped() -> StoreError {
 async fn writer(engine: Engine, write: AnyPool, mut jobs: mpsc::UnboundedReceiver<Job>) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
     while jobs.recv_many(&mut batch, MAX_BATCH).await > 0 {
-        run_batch(engine, &write, std::mem::take(&mut batch)).await;
+        // Each group in a task of its own: should a write's code panic, that group's callers
+        // get an error (their replies are dropped, the transaction rolls back as it is
+        // dropped) and the writer goes on with the next group.
+        let group = tokio::spawn(run_batch(engine, write.clone(), std::mem::take(&mut batch)));
+        if let Err(e) = group.await {
+            tracing::error!(error = %e, "a group of writes failed; its writes were not committed");
+        }
     }
 }
 
 /// Commits as many of `batch` as can be, in one transaction; answers every job.
-async fn run_batch(engine: Engine, write: &AnyPool, mut batch: Vec<Job>) {
+async fn run_batch(engine: Engine, write: AnyPool, mut batch: Vec<Job>) {
     while !batch.is_empty() {
         // A caller that gave up (its request was dropped) needs no write.
         batch.retain(|job| !job.reply.is_closed());
         if batch.is_empty() {
             return;
         }
-        match attempt(engine, write, &mut batch).await {
+        match attempt(engine, &write, &mut batch).await {
             Attempt::Committed(outcomes) => {
                 for (job, outcome) in batch.into_iter().zip(outcomes) {
                     let _ = job.reply.send(outcome);
@@ -149,5 +155,30 @@ async fn attempt(engine: Engine, write: &AnyPool, batch: &mut [Job]) -> Attempt 
     match tx.commit().await {
         Ok(()) => Attempt::Committed(outcomes),
         Err(e) => Attempt::BatchFailed(e.into()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::{testing, OpenMode, Store, StoreError};
+
+    #[tokio::test]
+    async fn a_panicking_write_fails_alone_and_the_writer_goes_on() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(
+            &testing::sqlite_url_in(dir.path()),
+            OpenMode::CreateIfMissing,
+        )
+        .await
+        .unwrap();
+        let panicked: Result<(), StoreError> = store
+            .write_tx(Box::new(|_| Box::pin(async { panic!("a bug in a write") })))
+            .await;
+        assert!(matches!(panicked, Err(StoreError::NotCommitted(_))));
+        // The writer still commits the next writes.
+        let name = coffer_core::AppName::parse("after-the-panic").unwrap();
+        store.create_app("id-1", &name).await.unwrap();
+        assert_eq!(store.app_by_name(&name).await.unwrap().id, "id-1");
+        store.close().await;
     }
 }
