@@ -297,39 +297,27 @@ impl Store {
         if version < 0 {
             return Err(StoreError::NotFound("secrets version"));
         }
-        let rows = sqlx::query(
-            "SELECT m.name, m.value_version, v.digest, v.value_len, v.created_at, v.updated_at, \
-             d.value_version AS deployed_value_version \
+        let sql = format!(
+            "SELECT {LISTED_COLUMNS} \
              FROM secret_members m JOIN secret_values v \
              ON v.app_id = m.app_id AND v.name = m.name AND v.version = m.value_version \
              LEFT JOIN secret_members d \
              ON d.app_id = m.app_id AND d.name = m.name AND d.version = $1 \
-             WHERE m.app_id = $2 AND m.version = $3",
-        )
-        .bind(deployed_version)
-        .bind(app_id)
-        .bind(version)
-        .fetch_all(&self.read)
-        .await?;
+             WHERE m.app_id = $2 AND m.version = $3"
+        );
+        let rows = sqlx::query(&sql)
+            .bind(deployed_version)
+            .bind(app_id)
+            .bind(version)
+            .fetch_all(&self.read)
+            .await?;
         if rows.is_empty() && !self.version_exists(app_id, version).await? {
             return Err(StoreError::NotFound("secrets version"));
         }
-        let mut secrets = rows
-            .iter()
-            .map(|row| {
-                let value_version: i64 = row.try_get("value_version")?;
-                let deployed: Option<i64> = row.try_get("deployed_value_version")?;
-                Ok(ListedSecret {
-                    name: secret_name(row.try_get("name")?)?,
-                    value_version,
-                    digest: row.try_get("digest")?,
-                    value_len: row.try_get("value_len")?,
-                    created_at: row.try_get("created_at")?,
-                    updated_at: row.try_get("updated_at")?,
-                    deployed: deployed == Some(value_version),
-                })
-            })
-            .collect::<Result<Vec<_>>>()?;
+        let mut secrets = Vec::with_capacity(rows.len());
+        for row in &rows {
+            secrets.extend(listed_from_row(row)?);
+        }
         secrets.sort_by(|a, b| a.name.cmp(&b.name));
         Ok(secrets)
     }
@@ -339,42 +327,27 @@ impl Store {
     /// hot path of `secrets list` and of every write.
     pub async fn app_with_listing(&self, name: &AppName) -> Result<(AppRecord, Vec<ListedSecret>)> {
         let mut reader = self.hot.get().await?;
-        let rows = sqlx::query(
+        let sql = format!(
             "SELECT a.id, a.name, a.created_at, a.secrets_version, a.deployed_version, \
-             a.crash_window_ms, a.release_version, \
-             m.name AS s_name, m.value_version AS s_value_version, v.digest AS s_digest, \
-             v.value_len AS s_value_len, v.created_at AS s_created_at, \
-             v.updated_at AS s_updated_at, d.value_version AS s_deployed_value_version \
+             a.crash_window_ms, a.release_version, {LISTED_COLUMNS} \
              FROM apps a \
              LEFT JOIN secret_members m ON m.app_id = a.id AND m.version = a.secrets_version \
              LEFT JOIN secret_values v \
              ON v.app_id = m.app_id AND v.name = m.name AND v.version = m.value_version \
              LEFT JOIN secret_members d \
              ON d.app_id = m.app_id AND d.name = m.name AND d.version = a.deployed_version \
-             WHERE a.name = $1",
-        )
-        .bind(name.as_str())
-        .fetch_all(reader.conn())
-        .await?;
+             WHERE a.name = $1"
+        );
+        let rows = sqlx::query(&sql)
+            .bind(name.as_str())
+            .fetch_all(reader.conn())
+            .await?;
         reader.done();
         let app = app_from_row(rows.first().ok_or(StoreError::NotFound("app"))?)?;
         let mut secrets = Vec::with_capacity(rows.len());
         for row in &rows {
             // An app without secrets is one row of NULLs on the right.
-            let Some(name) = row.try_get::<Option<String>, _>("s_name")? else {
-                continue;
-            };
-            let value_version: i64 = row.try_get("s_value_version")?;
-            let deployed: Option<i64> = row.try_get("s_deployed_value_version")?;
-            secrets.push(ListedSecret {
-                name: secret_name(name)?,
-                value_version,
-                digest: row.try_get("s_digest")?,
-                value_len: row.try_get("s_value_len")?,
-                created_at: row.try_get("s_created_at")?,
-                updated_at: row.try_get("s_updated_at")?,
-                deployed: deployed == Some(value_version),
-            });
+            secrets.extend(listed_from_row(row)?);
         }
         secrets.sort_by(|a, b| a.name.cmp(&b.name));
         Ok((app, secrets))
@@ -940,6 +913,30 @@ pub(crate) fn kind(e: &sqlx::Error) -> Option<ErrorKind> {
         sqlx::Error::Database(db) => Some(db.kind()),
         _ => None,
     }
+}
+
+/// The columns [`listed_from_row`] reads, from `secret_members m` joined to `secret_values v`
+/// and the deployed version's `secret_members d`.
+const LISTED_COLUMNS: &str = "m.name AS s_name, m.value_version AS s_value_version, \
+     v.digest AS s_digest, v.value_len AS s_value_len, v.created_at AS s_created_at, \
+     v.updated_at AS s_updated_at, d.value_version AS s_deployed_value_version";
+
+/// One listed secret, or `None` for a row whose secret columns are NULL (an outer join).
+fn listed_from_row(row: &AnyRow) -> Result<Option<ListedSecret>> {
+    let Some(name) = row.try_get::<Option<String>, _>("s_name")? else {
+        return Ok(None);
+    };
+    let value_version: i64 = row.try_get("s_value_version")?;
+    let deployed: Option<i64> = row.try_get("s_deployed_value_version")?;
+    Ok(Some(ListedSecret {
+        name: secret_name(name)?,
+        value_version,
+        digest: row.try_get("s_digest")?,
+        value_len: row.try_get("s_value_len")?,
+        created_at: row.try_get("s_created_at")?,
+        updated_at: row.try_get("s_updated_at")?,
+        deployed: deployed == Some(value_version),
+    }))
 }
 
 fn app_from_row(row: &AnyRow) -> Result<AppRecord> {
