@@ -215,6 +215,8 @@ pub(crate) struct Pools {
     /// For the store's own hot-path readers (see `readers`): how to connect, and how many.
     pub read_options: AnyConnectOptions,
     pub hot_readers: usize,
+    /// SQLite: the database file, for the hot reads on SQLite's own API (`sqlite_reads`).
+    pub sqlite_path: Option<PathBuf>,
 }
 
 /// Runs the per-connection settings on a connection made outside a pool.
@@ -241,13 +243,16 @@ const POSTGRES_CONNECTIONS: u32 = 16;
 /// PostgreSQL connections of the hot-path readers, besides the pool.
 const POSTGRES_HOT_READERS: usize = 8;
 
+/// How long a SQLite connection waits for a lock, in ms (`busy_timeout` below).
+pub(crate) const SQLITE_BUSY_MS: u64 = 5000;
+
 /// Per-connection settings. `busy_timeout` first: changing the journal mode needs a lock.
 /// `synchronous=FULL`: a commit the API acknowledged survives a power cut. (No `mmap_size`: it
 /// made lists ~10 % cheaper, but every reader unmaps and remaps the file at each read
 /// transaction after a write, and the mapped pages count in the daemon's resident memory;
 /// BENCHMARKS.md, "Where coffer's time goes".)
 const SQLITE_PRAGMAS: &[&str] = &[
-    "PRAGMA busy_timeout = 5000",
+    "PRAGMA busy_timeout = 5000", // SQLITE_BUSY_MS
     "PRAGMA journal_mode = WAL",
     "PRAGMA synchronous = FULL",
     "PRAGMA foreign_keys = ON",
@@ -285,6 +290,7 @@ pub(crate) async fn connect(url: &DatabaseUrl, mode: OpenMode) -> Result<Pools> 
                 write,
                 read_options: options,
                 hot_readers: SQLITE_READERS as usize,
+                sqlite_path: Some(path),
             })
         }
         Target::Postgres(u) => {
@@ -301,6 +307,7 @@ pub(crate) async fn connect(url: &DatabaseUrl, mode: OpenMode) -> Result<Pools> 
                 write: pool,
                 read_options,
                 hot_readers: POSTGRES_HOT_READERS,
+                sqlite_path: None,
             })
         }
     }

@@ -143,9 +143,7 @@ async fn attempt(engine: Engine, write: &AnyPool, batch: &mut [Job]) -> Attempt 
         match (job.op)(&mut tx).await {
             Ok(outcome) => outcomes.push(Ok(outcome)),
             // A database error is never a clean refusal, whatever the op said.
-            Err(BodyError::Refused(e)) if !matches!(e, StoreError::Backend(_)) => {
-                outcomes.push(Err(e))
-            }
+            Err(BodyError::Refused(e)) if !e.is_backend() => outcomes.push(Err(e)),
             Err(BodyError::Refused(e) | BodyError::Failed(e)) => {
                 let _ = tx.rollback().await;
                 return Attempt::JobFailed(i, e);

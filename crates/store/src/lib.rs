@@ -18,6 +18,7 @@ mod group_commit;
 mod machines;
 mod readers;
 mod releases;
+mod sqlite_reads;
 mod store;
 pub mod testing;
 
@@ -40,6 +41,9 @@ pub enum StoreError {
     InvalidUrl(String),
     #[error("database error: {0}")]
     Backend(#[from] sqlx::Error),
+    /// From SQLite's own API (the hot reads on SQLite, see `sqlite_reads`).
+    #[error("database error: {0}")]
+    Sqlite(#[from] rusqlite::Error),
     #[error("stored data is corrupt: {0}")]
     Corrupt(String),
     /// A write that was not committed for a reason outside it (the database failed, the
@@ -49,6 +53,45 @@ pub enum StoreError {
 }
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+impl StoreError {
+    /// The database failed (rather than refusing or not finding something).
+    pub(crate) fn is_backend(&self) -> bool {
+        matches!(self, StoreError::Backend(_) | StoreError::Sqlite(_))
+    }
+}
+
+/// A row of a result, from sqlx (`AnyRow`) or from SQLite's own API (`sqlite_reads`), so that
+/// each mapping from rows to records is written once for both.
+pub(crate) trait StoreRow {
+    fn text(&self, column: &str) -> Result<String>;
+    fn text_opt(&self, column: &str) -> Result<Option<String>>;
+    fn int(&self, column: &str) -> Result<i64>;
+    fn int_opt(&self, column: &str) -> Result<Option<i64>>;
+    fn bytes(&self, column: &str) -> Result<Vec<u8>>;
+    fn bytes_opt(&self, column: &str) -> Result<Option<Vec<u8>>>;
+}
+
+impl StoreRow for sqlx::any::AnyRow {
+    fn text(&self, column: &str) -> Result<String> {
+        Ok(sqlx::Row::try_get(self, column)?)
+    }
+    fn text_opt(&self, column: &str) -> Result<Option<String>> {
+        Ok(sqlx::Row::try_get(self, column)?)
+    }
+    fn int(&self, column: &str) -> Result<i64> {
+        Ok(sqlx::Row::try_get(self, column)?)
+    }
+    fn int_opt(&self, column: &str) -> Result<Option<i64>> {
+        Ok(sqlx::Row::try_get(self, column)?)
+    }
+    fn bytes(&self, column: &str) -> Result<Vec<u8>> {
+        Ok(sqlx::Row::try_get(self, column)?)
+    }
+    fn bytes_opt(&self, column: &str) -> Result<Option<Vec<u8>>> {
+        Ok(sqlx::Row::try_get(self, column)?)
+    }
+}
 
 /// Microseconds since the Unix epoch, UTC: the one time representation in the store.
 pub type Micros = i64;

@@ -1,6 +1,6 @@
 //! Hosts and machines: where workloads run, what they should be doing, what they report.
 
-use crate::{Micros, Result, Store, StoreError};
+use crate::{Micros, Result, Store, StoreError, StoreRow};
 use coffer_core::wire::machines::{DesiredState, HealthCheck, MachineState, RestartPolicy};
 use serde::{Deserialize, Serialize};
 use sqlx::any::AnyRow;
@@ -157,7 +157,9 @@ impl Store {
             .await?;
         Ok((
             host.generation,
-            rows.iter().map(machine_from_row).collect::<Result<_>>()?,
+            rows.iter()
+                .map(|row| machine_from_row(row))
+                .collect::<Result<_>>()?,
         ))
     }
 
@@ -227,14 +229,19 @@ impl Store {
              LEFT JOIN vault_app_keys k ON k.app_id = m.app_id WHERE m.id = $1",
             columns.join(", "),
         );
-        let mut reader = self.hot.get().await?;
-        let row = sqlx::query(&sql)
-            .bind(machine_id)
-            .fetch_optional(reader.conn())
-            .await?;
-        reader.done();
-        let row = row.ok_or(StoreError::NotFound("machine"))?;
-        let packed: Option<String> = row.try_get("members")?;
+        let row = self
+            .hot_read(&sql, machine_id, |row| {
+                Ok((
+                    machine_from_row(row)?,
+                    row.text("host_public_key")?,
+                    row.bytes_opt("app_public_key")?,
+                    row.text_opt("members")?,
+                ))
+            })
+            .await?
+            .pop();
+        let (machine, host_public_key, app_public_key, packed) =
+            row.ok_or(StoreError::NotFound("machine"))?;
         let mut members = std::collections::HashMap::new();
         for member in packed.iter().flat_map(|p| p.split(',')) {
             let parsed = member
@@ -247,9 +254,6 @@ impl Store {
             };
             members.insert(name, version);
         }
-        let machine = machine_from_row(&row)?;
-        let host_public_key = row.try_get("host_public_key")?;
-        let app_public_key = row.try_get("app_public_key")?;
         Ok(BootFacts {
             machine,
             host_public_key,
@@ -264,7 +268,7 @@ impl Store {
             "SELECT {MACHINE_COLUMNS} FROM machines WHERE app_id = $1 ORDER BY created_at, id"
         );
         let rows = sqlx::query(&sql).bind(app_id).fetch_all(&self.read).await?;
-        rows.iter().map(machine_from_row).collect()
+        rows.iter().map(|row| machine_from_row(row)).collect()
     }
 
     /// Changes what the machine should be doing and tells its host (generation bump).
@@ -400,31 +404,30 @@ fn host_from_row(row: &AnyRow) -> Result<HostRecord> {
     })
 }
 
-fn machine_from_row(row: &AnyRow) -> Result<MachineRecord> {
-    let config: String = row.try_get("config")?;
-    let desired: String = row.try_get("desired")?;
-    let state: String = row.try_get("state")?;
-    let exit_status: Option<i64> = row.try_get("exit_status")?;
+fn machine_from_row(row: &dyn StoreRow) -> Result<MachineRecord> {
+    let config = row.text("config")?;
+    let desired = row.text("desired")?;
+    let state = row.text("state")?;
     Ok(MachineRecord {
-        id: row.try_get("id")?,
-        app_id: row.try_get("app_id")?,
-        host_id: row.try_get("host_id")?,
-        name: row.try_get("name")?,
+        id: row.text("id")?,
+        app_id: row.text("app_id")?,
+        host_id: row.text("host_id")?,
+        name: row.text("name")?,
         config: serde_json::from_str(&config)
             .map_err(|e| StoreError::Corrupt(format!("machine config: {e}")))?,
         desired: DesiredState::parse(&desired)
             .ok_or_else(|| StoreError::Corrupt(format!("machine desired state {desired:?}")))?,
         state: MachineState::parse(&state)
             .ok_or_else(|| StoreError::Corrupt(format!("machine state {state:?}")))?,
-        exit_status: exit_status.map(|s| s as i32),
-        message: row.try_get("message")?,
-        secrets_version: row.try_get("secrets_version")?,
-        release_version: row.try_get("release_version")?,
-        generation: row.try_get("generation")?,
-        state_generation: row.try_get("state_generation")?,
-        created_at: row.try_get("created_at")?,
-        updated_at: row.try_get("updated_at")?,
-        destroyed_at: row.try_get("destroyed_at")?,
+        exit_status: row.int_opt("exit_status")?.map(|s| s as i32),
+        message: row.text_opt("message")?,
+        secrets_version: row.int("secrets_version")?,
+        release_version: row.int("release_version")?,
+        generation: row.int("generation")?,
+        state_generation: row.int("state_generation")?,
+        created_at: row.int("created_at")?,
+        updated_at: row.int("updated_at")?,
+        destroyed_at: row.int_opt("destroyed_at")?,
     })
 }
 

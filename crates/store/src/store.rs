@@ -6,12 +6,13 @@
 use crate::engine::{self, DatabaseUrl, Engine, OpenMode};
 use crate::group_commit::{GroupCommit, Outcome, WriteOp};
 use crate::readers::Readers;
+use crate::sqlite_reads::SqliteReads;
 use crate::{
     AppKeyRecord, AppRecord, ChangeKind, ChangeRecord, ListedSecret, Micros, NewToken, NewValue,
-    NewVersion, Result, StoreError, StoredSecret, TokenRecord, VersionRecord, WriteOutcome,
+    NewVersion, Result, StoreError, StoreRow, StoredSecret, TokenRecord, VersionRecord,
+    WriteOutcome,
 };
 use coffer_core::{Action, AppName, SecretName};
-use sqlx::any::AnyRow;
 use sqlx::error::ErrorKind;
 use sqlx::{Any, AnyConnection, AnyPool, Executor, Row, Transaction};
 use std::collections::{HashMap, HashSet};
@@ -28,8 +29,16 @@ pub struct Store {
     pub(crate) write: AnyPool,
     /// SQLite: secrets writes are committed in groups (see `group_commit`).
     group_commit: Option<GroupCommit>,
-    /// Connections for the reads on every request's path (see `readers`).
-    pub(crate) hot: Arc<Readers>,
+    /// The reads on every request's path.
+    hot: Arc<HotReads>,
+}
+
+/// Where the reads on every request's path run.
+enum HotReads {
+    /// On SQLite's own API, on the calling thread (see `sqlite_reads`).
+    Sqlite(SqliteReads),
+    /// On the store's own sqlx connections (see `readers`).
+    Pooled(Readers),
 }
 
 impl fmt::Debug for Store {
@@ -65,7 +74,12 @@ impl Store {
             engine,
             group_commit: (engine == Engine::Sqlite)
                 .then(|| GroupCommit::start(engine, pools.write.clone())),
-            hot: Arc::new(Readers::new(engine, pools.read_options, pools.hot_readers)),
+            hot: Arc::new(match pools.sqlite_path {
+                Some(path) => HotReads::Sqlite(SqliteReads::new(path)),
+                None => {
+                    HotReads::Pooled(Readers::new(engine, pools.read_options, pools.hot_readers))
+                }
+            }),
             read: pools.read,
             write: pools.write,
         };
@@ -89,9 +103,31 @@ impl Store {
 
     /// Waits for the connections in use to be returned, then closes them all.
     pub async fn close(&self) {
-        self.hot.close().await;
+        match &*self.hot {
+            HotReads::Sqlite(reads) => reads.close(),
+            HotReads::Pooled(readers) => readers.close().await,
+        }
         self.write.close().await;
         self.read.close().await;
+    }
+
+    /// One read on a request's path: `sql`, whose one parameter `$1` is bound to `key`, with
+    /// every row mapped by `map`.
+    pub(crate) async fn hot_read<T>(
+        &self,
+        sql: &str,
+        key: &str,
+        mut map: impl FnMut(&dyn StoreRow) -> Result<T>,
+    ) -> Result<Vec<T>> {
+        match &*self.hot {
+            HotReads::Sqlite(reads) => reads.read(sql, key, map),
+            HotReads::Pooled(readers) => {
+                let mut reader = readers.get().await?;
+                let rows = sqlx::query(sql).bind(key).fetch_all(reader.conn()).await?;
+                reader.done();
+                rows.iter().map(|row| map(row)).collect()
+            }
+        }
     }
 
     pub(crate) async fn begin_write(&self) -> Result<Transaction<'static, Any>> {
@@ -184,31 +220,24 @@ impl Store {
 
     pub async fn app_by_name(&self, name: &AppName) -> Result<AppRecord> {
         let sql = format!("SELECT {APP_COLUMNS} FROM apps WHERE name = $1");
-        let mut reader = self.hot.get().await?;
-        let row = sqlx::query(&sql)
-            .bind(name.as_str())
-            .fetch_optional(reader.conn())
-            .await?;
-        reader.done();
-        app_from_row(&row.ok_or(StoreError::NotFound("app"))?)
+        let app = self.hot_read(&sql, name.as_str(), app_from_row).await?;
+        app.into_iter().next().ok_or(StoreError::NotFound("app"))
     }
 
     pub async fn app_by_id(&self, id: &str) -> Result<AppRecord> {
         let sql = format!("SELECT {APP_COLUMNS} FROM apps WHERE id = $1");
-        let mut reader = self.hot.get().await?;
-        let row = sqlx::query(&sql)
-            .bind(id)
-            .fetch_optional(reader.conn())
-            .await?;
-        reader.done();
-        app_from_row(&row.ok_or(StoreError::NotFound("app"))?)
+        let app = self.hot_read(&sql, id, app_from_row).await?;
+        app.into_iter().next().ok_or(StoreError::NotFound("app"))
     }
 
     /// All apps, ordered by name.
     pub async fn list_apps(&self) -> Result<Vec<AppRecord>> {
         let sql = format!("SELECT {APP_COLUMNS} FROM apps");
         let rows = sqlx::query(&sql).fetch_all(&self.read).await?;
-        let mut apps = rows.iter().map(app_from_row).collect::<Result<Vec<_>>>()?;
+        let mut apps = rows
+            .iter()
+            .map(|row| app_from_row(row))
+            .collect::<Result<Vec<_>>>()?;
         apps.sort_by(|a, b| a.name.cmp(&b.name));
         Ok(apps)
     }
@@ -326,7 +355,6 @@ impl Store {
     /// [`Store::listing`] with the app's own versions), read together in one statement: the
     /// hot path of `secrets list` and of every write.
     pub async fn app_with_listing(&self, name: &AppName) -> Result<(AppRecord, Vec<ListedSecret>)> {
-        let mut reader = self.hot.get().await?;
         let sql = format!(
             "SELECT a.id, a.name, a.created_at, a.secrets_version, a.deployed_version, \
              a.crash_window_ms, a.release_version, {LISTED_COLUMNS} \
@@ -338,17 +366,18 @@ impl Store {
              ON d.app_id = m.app_id AND d.name = m.name AND d.version = a.deployed_version \
              WHERE a.name = $1"
         );
-        let rows = sqlx::query(&sql)
-            .bind(name.as_str())
-            .fetch_all(reader.conn())
-            .await?;
-        reader.done();
-        let app = app_from_row(rows.first().ok_or(StoreError::NotFound("app"))?)?;
-        let mut secrets = Vec::with_capacity(rows.len());
-        for row in &rows {
+        let mut app = None;
+        let mut secrets = Vec::new();
+        self.hot_read(&sql, name.as_str(), |row| {
+            if app.is_none() {
+                app = Some(app_from_row(row)?);
+            }
             // An app without secrets is one row of NULLs on the right.
             secrets.extend(listed_from_row(row)?);
-        }
+            Ok(())
+        })
+        .await?;
+        let app = app.ok_or(StoreError::NotFound("app"))?;
         secrets.sort_by(|a, b| a.name.cmp(&b.name));
         Ok((app, secrets))
     }
@@ -522,19 +551,19 @@ impl Store {
     }
 
     pub async fn token(&self, id: &str) -> Result<TokenRecord> {
-        let mut reader = self.hot.get().await?;
-        let token = token_on(reader.conn(), id).await;
-        if !matches!(token, Err(StoreError::Backend(_))) {
-            reader.done();
-        }
+        let sql = format!("{TOKEN_SELECT} WHERE t.id = $1");
+        let token = self.hot_read(&sql, id, token_from_row).await?;
         token
+            .into_iter()
+            .next()
+            .ok_or(StoreError::NotFound("token"))
     }
 
     /// All tokens, oldest first.
     pub async fn list_tokens(&self) -> Result<Vec<TokenRecord>> {
         let sql = format!("{TOKEN_SELECT} ORDER BY t.created_at, t.id");
         let rows = sqlx::query(&sql).fetch_all(&self.read).await?;
-        rows.iter().map(token_from_row).collect()
+        rows.iter().map(|row| token_from_row(row)).collect()
     }
 
     /// Revokes a token from now on. Revoking it again keeps the first revocation time.
@@ -671,9 +700,12 @@ pub(crate) async fn write_version_body(
     let now = crate::now_micros();
     // A refusal changes nothing; a database error may have (SQLite can roll the whole
     // transaction back by itself on I/O errors), so it fails the group.
-    let checked = check_version(tx, v).await.map_err(|e| match e {
-        StoreError::Backend(_) => BodyError::Failed(e),
-        refusal => BodyError::Refused(refusal),
+    let checked = check_version(tx, v).await.map_err(|e| {
+        if e.is_backend() {
+            BodyError::Failed(e)
+        } else {
+            BodyError::Refused(e)
+        }
     })?;
     apply_version(tx, v, checked, changes, now)
         .await
@@ -922,49 +954,48 @@ const LISTED_COLUMNS: &str = "m.name AS s_name, m.value_version AS s_value_versi
      v.updated_at AS s_updated_at, d.value_version AS s_deployed_value_version";
 
 /// One listed secret, or `None` for a row whose secret columns are NULL (an outer join).
-fn listed_from_row(row: &AnyRow) -> Result<Option<ListedSecret>> {
-    let Some(name) = row.try_get::<Option<String>, _>("s_name")? else {
+fn listed_from_row(row: &dyn StoreRow) -> Result<Option<ListedSecret>> {
+    let Some(name) = row.text_opt("s_name")? else {
         return Ok(None);
     };
-    let value_version: i64 = row.try_get("s_value_version")?;
-    let deployed: Option<i64> = row.try_get("s_deployed_value_version")?;
+    let value_version = row.int("s_value_version")?;
+    let deployed = row.int_opt("s_deployed_value_version")?;
     Ok(Some(ListedSecret {
         name: secret_name(name)?,
         value_version,
-        digest: row.try_get("s_digest")?,
-        value_len: row.try_get("s_value_len")?,
-        created_at: row.try_get("s_created_at")?,
-        updated_at: row.try_get("s_updated_at")?,
+        digest: row.text("s_digest")?,
+        value_len: row.int("s_value_len")?,
+        created_at: row.int("s_created_at")?,
+        updated_at: row.int("s_updated_at")?,
         deployed: deployed == Some(value_version),
     }))
 }
 
-fn app_from_row(row: &AnyRow) -> Result<AppRecord> {
+fn app_from_row(row: &dyn StoreRow) -> Result<AppRecord> {
     Ok(AppRecord {
-        id: row.try_get("id")?,
-        name: app_name(row.try_get("name")?)?,
-        created_at: row.try_get("created_at")?,
-        secrets_version: row.try_get("secrets_version")?,
-        deployed_version: row.try_get("deployed_version")?,
-        crash_window_ms: row.try_get("crash_window_ms")?,
-        release_version: row.try_get("release_version")?,
+        id: row.text("id")?,
+        name: app_name(row.text("name")?)?,
+        created_at: row.int("created_at")?,
+        secrets_version: row.int("secrets_version")?,
+        deployed_version: row.int("deployed_version")?,
+        crash_window_ms: row.int("crash_window_ms")?,
+        release_version: row.int("release_version")?,
     })
 }
 
-fn token_from_row(row: &AnyRow) -> Result<TokenRecord> {
-    let action: String = row.try_get("action")?;
-    let app_name_col: Option<String> = row.try_get("app_name")?;
+fn token_from_row(row: &dyn StoreRow) -> Result<TokenRecord> {
+    let action = row.text("action")?;
     Ok(TokenRecord {
-        id: row.try_get("id")?,
-        secret_hash: row.try_get("secret_hash")?,
-        app_id: row.try_get("app_id")?,
-        app_name: app_name_col.map(app_name).transpose()?,
+        id: row.text("id")?,
+        secret_hash: row.bytes("secret_hash")?,
+        app_id: row.text_opt("app_id")?,
+        app_name: row.text_opt("app_name")?.map(app_name).transpose()?,
         action: Action::parse(&action)
             .ok_or_else(|| StoreError::Corrupt(format!("unknown token action {action:?}")))?,
-        description: row.try_get("description")?,
-        created_at: row.try_get("created_at")?,
-        expires_at: row.try_get("expires_at")?,
-        revoked_at: row.try_get("revoked_at")?,
+        description: row.text("description")?,
+        created_at: row.int("created_at")?,
+        expires_at: row.int("expires_at")?,
+        revoked_at: row.int_opt("revoked_at")?,
     })
 }
 

@@ -1,0 +1,192 @@
+//! SQLite: the reads on every request's path (token check, app + listing, a boot's facts) run
+//! on SQLite's own API, on the calling thread.
+//!
+//! sqlx runs every SQLite connection on a thread of its own and sends it each statement as a
+//! message: a read costs two thread hand-offs (a futex wake and a context switch each way), and
+//! every value is copied once more into sqlx's `AnyRow`. Under the list benchmark that was half
+//! of the daemon's CPU (BENCHMARKS.md, "Where coffer's time goes"); the read itself — a few
+//! index lookups in pages already in memory — takes tens of microseconds. So these reads run
+//! directly, on the tokio worker that asks, which is acceptable for reads that short:
+//! * in WAL mode readers never wait for the writer; they wait (up to `busy_timeout`) only while
+//!   the database is being recovered after a crash, or opened for the first time;
+//! * each is one statement over one app's or one machine's rows, through indexes.
+//!
+//! Longer reads (lists of all apps, histories, exports) stay on sqlx's pool.
+//!
+//! A connection is given back only after a read that ran to the end; one whose read failed is
+//! closed, and a new one is opened when needed.
+
+use crate::{Result, StoreError, StoreRow};
+use rusqlite::{Connection, OpenFlags, Row};
+use std::path::PathBuf;
+use std::sync::Mutex;
+
+/// Idle connections kept for reuse: at most one read runs per tokio worker at a time, so a
+/// few are enough; more are opened when needed and closed after their read.
+const IDLE_MAX: usize = 8;
+
+/// Prepared statements kept per connection (the hot reads are a handful of statements).
+const STATEMENT_CACHE: usize = 32;
+
+pub(crate) struct SqliteReads {
+    path: PathBuf,
+    /// `None` once the store is closed.
+    idle: Mutex<Option<Vec<Connection>>>,
+}
+
+impl SqliteReads {
+    /// `path`: the database file, already created and in WAL mode (by the store's writer).
+    pub(crate) fn new(path: PathBuf) -> SqliteReads {
+        SqliteReads {
+            path,
+            idle: Mutex::new(Some(Vec::with_capacity(IDLE_MAX))),
+        }
+    }
+
+    /// Runs `sql` (one `$1` parameter, bound to `key`) and maps every row with `map`.
+    pub(crate) fn read<T>(
+        &self,
+        sql: &str,
+        key: &str,
+        mut map: impl FnMut(&dyn StoreRow) -> Result<T>,
+    ) -> Result<Vec<T>> {
+        let conn = self.take()?;
+        let mut run = || -> Result<Vec<T>> {
+            let mut statement = conn.prepare_cached(sql)?;
+            let mut rows = statement.query([key])?;
+            let mut out = Vec::new();
+            while let Some(row) = rows.next()? {
+                out.push(map(row)?);
+            }
+            Ok(out)
+        };
+        let result = run();
+        if result.is_ok() {
+            self.give_back(conn);
+        }
+        result
+    }
+
+    fn take(&self) -> Result<Connection> {
+        let idle = {
+            let mut idle = self.idle.lock().expect("sqlite readers lock");
+            let Some(idle) = idle.as_mut() else {
+                return Err(StoreError::NotCommitted("the store is closed".into()));
+            };
+            idle.pop()
+        };
+        match idle {
+            Some(conn) => Ok(conn),
+            None => self.open(),
+        }
+    }
+
+    fn give_back(&self, conn: Connection) {
+        let mut idle = self.idle.lock().expect("sqlite readers lock");
+        if let Some(idle) = idle.as_mut() {
+            if idle.len() < IDLE_MAX {
+                idle.push(conn);
+            }
+        }
+    }
+
+    fn open(&self) -> Result<Connection> {
+        // Never create: the store made the file (mode 0600) before any read.
+        let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+        let conn = Connection::open_with_flags(&self.path, flags)?;
+        // Same wait as the store's other connections; `query_only`: these connections never
+        // write, whatever SQL reaches them.
+        conn.busy_timeout(std::time::Duration::from_millis(
+            crate::engine::SQLITE_BUSY_MS,
+        ))?;
+        conn.pragma_update(None, "query_only", true)?;
+        conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
+        Ok(conn)
+    }
+
+    /// Closes the idle connections; later reads fail ("the store is closed").
+    pub(crate) fn close(&self) {
+        self.idle.lock().expect("sqlite readers lock").take();
+    }
+
+    #[cfg(test)]
+    fn idle_count(&self) -> usize {
+        self.idle
+            .lock()
+            .unwrap()
+            .as_ref()
+            .map_or(0, |idle| idle.len())
+    }
+}
+
+impl StoreRow for Row<'_> {
+    fn text(&self, column: &str) -> Result<String> {
+        Ok(self.get(column)?)
+    }
+    fn text_opt(&self, column: &str) -> Result<Option<String>> {
+        Ok(self.get(column)?)
+    }
+    fn int(&self, column: &str) -> Result<i64> {
+        Ok(self.get(column)?)
+    }
+    fn int_opt(&self, column: &str) -> Result<Option<i64>> {
+        Ok(self.get(column)?)
+    }
+    fn bytes(&self, column: &str) -> Result<Vec<u8>> {
+        Ok(self.get(column)?)
+    }
+    fn bytes_opt(&self, column: &str) -> Result<Option<Vec<u8>>> {
+        Ok(self.get(column)?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{DatabaseUrl, OpenMode};
+
+    #[tokio::test]
+    async fn only_a_finished_read_gives_its_connection_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("r.db");
+        let store = crate::Store::open(&DatabaseUrl::sqlite(&path), OpenMode::CreateIfMissing)
+            .await
+            .unwrap();
+        let reads = SqliteReads::new(path);
+
+        let one = reads.read("SELECT $1 AS v", "x", |r| r.text("v")).unwrap();
+        assert_eq!(one, ["x"]);
+        assert_eq!(
+            reads.idle_count(),
+            1,
+            "a finished read keeps its connection"
+        );
+
+        // A read whose mapping fails drops its connection.
+        let failed = reads.read("SELECT $1 AS v", "x", |r| r.int("no_such_column"));
+        assert!(matches!(failed, Err(StoreError::Sqlite(_))), "{failed:?}");
+        assert_eq!(reads.idle_count(), 0);
+
+        // Bad SQL: a clear error, nothing kept.
+        assert!(reads.read("SELEC nonsense", "x", |r| r.int("v")).is_err());
+        assert_eq!(reads.idle_count(), 0);
+
+        // These connections never write.
+        let write = reads.read(
+            "INSERT INTO coffer_schema (version) VALUES (CAST($1 AS BIGINT)) RETURNING version",
+            "99",
+            |r| r.int("version"),
+        );
+        assert!(write.is_err(), "a hot-read connection wrote: {write:?}");
+
+        reads.close();
+        assert!(
+            matches!(
+                reads.read("SELECT 1 AS v", "x", |r| r.int("v")),
+                Err(StoreError::NotCommitted(_))
+            ),
+            "a closed store refuses reads"
+        );
+        store.close().await;
+    }
+}
