@@ -53,10 +53,20 @@ impl SqliteReads {
         let conn = self.take()?;
         let mut run = || -> Result<Vec<T>> {
             let mut statement = conn.prepare_cached(sql)?;
+            // Looked up once per read: rusqlite's lookup by name asks SQLite for every
+            // column's name at each access (5 % of a list).
+            let columns: Vec<String> = statement
+                .column_names()
+                .into_iter()
+                .map(String::from)
+                .collect();
             let mut rows = statement.query([key])?;
             let mut out = Vec::new();
             while let Some(row) = rows.next()? {
-                out.push(map(row)?);
+                out.push(map(&NamedRow {
+                    row,
+                    columns: &columns,
+                })?);
             }
             Ok(out)
         };
@@ -119,24 +129,41 @@ impl SqliteReads {
     }
 }
 
-impl StoreRow for Row<'_> {
+/// A row with its statement's column names.
+struct NamedRow<'a> {
+    row: &'a Row<'a>,
+    columns: &'a [String],
+}
+
+impl NamedRow<'_> {
+    fn get<T: rusqlite::types::FromSql>(&self, column: &str) -> Result<T> {
+        let index = self
+            .columns
+            .iter()
+            .position(|c| c == column)
+            .ok_or_else(|| rusqlite::Error::InvalidColumnName(column.to_string()))?;
+        Ok(self.row.get(index)?)
+    }
+}
+
+impl StoreRow for NamedRow<'_> {
     fn text(&self, column: &str) -> Result<String> {
-        Ok(self.get(column)?)
+        self.get(column)
     }
     fn text_opt(&self, column: &str) -> Result<Option<String>> {
-        Ok(self.get(column)?)
+        self.get(column)
     }
     fn int(&self, column: &str) -> Result<i64> {
-        Ok(self.get(column)?)
+        self.get(column)
     }
     fn int_opt(&self, column: &str) -> Result<Option<i64>> {
-        Ok(self.get(column)?)
+        self.get(column)
     }
     fn bytes(&self, column: &str) -> Result<Vec<u8>> {
-        Ok(self.get(column)?)
+        self.get(column)
     }
     fn bytes_opt(&self, column: &str) -> Result<Option<Vec<u8>>> {
-        Ok(self.get(column)?)
+        self.get(column)
     }
 }
 
