@@ -327,12 +327,11 @@ impl Store {
             return Err(StoreError::NotFound("secrets version"));
         }
         let sql = format!(
-            "SELECT {LISTED_COLUMNS} \
+            "SELECT {LISTED_COLUMNS}, {} \
              FROM secret_members m JOIN secret_values v \
              ON v.app_id = m.app_id AND v.name = m.name AND v.version = m.value_version \
-             LEFT JOIN secret_members d \
-             ON d.app_id = m.app_id AND d.name = m.name AND d.version = $1 \
-             WHERE m.app_id = $2 AND m.version = $3"
+             WHERE m.app_id = $2 AND m.version = $3",
+            deployed_value_version("$1"),
         );
         let rows = sqlx::query(&sql)
             .bind(deployed_version)
@@ -357,14 +356,13 @@ impl Store {
     pub async fn app_with_listing(&self, name: &AppName) -> Result<(AppRecord, Vec<ListedSecret>)> {
         let sql = format!(
             "SELECT a.id, a.name, a.created_at, a.secrets_version, a.deployed_version, \
-             a.crash_window_ms, a.release_version, {LISTED_COLUMNS} \
+             a.crash_window_ms, a.release_version, {LISTED_COLUMNS}, {} \
              FROM apps a \
              LEFT JOIN secret_members m ON m.app_id = a.id AND m.version = a.secrets_version \
              LEFT JOIN secret_values v \
              ON v.app_id = m.app_id AND v.name = m.name AND v.version = m.value_version \
-             LEFT JOIN secret_members d \
-             ON d.app_id = m.app_id AND d.name = m.name AND d.version = a.deployed_version \
-             WHERE a.name = $1"
+             WHERE a.name = $1",
+            deployed_value_version("a.deployed_version"),
         );
         let mut app = None;
         let mut secrets = Vec::new();
@@ -947,11 +945,23 @@ pub(crate) fn kind(e: &sqlx::Error) -> Option<ErrorKind> {
     }
 }
 
-/// The columns [`listed_from_row`] reads, from `secret_members m` joined to `secret_values v`
-/// and the deployed version's `secret_members d`.
+/// The columns [`listed_from_row`] reads from `secret_members m` joined to `secret_values v`,
+/// besides [`deployed_value_version`].
 const LISTED_COLUMNS: &str = "m.name AS s_name, m.value_version AS s_value_version, \
      v.digest AS s_digest, v.value_len AS s_value_len, v.created_at AS s_created_at, \
-     v.updated_at AS s_updated_at, d.value_version AS s_deployed_value_version";
+     v.updated_at AS s_updated_at";
+
+/// The column of [`listed_from_row`] that says which value of `m.name` the deployed version
+/// (`deployed`, an SQL expression) holds. Usually the listed version is the deployed one, and
+/// then it is `m`'s own value: no second lookup per row, as a join would do.
+fn deployed_value_version(deployed: &str) -> String {
+    format!(
+        "CASE WHEN m.version = {deployed} THEN m.value_version \
+         ELSE (SELECT d.value_version FROM secret_members d \
+         WHERE d.app_id = m.app_id AND d.version = {deployed} AND d.name = m.name) END \
+         AS s_deployed_value_version"
+    )
+}
 
 /// One listed secret, or `None` for a row whose secret columns are NULL (an outer join).
 fn listed_from_row(row: &dyn StoreRow) -> Result<Option<ListedSecret>> {
