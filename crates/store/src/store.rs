@@ -95,9 +95,12 @@ impl Store {
         self.engine
     }
 
-    /// A round trip to the database, for `/readyz`.
+    /// A round trip to the database on both read paths (the pool, and the connections of the
+    /// reads on every request's path), for `/readyz`.
     pub async fn ping(&self) -> Result<()> {
         sqlx::query("SELECT 1").execute(&self.read).await?;
+        self.hot_read("SELECT CAST($1 AS TEXT) AS ok", "ok", |row| row.text("ok"))
+            .await?;
         Ok(())
     }
 
