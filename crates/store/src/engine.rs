@@ -238,13 +238,12 @@ pub(crate) fn install_drivers() {
     DRIVERS.call_once(sqlx::any::install_default_drivers);
 }
 
+/// SQLite: connections of the read pool (the reads on every request's path have their own,
+/// see `sqlite_reads`).
 const SQLITE_READERS: u32 = 4;
 const POSTGRES_CONNECTIONS: u32 = 16;
 /// PostgreSQL connections of the hot-path readers, besides the pool.
 const POSTGRES_HOT_READERS: usize = 8;
-
-/// How long a SQLite connection waits for a lock, in ms (`busy_timeout` below).
-pub(crate) const SQLITE_BUSY_MS: u64 = 5000;
 
 /// Per-connection settings. `busy_timeout` first: changing the journal mode needs a lock.
 /// `synchronous=FULL`: a commit the API acknowledged survives a power cut. (No `mmap_size`: it
@@ -252,7 +251,7 @@ pub(crate) const SQLITE_BUSY_MS: u64 = 5000;
 /// transaction after a write, and the mapped pages count in the daemon's resident memory;
 /// BENCHMARKS.md, "Where coffer's time goes".)
 const SQLITE_PRAGMAS: &[&str] = &[
-    "PRAGMA busy_timeout = 5000", // SQLITE_BUSY_MS
+    "PRAGMA busy_timeout = 5000",
     "PRAGMA journal_mode = WAL",
     "PRAGMA synchronous = FULL",
     "PRAGMA foreign_keys = ON",
@@ -289,7 +288,8 @@ pub(crate) async fn connect(url: &DatabaseUrl, mode: OpenMode) -> Result<Pools> 
                 read,
                 write,
                 read_options: options,
-                hot_readers: SQLITE_READERS as usize,
+                // Unused: on SQLite those reads run on SQLite's own API (`sqlite_path`).
+                hot_readers: 0,
                 sqlite_path: Some(path),
             })
         }

@@ -1,12 +1,12 @@
-//! Connections for the reads on every request's path (token check, app + listing, a boot's
-//! facts), kept by the store itself rather than in a sqlx pool.
+//! PostgreSQL: connections for the reads on every request's path (token check, app + listing,
+//! a boot's facts), kept by the store itself rather than in a sqlx pool. (On SQLite those reads
+//! run on SQLite's own API instead, see `sqlite_reads`.)
 //!
 //! sqlx's pool pings every connection when it goes back to the pool, to find connections left
-//! in a bad state by a query that was cancelled half-way. For SQLite that ping is one more
-//! round trip to the connection's thread, for PostgreSQL one more network round trip: a large
-//! share of a cheap read (BENCHMARKS.md, "Where coffer's time goes"). Here a connection goes
-//! back only when its read ran to the end; a read that was cancelled or failed drops its
-//! connection instead, and a new one is opened when needed. So no ping is needed.
+//! in a bad state by a query that was cancelled half-way: one more network round trip per
+//! read, a large share of a cheap one (BENCHMARKS.md, "Where coffer's time goes"). Here a
+//! connection goes back only when its read ran to the end; a read that was cancelled or failed
+//! drops its connection instead, and a new one is opened when needed. So no ping is needed.
 
 use crate::{engine, Engine, Result, StoreError};
 use sqlx::any::AnyConnectOptions;

@@ -7,8 +7,10 @@
 //! of the daemon's CPU (BENCHMARKS.md, "Where coffer's time goes"); the read itself — a few
 //! index lookups in pages already in memory — takes tens of microseconds. So these reads run
 //! directly, on the tokio worker that asks, which is acceptable for reads that short:
-//! * in WAL mode readers never wait for the writer; they wait (up to `busy_timeout`) only while
-//!   the database is being recovered after a crash, or opened for the first time;
+//! * in WAL mode readers never wait for the writer. They can find the database busy only while
+//!   it is being recovered after a crash, or when another process holds it in exclusive mode;
+//!   then a read waits at most [`BUSY_WAIT_MS`] here and reports [`Busy`], and the store runs
+//!   it on sqlx's pool instead, whose threads may wait longer without stopping a tokio worker;
 //! * each is one statement over one app's or one machine's rows, through indexes.
 //!
 //! Longer reads (lists of all apps, histories, exports) stay on sqlx's pool.
@@ -21,9 +23,16 @@ use rusqlite::{Connection, OpenFlags, Row};
 use std::path::PathBuf;
 use std::sync::Mutex;
 
-/// Idle connections kept for reuse: at most one read runs per tokio worker at a time, so a
-/// few are enough; more are opened when needed and closed after their read.
-const IDLE_MAX: usize = 8;
+/// Idle connections kept for reuse, at least: one read runs per tokio worker at a time, so one
+/// per core is enough; more are opened when needed and closed after their read.
+const IDLE_MIN: usize = 8;
+
+/// How long a read waits here for a busy database before it is handed to the pool.
+const BUSY_WAIT_MS: u64 = 20;
+
+/// The database was busy before the read returned anything (see the module's comment).
+#[derive(Debug)]
+pub(crate) struct Busy;
 
 /// Prepared statements kept per connection (the hot reads are a handful of statements).
 const STATEMENT_CACHE: usize = 32;
@@ -32,25 +41,31 @@ pub(crate) struct SqliteReads {
     path: PathBuf,
     /// `None` once the store is closed.
     idle: Mutex<Option<Vec<Connection>>>,
+    idle_max: usize,
 }
 
 impl SqliteReads {
     /// `path`: the database file, already created and in WAL mode (by the store's writer).
     pub(crate) fn new(path: PathBuf) -> SqliteReads {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let idle_max = cores.max(IDLE_MIN);
         SqliteReads {
             path,
-            idle: Mutex::new(Some(Vec::with_capacity(IDLE_MAX))),
+            idle: Mutex::new(Some(Vec::with_capacity(idle_max))),
+            idle_max,
         }
     }
 
     /// Runs `sql` (one `$1` parameter, bound to `key`) and maps every row with `map`.
+    /// `Ok(Err(Busy))`: the database was busy, no row was mapped; run the read elsewhere.
     pub(crate) fn read<T>(
         &self,
         sql: &str,
         key: &str,
         mut map: impl FnMut(&dyn StoreRow) -> Result<T>,
-    ) -> Result<Vec<T>> {
+    ) -> Result<Result<Vec<T>, Busy>> {
         let conn = self.take()?;
+        let mut mapped_any = false;
         let mut run = || -> Result<Vec<T>> {
             let mut statement = conn.prepare_cached(sql)?;
             // Looked up once per read: rusqlite's lookup by name asks SQLite for every
@@ -60,9 +75,16 @@ impl SqliteReads {
                 .into_iter()
                 .map(String::from)
                 .collect();
+            debug_assert!(
+                columns
+                    .iter()
+                    .all(|c| columns.iter().filter(|d| *d == c).count() == 1),
+                "every column of a hot read has its own name (alias joined columns): {sql}"
+            );
             let mut rows = statement.query([key])?;
             let mut out = Vec::new();
             while let Some(row) = rows.next()? {
+                mapped_any = true;
                 out.push(map(&NamedRow {
                     row,
                     columns: &columns,
@@ -74,7 +96,10 @@ impl SqliteReads {
         if result.is_ok() {
             self.give_back(conn);
         }
-        result
+        match result {
+            Err(StoreError::Sqlite(e)) if is_busy(&e) && !mapped_any => Ok(Err(Busy)),
+            other => other.map(Ok),
+        }
     }
 
     fn take(&self) -> Result<Connection> {
@@ -94,7 +119,7 @@ impl SqliteReads {
     fn give_back(&self, conn: Connection) {
         let mut idle = self.idle.lock().expect("sqlite readers lock");
         if let Some(idle) = idle.as_mut() {
-            if idle.len() < IDLE_MAX {
+            if idle.len() < self.idle_max {
                 idle.push(conn);
             }
         }
@@ -104,11 +129,9 @@ impl SqliteReads {
         // Never create: the store made the file (mode 0600) before any read.
         let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
         let conn = Connection::open_with_flags(&self.path, flags)?;
-        // Same wait as the store's other connections; `query_only`: these connections never
-        // write, whatever SQL reaches them.
-        conn.busy_timeout(std::time::Duration::from_millis(
-            crate::engine::SQLITE_BUSY_MS,
-        ))?;
+        // A short wait (see the module's comment); `query_only`: these connections never write,
+        // whatever SQL reaches them.
+        conn.busy_timeout(std::time::Duration::from_millis(BUSY_WAIT_MS))?;
         conn.pragma_update(None, "query_only", true)?;
         conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
         Ok(conn)
@@ -127,6 +150,13 @@ impl SqliteReads {
             .as_ref()
             .map_or(0, |idle| idle.len())
     }
+}
+
+fn is_busy(e: &rusqlite::Error) -> bool {
+    matches!(
+        e.sqlite_error_code(),
+        Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked)
+    )
 }
 
 /// A row with its statement's column names.
@@ -172,6 +202,10 @@ mod tests {
     use super::*;
     use crate::{DatabaseUrl, OpenMode};
 
+    fn rows<T>(r: Result<Result<Vec<T>, Busy>>) -> Vec<T> {
+        r.expect("read").expect("not busy")
+    }
+
     #[tokio::test]
     async fn only_a_finished_read_gives_its_connection_back() {
         let dir = tempfile::tempdir().unwrap();
@@ -180,9 +214,9 @@ mod tests {
             .await
             .unwrap();
         let reads = SqliteReads::new(path);
+        let select = |reads: &SqliteReads| reads.read("SELECT $1 AS v", "x", |r| r.text("v"));
 
-        let one = reads.read("SELECT $1 AS v", "x", |r| r.text("v")).unwrap();
-        assert_eq!(one, ["x"]);
+        assert_eq!(rows(select(&reads)), ["x"]);
         assert_eq!(
             reads.idle_count(),
             1,
@@ -194,8 +228,11 @@ mod tests {
         assert!(matches!(failed, Err(StoreError::Sqlite(_))), "{failed:?}");
         assert_eq!(reads.idle_count(), 0);
 
-        // Bad SQL: a clear error, nothing kept.
-        assert!(reads.read("SELEC nonsense", "x", |r| r.int("v")).is_err());
+        // Bad SQL: a clear error, and the connection it took is not kept.
+        assert_eq!(rows(select(&reads)), ["x"]);
+        assert_eq!(reads.idle_count(), 1);
+        let bad = reads.read("SELEC nonsense", "x", |r| r.int("v"));
+        assert!(matches!(bad, Err(StoreError::Sqlite(_))), "{bad:?}");
         assert_eq!(reads.idle_count(), 0);
 
         // These connections never write.
@@ -204,14 +241,18 @@ mod tests {
             "99",
             |r| r.int("version"),
         );
-        assert!(write.is_err(), "a hot-read connection wrote: {write:?}");
+        match write {
+            Err(StoreError::Sqlite(e)) => assert_eq!(
+                e.sqlite_error_code(),
+                Some(rusqlite::ErrorCode::ReadOnly),
+                "{e}"
+            ),
+            other => panic!("a hot-read connection wrote: {other:?}"),
+        }
 
         reads.close();
         assert!(
-            matches!(
-                reads.read("SELECT 1 AS v", "x", |r| r.int("v")),
-                Err(StoreError::NotCommitted(_))
-            ),
+            matches!(select(&reads), Err(StoreError::NotCommitted(_))),
             "a closed store refuses reads"
         );
         store.close().await;

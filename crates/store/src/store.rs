@@ -123,7 +123,14 @@ impl Store {
         mut map: impl FnMut(&dyn StoreRow) -> Result<T>,
     ) -> Result<Vec<T>> {
         match &*self.hot {
-            HotReads::Sqlite(reads) => reads.read(sql, key, map),
+            HotReads::Sqlite(reads) => match reads.read(sql, key, &mut map)? {
+                Ok(rows) => Ok(rows),
+                // Busy (recovery, another process's exclusive lock): wait on the pool's threads.
+                Err(crate::sqlite_reads::Busy) => {
+                    let rows = sqlx::query(sql).bind(key).fetch_all(&self.read).await?;
+                    rows.iter().map(|row| map(row)).collect()
+                }
+            },
             HotReads::Pooled(readers) => {
                 let mut reader = readers.get().await?;
                 let rows = sqlx::query(sql).bind(key).fetch_all(reader.conn()).await?;
@@ -1022,7 +1029,43 @@ fn secret_name(s: String) -> Result<SecretName> {
 
 #[cfg(test)]
 mod tests {
-    use super::multi_row_insert;
+    use super::*;
+
+    #[tokio::test]
+    async fn a_busy_database_is_read_through_the_pool() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = crate::testing::sqlite_url_in(dir.path());
+        let store = Store::open(&url, OpenMode::CreateIfMissing).await.unwrap();
+        let name = AppName::parse("busy").unwrap();
+        store.create_app("id-1", &name).await.unwrap();
+
+        // Another process holds a database in exclusive mode: readers find it busy. (The
+        // store's own file cannot be locked so while the store has it open, so the hot reads
+        // are pointed at a second file for the test.)
+        let other = dir.path().join("other.db");
+        let locker = rusqlite::Connection::open(&other).unwrap();
+        locker
+            .execute_batch("PRAGMA journal_mode = WAL; CREATE TABLE t (x)")
+            .unwrap();
+        locker
+            .pragma_update(None, "locking_mode", "EXCLUSIVE")
+            .unwrap();
+        locker.execute_batch("BEGIN EXCLUSIVE; COMMIT;").unwrap();
+        let busy = SqliteReads::new(other);
+        let read = busy.read("SELECT x FROM t WHERE x = $1", "k", |r| r.text("x"));
+        assert!(
+            matches!(read, Ok(Err(crate::sqlite_reads::Busy))),
+            "busy is reported at once: {read:?}"
+        );
+
+        // The store hands such a read to its pool (which may wait on its own threads).
+        let store = Store {
+            hot: Arc::new(HotReads::Sqlite(busy)),
+            ..store
+        };
+        assert_eq!(store.app_by_name(&name).await.unwrap().id, "id-1");
+        store.close().await;
+    }
 
     #[test]
     fn placeholders_ascend() {

@@ -665,34 +665,55 @@ mod scenarios {
             ))
             .await
             .unwrap();
+        // The listed version is the deployed one: everything is deployed.
+        let (_, listed) = store.app_with_listing(&app_name("web")).await.unwrap();
+        let shown: Vec<_> = listed
+            .iter()
+            .map(|l| (l.name.as_str(), l.value_version, l.deployed))
+            .collect();
+        assert_eq!(shown, vec![("A", 1, true), ("B", 1, true)]);
+
+        // Staged: a kept value is still the deployed one, a changed one is not.
+        store
+            .write_v(change(&app.id, 1, vec![value("C", "2")], &[], false))
+            .await
+            .unwrap();
+        let (_, listed) = store.app_with_listing(&app_name("web")).await.unwrap();
+        let shown: Vec<_> = listed
+            .iter()
+            .map(|l| (l.name.as_str(), l.value_version, l.deployed))
+            .collect();
+        assert_eq!(shown, vec![("A", 1, true), ("B", 1, true), ("C", 2, false)]);
+        assert_eq!(listed, store.listing(&app.id, 2, 1).await.unwrap());
+
         store
             .write_v(change(
                 &app.id,
-                1,
-                vec![value("C", "2"), value("A", "2")],
+                2,
+                vec![value("C", "3"), value("A", "3")],
                 &["B"],
                 false,
             ))
             .await
             .unwrap();
         let app = store.app_by_id(&app.id).await.unwrap();
-        assert_eq!((app.secrets_version, app.deployed_version), (2, 1));
+        assert_eq!((app.secrets_version, app.deployed_version), (3, 1));
         let (got, listed) = store.app_with_listing(&app_name("web")).await.unwrap();
         assert_eq!(got, app);
-        assert_eq!(listed, store.listing(&app.id, 2, 1).await.unwrap());
+        assert_eq!(listed, store.listing(&app.id, 3, 1).await.unwrap());
         let shown: Vec<_> = listed
             .iter()
             .map(|l| (l.name.as_str(), l.value_version, l.deployed))
             .collect();
-        assert_eq!(shown, vec![("A", 2, false), ("C", 2, false)]);
+        assert_eq!(shown, vec![("A", 3, false), ("C", 3, false)]);
 
         // Everything unset: the app, no secrets.
         store
-            .write_v(change(&app.id, 2, vec![], &["A", "C"], false))
+            .write_v(change(&app.id, 3, vec![], &["A", "C"], false))
             .await
             .unwrap();
         let (got, listed) = store.app_with_listing(&app_name("web")).await.unwrap();
-        assert_eq!(got.secrets_version, 3);
+        assert_eq!(got.secrets_version, 4);
         assert!(listed.is_empty());
 
         assert_not_found(store.app_with_listing(&app_name("nope")).await, "app");
