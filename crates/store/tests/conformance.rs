@@ -7,8 +7,8 @@
 
 use coffer_core::{Action, AppName, SecretName};
 use coffer_store::{
-    testing, AppKeyRecord, ChangeKind, ChangeRecord, DatabaseUrl, Engine, NewToken, NewValue,
-    NewVersion, OpenMode, Store, StoreError, StoredSecret,
+    testing, AppKeyRecord, ChangeKind, ChangeRecord, DatabaseUrl, Engine, ListedSecret, NewToken,
+    NewValue, NewVersion, OpenMode, Store, StoreError, StoredSecret,
 };
 use std::future::Future;
 
@@ -650,6 +650,13 @@ mod scenarios {
 
     /// `app_with_listing` is `app_by_name` + `listing` of the app's own versions, in one read.
     pub async fn app_with_listing(store: Store) {
+        // Name, value version, deployed.
+        fn shown(listed: &[ListedSecret]) -> Vec<(&str, i64, bool)> {
+            listed
+                .iter()
+                .map(|l| (l.name.as_str(), l.value_version, l.deployed))
+                .collect()
+        }
         let app = store.create_app("id-web", &app_name("web")).await.unwrap();
         let (got, listed) = store.app_with_listing(&app_name("web")).await.unwrap();
         assert_eq!(got, app);
@@ -667,11 +674,7 @@ mod scenarios {
             .unwrap();
         // The listed version is the deployed one: everything is deployed.
         let (_, listed) = store.app_with_listing(&app_name("web")).await.unwrap();
-        let shown: Vec<_> = listed
-            .iter()
-            .map(|l| (l.name.as_str(), l.value_version, l.deployed))
-            .collect();
-        assert_eq!(shown, vec![("A", 1, true), ("B", 1, true)]);
+        assert_eq!(shown(&listed), vec![("A", 1, true), ("B", 1, true)]);
 
         // Staged: a kept value is still the deployed one, a changed one is not.
         store
@@ -679,11 +682,10 @@ mod scenarios {
             .await
             .unwrap();
         let (_, listed) = store.app_with_listing(&app_name("web")).await.unwrap();
-        let shown: Vec<_> = listed
-            .iter()
-            .map(|l| (l.name.as_str(), l.value_version, l.deployed))
-            .collect();
-        assert_eq!(shown, vec![("A", 1, true), ("B", 1, true), ("C", 2, false)]);
+        assert_eq!(
+            shown(&listed),
+            vec![("A", 1, true), ("B", 1, true), ("C", 2, false)]
+        );
         assert_eq!(listed, store.listing(&app.id, 2, 1).await.unwrap());
 
         store
@@ -701,11 +703,7 @@ mod scenarios {
         let (got, listed) = store.app_with_listing(&app_name("web")).await.unwrap();
         assert_eq!(got, app);
         assert_eq!(listed, store.listing(&app.id, 3, 1).await.unwrap());
-        let shown: Vec<_> = listed
-            .iter()
-            .map(|l| (l.name.as_str(), l.value_version, l.deployed))
-            .collect();
-        assert_eq!(shown, vec![("A", 3, false), ("C", 3, false)]);
+        assert_eq!(shown(&listed), vec![("A", 3, false), ("C", 3, false)]);
 
         // Everything unset: the app, no secrets.
         store
