@@ -2,11 +2,11 @@
 //!
 //! SQLite has one writer, and with `synchronous=FULL` every commit is an `fsync`. Writes that
 //! arrive while another is committing would each wait for the writer and then pay their own
-//! transaction and `fsync`. Instead, the frequent writes (secrets versions, creating an app and
-//! its keys, completing a release) go to one task that takes every write waiting at that
-//! moment, runs them one after the other in a single transaction and commits them with a
-//! single `fsync`; each caller gets its answer only after that commit, so an acknowledged
-//! write is as durable as before.
+//! transaction and `fsync`. Instead, the writes (secrets versions, apps and their keys,
+//! releases) go to one thread, which owns the store's SQLite write connection. It takes every
+//! write waiting at that moment, runs them one after the other in a single transaction on
+//! SQLite's own API (see `write_tx`) and commits them with a single `fsync`; each caller gets
+//! its answer only after that commit, so an acknowledged write is as durable as before.
 //!
 //! A write that fails must change nothing. A refusal (a stale base version, an unset of a
 //! missing name, a release already running, a name taken) is found before the write changes
@@ -15,60 +15,90 @@
 //! began changing things (a database error) rolls its batch back; it gets its error and the
 //! batch runs again without it: the writes before it are redone, those after it run as if it
 //! had never been sent. The common path pays nothing for this, not even a savepoint per write.
+//! A write whose code panics fails the same way, alone.
 //!
 //! PostgreSQL does not need this: it runs writes on many connections at once and already
 //! combines the WAL flushes of concurrent commits.
 
 use crate::store::BodyError;
-use crate::{engine, Engine, Result, StoreError};
-use sqlx::{AnyConnection, AnyPool};
+use crate::write_tx::{SqliteTx, WriteTx};
+use crate::{Result, StoreError};
+use rusqlite::{Connection, OpenFlags};
+use sqlx::AnyPool;
 use std::any::Any;
-use std::future::Future;
-use std::pin::Pin;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::path::Path;
+use tokio::runtime::Handle;
 use tokio::sync::{mpsc, oneshot};
 
 /// Most writes per transaction: bounds the work redone when a write of the batch fails, and
 /// how long the writes of one batch hold the writer.
 const MAX_BATCH: usize = 64;
 
+/// How long the writer waits for another process that holds SQLite's write lock.
+const BUSY_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Prepared statements kept on the writer's connection: the store's writes are a few dozen
+/// statements (multi-row INSERTs of up to `PREPARED_ROWS_MAX` rows among them).
+const STATEMENT_CACHE: usize = 128;
+
 /// What a write returns, type-erased on its way through the queue.
 pub(crate) type Outcome = Box<dyn Any + Send>;
 
 /// One write: the statements it runs inside the group's transaction. It may run more than
 /// once (when a later write of its batch fails and the batch is redone), hence `FnMut`.
-pub(crate) type WriteOp = Box<
-    dyn for<'c> FnMut(
-            &'c mut AnyConnection,
-        )
-            -> Pin<Box<dyn Future<Output = Result<Outcome, BodyError>> + Send + 'c>>
-        + Send,
->;
+pub(crate) type WriteOp = Box<dyn FnMut(&mut dyn WriteTx) -> Result<Outcome, BodyError> + Send>;
 
 struct Job {
     op: WriteOp,
     reply: oneshot::Sender<Result<Outcome>>,
 }
 
-/// The queue in front of the writer task. Cheap to clone.
+enum Message {
+    Write(Job),
+    /// Stop after the writes queued before this one; answer once the connection is closed.
+    Close(oneshot::Sender<()>),
+}
+
+/// The queue in front of the writer thread. Cheap to clone.
 #[derive(Clone)]
 pub(crate) struct GroupCommit {
-    queue: mpsc::UnboundedSender<Job>,
+    queue: mpsc::UnboundedSender<Message>,
 }
 
 impl GroupCommit {
-    /// Starts the writer task on the current tokio runtime. It ends when every clone of the
-    /// returned queue is dropped.
-    pub(crate) fn start(engine: Engine, write: AnyPool) -> GroupCommit {
-        let (queue, jobs) = mpsc::unbounded_channel();
-        tokio::spawn(writer(engine, write, jobs));
-        GroupCommit { queue }
+    /// Opens the writer's connection to the SQLite file at `path` (created and migrated
+    /// already) and starts the writer thread. `baton`: the pool of sqlx's one write
+    /// connection, held while a group runs, so that the writes still made through sqlx wait
+    /// in that pool rather than on SQLite's lock. The thread ends at [`GroupCommit::close`] or
+    /// when every clone of the returned queue is dropped.
+    pub(crate) fn start(path: &Path, baton: AnyPool) -> Result<GroupCommit> {
+        let conn = open_writer(path)?;
+        let runtime = Handle::current();
+        let (queue, messages) = mpsc::unbounded_channel();
+        std::thread::Builder::new()
+            .name("coffer-sqlite-writer".into())
+            .spawn(move || writer(conn, baton, runtime, messages))
+            .map_err(|e| StoreError::NotCommitted(format!("cannot start the writer: {e}")))?;
+        Ok(GroupCommit { queue })
     }
 
     /// Queues one write and waits until it is committed (or refused).
     pub(crate) async fn run(&self, op: WriteOp) -> Result<Outcome> {
         let (reply, answer) = oneshot::channel();
-        self.queue.send(Job { op, reply }).map_err(|_| stopped())?;
+        self.queue
+            .send(Message::Write(Job { op, reply }))
+            .map_err(|_| stopped())?;
         answer.await.map_err(|_| stopped())?
+    }
+
+    /// Lets the writes already queued finish, then closes the writer's connection. Later
+    /// writes fail.
+    pub(crate) async fn close(&self) {
+        let (done, closed) = oneshot::channel();
+        if self.queue.send(Message::Close(done)).is_ok() {
+            let _ = closed.await;
+        }
     }
 }
 
@@ -76,28 +106,74 @@ fn stopped() -> StoreError {
     StoreError::NotCommitted("the store's writer has stopped (is the daemon shutting down?)".into())
 }
 
-async fn writer(engine: Engine, write: AnyPool, mut jobs: mpsc::UnboundedReceiver<Job>) {
+fn open_writer(path: &Path) -> Result<Connection> {
+    // Never create: the store made the file (mode 0600) and set it to WAL before.
+    let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+    let conn = Connection::open_with_flags(path, flags)?;
+    conn.busy_timeout(BUSY_WAIT)?;
+    // As on every connection of the store (engine::SQLITE_PRAGMAS): an acknowledged commit
+    // survives a power cut; foreign keys are enforced.
+    conn.pragma_update(None, "synchronous", "FULL")?;
+    conn.pragma_update(None, "foreign_keys", true)?;
+    conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
+    Ok(conn)
+}
+
+fn writer(
+    conn: Connection,
+    baton: AnyPool,
+    runtime: Handle,
+    mut messages: mpsc::UnboundedReceiver<Message>,
+) {
+    // The baton goes back to its pool through the runtime.
+    let _runtime = runtime.enter();
     let mut batch = Vec::with_capacity(MAX_BATCH);
-    while jobs.recv_many(&mut batch, MAX_BATCH).await > 0 {
-        // Each group in a task of its own: should a write's code panic, that group's callers
-        // get an error (their replies are dropped, the transaction rolls back as it is
-        // dropped) and the writer goes on with the next group.
-        let group = tokio::spawn(run_batch(engine, write.clone(), std::mem::take(&mut batch)));
-        if let Err(e) = group.await {
-            tracing::error!(error = %e, "a group of writes failed; its writes were not committed");
+    let mut closing = None;
+    while closing.is_none() {
+        match messages.blocking_recv() {
+            Some(Message::Write(job)) => batch.push(job),
+            Some(Message::Close(done)) => closing = Some(done),
+            None => break,
         }
+        // Every write waiting at this moment joins the group.
+        while closing.is_none() && batch.len() < MAX_BATCH {
+            match messages.try_recv() {
+                Ok(Message::Write(job)) => batch.push(job),
+                Ok(Message::Close(done)) => closing = Some(done),
+                Err(_) => break,
+            }
+        }
+        if batch.is_empty() {
+            continue;
+        }
+        match runtime.block_on(baton.acquire()) {
+            Ok(held) => {
+                run_batch(&conn, std::mem::take(&mut batch));
+                drop(held);
+            }
+            Err(e) => {
+                let msg = StoreError::from(e).to_string();
+                for job in batch.drain(..) {
+                    let _ = job.reply.send(Err(StoreError::NotCommitted(msg.clone())));
+                }
+            }
+        }
+    }
+    drop(conn);
+    if let Some(done) = closing {
+        let _ = done.send(());
     }
 }
 
 /// Commits as many of `batch` as can be, in one transaction; answers every job.
-async fn run_batch(engine: Engine, write: AnyPool, mut batch: Vec<Job>) {
+fn run_batch(conn: &Connection, mut batch: Vec<Job>) {
     while !batch.is_empty() {
         // A caller that gave up (its request was dropped) needs no write.
         batch.retain(|job| !job.reply.is_closed());
         if batch.is_empty() {
             return;
         }
-        match attempt(engine, &write, &mut batch).await {
+        match attempt(conn, &mut batch) {
             Attempt::Committed(outcomes) => {
                 for (job, outcome) in batch.into_iter().zip(outcomes) {
                     let _ = job.reply.send(outcome);
@@ -129,30 +205,50 @@ enum Attempt {
     BatchFailed(StoreError),
 }
 
-async fn attempt(engine: Engine, write: &AnyPool, batch: &mut [Job]) -> Attempt {
-    let begun = match engine::begin_write(engine) {
-        Some(begin) => write.begin_with(begin).await,
-        None => write.begin().await,
+fn attempt(conn: &Connection, batch: &mut [Job]) -> Attempt {
+    let run = |sql: &str| -> Result<()> {
+        conn.prepare_cached(sql)?.execute([])?;
+        Ok(())
     };
-    let mut tx = match begun {
-        Ok(tx) => tx,
-        Err(e) => return Attempt::BatchFailed(e.into()),
+    let roll_back = || {
+        if !conn.is_autocommit() {
+            if let Err(e) = run("ROLLBACK") {
+                tracing::error!(error = %e, "cannot roll back a group of writes");
+            }
+        }
     };
+    // IMMEDIATE: take the write lock at once, so that another process writing to the same
+    // file makes this wait (busy timeout) at BEGIN rather than fail half-way.
+    if let Err(e) = run("BEGIN IMMEDIATE") {
+        roll_back();
+        return Attempt::BatchFailed(e);
+    }
+    let mut tx = SqliteTx { conn };
     let mut outcomes = Vec::with_capacity(batch.len());
     for (i, job) in batch.iter_mut().enumerate() {
-        match (job.op)(&mut tx).await {
+        // A write whose code panics fails alone, like a write the database refused half-way.
+        let ran = catch_unwind(AssertUnwindSafe(|| (job.op)(&mut tx))).unwrap_or_else(|_| {
+            tracing::error!("a write panicked; it was not committed");
+            Err(BodyError::Failed(StoreError::NotCommitted(
+                "the write failed (see the daemon's log)".into(),
+            )))
+        });
+        match ran {
             Ok(outcome) => outcomes.push(Ok(outcome)),
             // A database error is never a clean refusal, whatever the op said.
             Err(BodyError::Refused(e)) if !e.is_backend() => outcomes.push(Err(e)),
             Err(BodyError::Refused(e) | BodyError::Failed(e)) => {
-                let _ = tx.rollback().await;
+                roll_back();
                 return Attempt::JobFailed(i, e);
             }
         }
     }
-    match tx.commit().await {
+    match run("COMMIT") {
         Ok(()) => Attempt::Committed(outcomes),
-        Err(e) => Attempt::BatchFailed(e.into()),
+        Err(e) => {
+            roll_back();
+            Attempt::BatchFailed(e)
+        }
     }
 }
 
@@ -170,7 +266,7 @@ mod tests {
         .await
         .unwrap();
         let panicked: Result<(), StoreError> = store
-            .write_tx(Box::new(|_| Box::pin(async { panic!("a bug in a write") })))
+            .write_tx(|_| -> Result<(), _> { panic!("a bug in a write") })
             .await;
         assert!(matches!(panicked, Err(StoreError::NotCommitted(_))));
         // The writer still commits the next writes.

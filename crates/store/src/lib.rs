@@ -21,6 +21,7 @@ mod releases;
 mod sqlite_reads;
 mod store;
 pub mod testing;
+mod write_tx;
 
 pub use engine::{DatabaseUrl, Engine, OpenMode};
 pub use machines::{BootFacts, HostRecord, MachineConfig, MachineRecord, NewMachine};
@@ -41,7 +42,8 @@ pub enum StoreError {
     InvalidUrl(String),
     #[error("database error: {0}")]
     Backend(#[from] sqlx::Error),
-    /// From SQLite's own API (the hot reads on SQLite, see `sqlite_reads`).
+    /// From SQLite's own API (on SQLite, the hot reads and the writes: `sqlite_reads`,
+    /// `group_commit`).
     #[error("database error: {0}")]
     Sqlite(#[from] rusqlite::Error),
     #[error("stored data is corrupt: {0}")]
@@ -58,6 +60,20 @@ impl StoreError {
     /// The database failed (rather than refusing or not finding something).
     pub(crate) fn is_backend(&self) -> bool {
         matches!(self, StoreError::Backend(_) | StoreError::Sqlite(_))
+    }
+
+    /// A UNIQUE or PRIMARY KEY constraint refused the statement, on either engine.
+    pub(crate) fn is_unique_violation(&self) -> bool {
+        match self {
+            StoreError::Backend(sqlx::Error::Database(db)) => {
+                db.kind() == sqlx::error::ErrorKind::UniqueViolation
+            }
+            StoreError::Sqlite(rusqlite::Error::SqliteFailure(e, _)) => matches!(
+                e.extended_code,
+                rusqlite::ffi::SQLITE_CONSTRAINT_UNIQUE | rusqlite::ffi::SQLITE_CONSTRAINT_PRIMARYKEY
+            ),
+            _ => false,
+        }
     }
 }
 

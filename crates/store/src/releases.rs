@@ -3,11 +3,9 @@
 //! and enforces one running release per app (a unique partial index), so the rule holds across
 //! API replicas.
 
-use crate::group_commit::Outcome;
 use crate::store::BodyError;
-use crate::{ChangeKind, ChangeRecord, Micros, Result, Store, StoreError};
-use sqlx::any::AnyRow;
-use sqlx::{AnyConnection, Row};
+use crate::write_tx::{args, WriteTx};
+use crate::{ChangeKind, ChangeRecord, Micros, Result, Store, StoreError, StoreRow};
 use std::collections::BTreeMap;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -69,24 +67,21 @@ const RELEASE_COLUMNS: &str = "app_id, version, secrets_version, previous_secret
      previous_release_version, description, actor, status, reason, progress, created_at, updated_at";
 
 /// What the app's machines run now: (deployed secrets version, release version).
-pub(crate) async fn deployed_in(tx: &mut AnyConnection, app_id: &str) -> Result<(i64, i64)> {
-    let row = sqlx::query("SELECT deployed_version, release_version FROM apps WHERE id = $1")
-        .bind(app_id)
-        .fetch_optional(&mut *tx)
-        .await?
-        .ok_or(StoreError::NotFound("app"))?;
-    Ok((
-        row.try_get("deployed_version")?,
-        row.try_get("release_version")?,
-    ))
+pub(crate) fn deployed_in(tx: &mut dyn WriteTx, app_id: &str) -> Result<(i64, i64)> {
+    tx.fetch_optional(
+        "SELECT deployed_version, release_version FROM apps WHERE id = $1",
+        args![app_id],
+        |row| Ok((row.int("deployed_version")?, row.int("release_version")?)),
+    )?
+    .ok_or(StoreError::NotFound("app"))
 }
 
 /// Inserts the next release of the app, `running`. `Conflict` if one is running already.
-pub(crate) async fn insert_release_in(
-    tx: &mut AnyConnection,
+pub(crate) fn insert_release_in(
+    tx: &mut dyn WriteTx,
     app_id: &str,
     secrets_version: i64,
-    (previous_secrets_version, previous_release_version): (i64, i64),
+    before: (i64, i64),
     r: &NewRelease,
     now: Micros,
 ) -> Result<ReleaseRecord> {
@@ -94,16 +89,15 @@ pub(crate) async fn insert_release_in(
         tx,
         app_id,
         secrets_version,
-        (previous_secrets_version, previous_release_version),
+        before,
         r,
         ReleaseStatus::Running,
         now,
     )
-    .await
 }
 
-async fn insert_in(
-    tx: &mut AnyConnection,
+fn insert_in(
+    tx: &mut dyn WriteTx,
     app_id: &str,
     secrets_version: i64,
     (previous_secrets_version, previous_release_version): (i64, i64),
@@ -111,73 +105,93 @@ async fn insert_in(
     status: ReleaseStatus,
     now: Micros,
 ) -> Result<ReleaseRecord> {
-    let version: i64 = sqlx::query_scalar(
-        "UPDATE apps SET release_version = release_version + 1 WHERE id = $1 RETURNING release_version",
-    )
-    .bind(app_id)
-    .fetch_optional(&mut *tx)
-    .await?
-    .ok_or(StoreError::NotFound("app"))?;
+    let version = tx
+        .fetch_optional(
+            "UPDATE apps SET release_version = release_version + 1 WHERE id = $1 \
+             RETURNING release_version",
+            args![app_id],
+            |row| row.int("release_version"),
+        )?
+        .ok_or(StoreError::NotFound("app"))?;
     let sql = format!(
-        "INSERT INTO releases ({RELEASE_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, NULL, '', $9, $10) \
-         RETURNING {RELEASE_COLUMNS}"
+        "INSERT INTO releases ({RELEASE_COLUMNS}) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, NULL, '', $9, $9) RETURNING {RELEASE_COLUMNS}"
     );
-    let row = sqlx::query(&sql)
-        .bind(app_id)
-        .bind(version)
-        .bind(secrets_version)
-        .bind(previous_secrets_version)
-        .bind(previous_release_version)
-        .bind(&r.description)
-        .bind(&r.actor)
-        .bind(status.as_str())
-        .bind(now)
-        .bind(now)
-        .fetch_one(&mut *tx)
-        .await
-        .map_err(|e| match crate::store::kind(&e) {
-            Some(sqlx::error::ErrorKind::UniqueViolation) => StoreError::Conflict(
-                "a release is already running for this app; wait for it to finish (coffer releases list), or use --stage".into(),
-            ),
-            _ => e.into(),
-        })?;
-    release_from_row(&row)
+    let inserted = tx.fetch_optional(
+        &sql,
+        args![
+            app_id,
+            version,
+            secrets_version,
+            previous_secrets_version,
+            previous_release_version,
+            &r.description,
+            &r.actor,
+            status.as_str(),
+            now
+        ],
+        release_from_row,
+    );
+    match inserted {
+        Ok(row) => row.ok_or_else(|| StoreError::Corrupt("INSERT … RETURNING gave no row".into())),
+        Err(e) if e.is_unique_violation() => Err(StoreError::Conflict(RELEASE_RUNNING.into())),
+        Err(e) => Err(e),
+    }
 }
+
+pub(crate) const RELEASE_RUNNING: &str = "a release is already running for this app; wait for it to \
+                               finish (coffer releases list), or use --stage";
 
 impl Store {
     /// Deploys what was staged: the app's newest secrets version becomes deployed and a release
     /// starts for it. `Conflict` if nothing is staged or a release is running.
     pub async fn deploy_staged(&self, app_id: &str, r: &NewRelease) -> Result<ReleaseRecord> {
-        let mut tx = self.begin_write().await?;
-        let result = async {
-            let before = deployed_in(&mut tx, app_id).await?;
-            let current: i64 = sqlx::query_scalar("SELECT secrets_version FROM apps WHERE id = $1")
-                .bind(app_id)
-                .fetch_one(&mut *tx)
-                .await?;
+        let (app_id, r) = (app_id.to_string(), r.clone());
+        self.write_tx(move |tx| {
+            // Refusals come before the first change, so they leave the group's transaction as
+            // it was.
+            let refused = |e: StoreError| {
+                if e.is_backend() {
+                    BodyError::Failed(e)
+                } else {
+                    BodyError::Refused(e)
+                }
+            };
+            let before = deployed_in(tx, &app_id).map_err(refused)?;
+            let current = tx
+                .fetch_optional(
+                    "SELECT secrets_version FROM apps WHERE id = $1",
+                    args![&app_id],
+                    |row| row.int("secrets_version"),
+                )
+                .map_err(BodyError::Failed)?
+                .ok_or(BodyError::Refused(StoreError::NotFound("app")))?;
             if current == before.0 {
-                return Err(StoreError::Conflict(format!(
+                return Err(BodyError::Refused(StoreError::Conflict(format!(
                     "nothing is staged: secrets version {current} is already deployed"
+                ))));
+            }
+            let running = tx
+                .fetch_optional(
+                    "SELECT 1 AS running FROM releases WHERE app_id = $1 AND status = 'running'",
+                    args![&app_id],
+                    |_| Ok(()),
+                )
+                .map_err(BodyError::Failed)?;
+            if running.is_some() {
+                return Err(BodyError::Refused(StoreError::Conflict(
+                    RELEASE_RUNNING.into(),
                 )));
             }
-            sqlx::query("UPDATE apps SET deployed_version = $1 WHERE id = $2")
-                .bind(current)
-                .bind(app_id)
-                .execute(&mut *tx)
-                .await?;
-            insert_release_in(&mut tx, app_id, current, before, r, crate::now_micros()).await
-        }
-        .await;
-        match result {
-            Ok(rec) => {
-                tx.commit().await?;
-                Ok(rec)
-            }
-            Err(e) => {
-                let _ = tx.rollback().await;
-                Err(e)
-            }
-        }
+            tx.execute(
+                "UPDATE apps SET deployed_version = $1 WHERE id = $2",
+                args![current, &app_id],
+            )
+            .map_err(BodyError::Failed)?;
+            insert_release_in(tx, &app_id, current, before, &r, crate::now_micros())
+                .map_err(BodyError::Failed)
+        })
+        .await
     }
 
     pub async fn release(&self, app_id: &str, version: i64) -> Result<ReleaseRecord> {
@@ -197,7 +211,7 @@ impl Store {
             "SELECT {RELEASE_COLUMNS} FROM releases WHERE app_id = $1 ORDER BY version DESC"
         );
         let rows = sqlx::query(&sql).bind(app_id).fetch_all(&self.read).await?;
-        rows.iter().map(release_from_row).collect()
+        rows.iter().map(|row| release_from_row(row)).collect()
     }
 
     /// Every release still `running`, of every app (for recovery after a restart).
@@ -206,7 +220,7 @@ impl Store {
             "SELECT {RELEASE_COLUMNS} FROM releases WHERE status = 'running' ORDER BY created_at"
         );
         let rows = sqlx::query(&sql).fetch_all(&self.read).await?;
-        rows.iter().map(release_from_row).collect()
+        rows.iter().map(|row| release_from_row(row)).collect()
     }
 
     /// A human line about where a running release is ("watching web-1 (canary): 12s left").
@@ -231,28 +245,23 @@ impl Store {
     /// Marks a running release complete. `Conflict` if it is not running (someone else
     /// finished it).
     pub async fn complete_release(&self, app_id: &str, version: i64) -> Result<ReleaseRecord> {
-        let app_id = std::sync::Arc::new(app_id.to_string());
-        self.write_tx(Box::new(move |tx| {
-            let app_id = app_id.clone();
-            Box::pin(async move {
-                let sql = format!(
-                    "UPDATE releases SET status = 'complete', progress = '', updated_at = $1 \
-                     WHERE app_id = $2 AND version = $3 AND status = 'running' \
-                     RETURNING {RELEASE_COLUMNS}"
-                );
-                let row = sqlx::query(&sql)
-                    .bind(crate::now_micros())
-                    .bind(app_id.as_str())
-                    .bind(version)
-                    .fetch_optional(&mut *tx)
-                    .await
-                    .map_err(|e| BodyError::Failed(e.into()))?;
-                let row = row.ok_or_else(|| {
-                    BodyError::Refused(StoreError::Conflict("the release is not running".into()))
-                })?;
-                Ok(Box::new(release_from_row(&row).map_err(BodyError::Failed)?) as Outcome)
+        let app_id = app_id.to_string();
+        let sql = format!(
+            "UPDATE releases SET status = 'complete', progress = '', updated_at = $1 \
+             WHERE app_id = $2 AND version = $3 AND status = 'running' \
+             RETURNING {RELEASE_COLUMNS}"
+        );
+        self.write_tx(move |tx| {
+            tx.fetch_optional(
+                &sql,
+                args![crate::now_micros(), &app_id, version],
+                release_from_row,
+            )
+            .map_err(BodyError::Failed)?
+            .ok_or_else(|| {
+                BodyError::Refused(StoreError::Conflict("the release is not running".into()))
             })
-        }))
+        })
         .await
     }
 
@@ -266,74 +275,79 @@ impl Store {
         version: i64,
         reason: &str,
     ) -> Result<(ReleaseRecord, ReleaseRecord)> {
-        let mut tx = self.begin_write().await?;
-        let result = fail_in(&mut tx, app_id, version, reason).await;
-        match result {
-            Ok(v) => {
-                tx.commit().await?;
-                Ok(v)
-            }
-            Err(e) => {
-                let _ = tx.rollback().await;
-                Err(e)
-            }
-        }
+        let (app_id, reason) = (app_id.to_string(), reason.to_string());
+        self.write_tx(move |tx| fail_in(tx, &app_id, version, &reason))
+            .await
     }
 }
 
-async fn members_in(
-    tx: &mut AnyConnection,
+fn members_in(
+    tx: &mut dyn WriteTx,
     app_id: &str,
     version: i64,
 ) -> Result<BTreeMap<String, (i64, String)>> {
-    let rows = sqlx::query(
+    let rows = tx.fetch_all(
         "SELECT m.name, m.value_version, v.digest FROM secret_members m \
          JOIN secret_values v ON v.app_id = m.app_id AND v.name = m.name AND v.version = m.value_version \
          WHERE m.app_id = $1 AND m.version = $2",
-    )
-    .bind(app_id)
-    .bind(version)
-    .fetch_all(&mut *tx)
-    .await?;
-    rows.iter()
-        .map(|r| {
+        args![app_id, version],
+        |row| {
             Ok((
-                r.try_get("name")?,
-                (r.try_get("value_version")?, r.try_get("digest")?),
+                row.text("name")?,
+                (row.int("value_version")?, row.text("digest")?),
             ))
-        })
-        .collect()
+        },
+    )?;
+    Ok(rows.into_iter().collect())
 }
 
-async fn fail_in(
-    tx: &mut AnyConnection,
+/// The statements of [`Store::fail_release`]. Refused (nothing written) if the release is not
+/// running; anything after its first change fails the transaction.
+fn fail_in(
+    tx: &mut dyn WriteTx,
     app_id: &str,
     version: i64,
     reason: &str,
-) -> Result<(ReleaseRecord, ReleaseRecord)> {
+) -> Result<(ReleaseRecord, ReleaseRecord), BodyError> {
     let now = crate::now_micros();
     let sql = format!(
         "UPDATE releases SET status = 'failed', reason = $1, progress = '', updated_at = $2 \
          WHERE app_id = $3 AND version = $4 AND status = 'running' RETURNING {RELEASE_COLUMNS}"
     );
-    let row = sqlx::query(&sql)
-        .bind(reason)
-        .bind(now)
-        .bind(app_id)
-        .bind(version)
-        .fetch_optional(&mut *tx)
-        .await?
-        .ok_or_else(|| StoreError::Conflict("the release is not running".into()))?;
-    let failed = release_from_row(&row)?;
+    let failed = tx
+        .fetch_optional(
+            &sql,
+            args![reason, now, app_id, version],
+            release_from_row,
+        )
+        .map_err(BodyError::Failed)?
+        .ok_or_else(|| {
+            BodyError::Refused(StoreError::Conflict("the release is not running".into()))
+        })?;
+    restore_in(tx, app_id, version, &failed, now)
+        .map(|rollback| (failed, rollback))
+        .map_err(BodyError::Failed)
+}
 
-    // The new version: exactly the members of what ran before the release.
-    let current: i64 = sqlx::query_scalar("SELECT secrets_version FROM apps WHERE id = $1")
-        .bind(app_id)
-        .fetch_one(&mut *tx)
-        .await?;
+/// After `failed` is marked failed: a new secrets version with exactly the members of what ran
+/// before it, deployed, recorded by a `rolled_back` release (returned).
+fn restore_in(
+    tx: &mut dyn WriteTx,
+    app_id: &str,
+    version: i64,
+    failed: &ReleaseRecord,
+    now: Micros,
+) -> Result<ReleaseRecord> {
+    let current = tx
+        .fetch_optional(
+            "SELECT secrets_version FROM apps WHERE id = $1",
+            args![app_id],
+            |row| row.int("secrets_version"),
+        )?
+        .ok_or(StoreError::NotFound("app"))?;
     let restored = current + 1;
-    let before = members_in(tx, app_id, failed.previous_secrets_version).await?;
-    let now_members = members_in(tx, app_id, current).await?;
+    let before = members_in(tx, app_id, failed.previous_secrets_version)?;
+    let now_members = members_in(tx, app_id, current)?;
     let mut changes = Vec::new();
     for (name, (vv, digest)) in &before {
         if now_members.get(name).map(|(v, _)| v) != Some(vv) {
@@ -353,32 +367,23 @@ async fn fail_in(
     }
     let changes =
         serde_json::to_string(&changes).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-    sqlx::query("UPDATE apps SET secrets_version = $1, deployed_version = $2 WHERE id = $3")
-        .bind(restored)
-        .bind(restored)
-        .bind(app_id)
-        .execute(&mut *tx)
-        .await?;
-    sqlx::query(
-        "INSERT INTO secret_versions (app_id, version, actor, created_at, changes) VALUES ($1, $2, $3, $4, $5)",
-    )
-    .bind(app_id)
-    .bind(restored)
-    .bind(format!("coffer (rollback of release {version})"))
-    .bind(now)
-    .bind(changes)
-    .execute(&mut *tx)
-    .await?;
-    sqlx::query(
+    tx.execute(
+        "UPDATE apps SET secrets_version = $1, deployed_version = $1 WHERE id = $2",
+        args![restored, app_id],
+    )?;
+    let actor = format!("coffer (rollback of release {version})");
+    tx.execute(
+        "INSERT INTO secret_versions (app_id, version, actor, created_at, changes) \
+         VALUES ($1, $2, $3, $4, $5)",
+        args![app_id, restored, &actor, now, &changes],
+    )?;
+    tx.execute(
         "INSERT INTO secret_members (app_id, version, name, value_version) \
-         SELECT app_id, $1, name, value_version FROM secret_members WHERE app_id = $2 AND version = $3",
-    )
-    .bind(restored)
-    .bind(app_id)
-    .bind(failed.previous_secrets_version)
-    .execute(&mut *tx)
-    .await?;
-    let rollback = insert_in(
+         SELECT app_id, $1, name, value_version FROM secret_members \
+         WHERE app_id = $2 AND version = $3",
+        args![restored, app_id, failed.previous_secrets_version],
+    )?;
+    insert_in(
         tx,
         app_id,
         restored,
@@ -393,25 +398,23 @@ async fn fail_in(
         ReleaseStatus::RolledBack,
         now,
     )
-    .await?;
-    Ok((failed, rollback))
 }
 
-fn release_from_row(row: &AnyRow) -> Result<ReleaseRecord> {
-    let status: String = row.try_get("status")?;
+fn release_from_row(row: &dyn StoreRow) -> Result<ReleaseRecord> {
+    let status = row.text("status")?;
     Ok(ReleaseRecord {
-        app_id: row.try_get("app_id")?,
-        version: row.try_get("version")?,
-        secrets_version: row.try_get("secrets_version")?,
-        previous_secrets_version: row.try_get("previous_secrets_version")?,
-        previous_release_version: row.try_get("previous_release_version")?,
-        description: row.try_get("description")?,
-        actor: row.try_get("actor")?,
+        app_id: row.text("app_id")?,
+        version: row.int("version")?,
+        secrets_version: row.int("secrets_version")?,
+        previous_secrets_version: row.int("previous_secrets_version")?,
+        previous_release_version: row.int("previous_release_version")?,
+        description: row.text("description")?,
+        actor: row.text("actor")?,
         status: ReleaseStatus::parse(&status)
             .ok_or_else(|| StoreError::Corrupt(format!("release status {status:?}")))?,
-        reason: row.try_get("reason")?,
-        progress: row.try_get("progress")?,
-        created_at: row.try_get("created_at")?,
-        updated_at: row.try_get("updated_at")?,
+        reason: row.text_opt("reason")?,
+        progress: row.text("progress")?,
+        created_at: row.int("created_at")?,
+        updated_at: row.int("updated_at")?,
     })
 }

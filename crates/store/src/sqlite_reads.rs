@@ -68,27 +68,12 @@ impl SqliteReads {
         let mut mapped_any = false;
         let mut run = || -> Result<Vec<T>> {
             let mut statement = conn.prepare_cached(sql)?;
-            // Looked up once per read: rusqlite's lookup by name asks SQLite for every
-            // column's name at each access (5 % of a list).
-            let columns: Vec<String> = statement
-                .column_names()
-                .into_iter()
-                .map(String::from)
-                .collect();
-            debug_assert!(
-                columns
-                    .iter()
-                    .all(|c| columns.iter().filter(|d| *d == c).count() == 1),
-                "every column of a hot read has its own name (alias joined columns): {sql}"
-            );
+            let columns = column_names(&statement);
             let mut rows = statement.query([key])?;
             let mut out = Vec::new();
             while let Some(row) = rows.next()? {
                 mapped_any = true;
-                out.push(map(&NamedRow {
-                    row,
-                    columns: &columns,
-                })?);
+                out.push(map(&NamedRow::new(row, &columns))?);
             }
             Ok(out)
         };
@@ -159,13 +144,35 @@ fn is_busy(e: &rusqlite::Error) -> bool {
     )
 }
 
-/// A row with its statement's column names.
-struct NamedRow<'a> {
+/// A statement's column names, looked up once per statement: rusqlite's lookup by name asks
+/// SQLite for every column's name at each access (5 % of a list).
+pub(crate) fn column_names(statement: &rusqlite::Statement<'_>) -> Vec<String> {
+    let columns: Vec<String> = statement
+        .column_names()
+        .into_iter()
+        .map(String::from)
+        .collect();
+    debug_assert!(
+        columns
+            .iter()
+            .all(|c| columns.iter().filter(|d| *d == c).count() == 1),
+        "every column of a statement has its own name (alias joined columns): {columns:?}"
+    );
+    columns
+}
+
+/// A row with its statement's column names (from [`column_names`]).
+pub(crate) struct NamedRow<'a> {
     row: &'a Row<'a>,
     columns: &'a [String],
 }
 
-impl NamedRow<'_> {
+impl<'a> NamedRow<'a> {
+    pub(crate) fn new(row: &'a Row<'a>, columns: &'a [String]) -> NamedRow<'a> {
+        NamedRow { row, columns }
+    }
+
+
     fn get<T: rusqlite::types::FromSql>(&self, column: &str) -> Result<T> {
         let index = self
             .columns

@@ -5,6 +5,7 @@
 
 use crate::engine::{self, DatabaseUrl, Engine, OpenMode};
 use crate::group_commit::{GroupCommit, Outcome, WriteOp};
+use crate::write_tx::{args, Prepare, WriteTx};
 use crate::readers::Readers;
 use crate::sqlite_reads::SqliteReads;
 use crate::{
@@ -70,10 +71,20 @@ impl Store {
     pub async fn open(url: &DatabaseUrl, mode: OpenMode) -> Result<Store> {
         let pools = engine::connect(url, mode).await?;
         let engine = url.engine();
+        let group_commit = match &pools.sqlite_path {
+            Some(path) => match GroupCommit::start(path, pools.write.clone()) {
+                Ok(writer) => Some(writer),
+                Err(e) => {
+                    pools.write.close().await;
+                    pools.read.close().await;
+                    return Err(e);
+                }
+            },
+            None => None,
+        };
         let store = Store {
             engine,
-            group_commit: (engine == Engine::Sqlite)
-                .then(|| GroupCommit::start(engine, pools.write.clone())),
+            group_commit,
             hot: Arc::new(match pools.sqlite_path {
                 Some(path) => HotReads::Sqlite(SqliteReads::new(path)),
                 None => {
@@ -109,6 +120,9 @@ impl Store {
         match &*self.hot {
             HotReads::Sqlite(reads) => reads.close(),
             HotReads::Pooled(readers) => readers.close().await,
+        }
+        if let Some(writer) = &self.group_commit {
+            writer.close().await;
         }
         self.write.close().await;
         self.read.close().await;
@@ -195,36 +209,31 @@ impl Store {
 
     /// Creates an app at secrets version 0. `Conflict` if the name is taken.
     pub async fn create_app(&self, id: &str, name: &AppName) -> Result<AppRecord> {
-        let (id, name) = (Arc::new(id.to_string()), Arc::new(name.clone()));
-        self.write_tx(Box::new(move |tx| {
-            let (id, name) = (id.clone(), name.clone());
-            Box::pin(async move {
-                let sql = format!(
-                    "INSERT INTO apps (id, name, created_at) VALUES ($1, $2, $3) \
-                     ON CONFLICT (name) DO NOTHING RETURNING {APP_COLUMNS}"
-                );
-                let row = sqlx::query(&sql)
-                    .bind(id.as_str())
-                    .bind(name.as_str())
-                    .bind(crate::now_micros())
-                    .fetch_optional(&mut *tx)
-                    .await
-                    .map_err(|e| match kind(&e) {
-                        Some(ErrorKind::UniqueViolation) => BodyError::Refused(
-                            StoreError::Conflict(format!("app ID {id} already exists")),
-                        ),
-                        _ => BodyError::Failed(e.into()),
-                    })?;
-                match row {
-                    Some(row) => {
-                        Ok(Box::new(app_from_row(&row).map_err(BodyError::Failed)?) as Outcome)
+        let (id, name) = (id.to_string(), name.clone());
+        let sql = format!(
+            "INSERT INTO apps (id, name, created_at) VALUES ($1, $2, $3) \
+             ON CONFLICT (name) DO NOTHING RETURNING {APP_COLUMNS}"
+        );
+        self.write_tx(move |tx| {
+            let created = tx
+                .fetch_optional(
+                    &sql,
+                    args![&id, name.as_str(), crate::now_micros()],
+                    app_from_row,
+                )
+                .map_err(|e| {
+                    if e.is_unique_violation() {
+                        BodyError::Refused(StoreError::Conflict(format!(
+                            "app ID {id} already exists"
+                        )))
+                    } else {
+                        BodyError::Failed(e)
                     }
-                    None => Err(BodyError::Refused(StoreError::Conflict(format!(
-                        "app {name} already exists"
-                    )))),
-                }
+                })?;
+            created.ok_or_else(|| {
+                BodyError::Refused(StoreError::Conflict(format!("app {name} already exists")))
             })
-        }))
+        })
         .await
     }
 
@@ -437,43 +446,39 @@ impl Store {
         let changes = serde_json::to_string(&changes)
             .map_err(|e| StoreError::Corrupt(format!("cannot encode the changes: {e}")))?;
 
-        let (v, changes) = (Arc::new(v), Arc::new(changes));
-        self.write_tx(Box::new(move |tx| {
-            let (v, changes) = (v.clone(), changes.clone());
-            Box::pin(async move {
-                let release = write_version_body(tx, &v, &changes).await?;
-                let outcome = WriteOutcome {
-                    version: v.version,
-                    release,
-                };
-                Ok(Box::new(outcome) as Outcome)
+        self.write_tx(move |tx| {
+            let release = write_version_body(tx, &v, &changes)?;
+            Ok(WriteOutcome {
+                version: v.version,
+                release,
             })
-        }))
+        })
         .await
     }
 
     /// Runs the statements of one write transaction: on SQLite through group commit (with the
-    /// writes waiting beside it, see `group_commit`), on PostgreSQL in a transaction of its own.
-    pub(crate) async fn write_tx<T: Send + 'static>(&self, mut op: WriteOp) -> Result<T> {
-        let outcome = match &self.group_commit {
-            Some(queue) => queue.run(op).await?,
-            None => {
-                let mut tx = self.begin_write().await?;
-                match op(&mut tx).await {
-                    Ok(outcome) => {
-                        tx.commit().await?;
-                        outcome
-                    }
-                    Err(e) => {
-                        let _ = tx.rollback().await;
-                        return Err(e.into());
-                    }
-                }
+    /// writes waiting beside it, see `group_commit`), on PostgreSQL in a transaction of its own
+    /// (see `write_tx`). `op` may run more than once on SQLite (group commit redoes a group
+    /// when one of its writes fails); only its last run is committed.
+    pub(crate) async fn write_tx<T: Send + 'static>(
+        &self,
+        mut op: impl FnMut(&mut dyn WriteTx) -> Result<T, BodyError> + Send + 'static,
+    ) -> Result<T> {
+        match &self.group_commit {
+            Some(writer) => {
+                let op: WriteOp = Box::new(move |tx| Ok(Box::new(op(tx)?) as Outcome));
+                let outcome = writer.run(op).await?;
+                Ok(*outcome
+                    .downcast::<T>()
+                    .expect("a write returns the type its caller expects"))
             }
-        };
-        Ok(*outcome
-            .downcast::<T>()
-            .expect("a write returns the type its caller expects"))
+            None => {
+                crate::write_tx::run_pooled(self.engine, &self.write, move |tx| {
+                    op(tx).map_err(StoreError::from)
+                })
+                .await
+            }
+        }
     }
 
     /// Records that `version` is what the app's machines run. `Conflict` if that version does
@@ -593,32 +598,30 @@ impl Store {
 
     /// `Conflict` if the app already has keys: they are never replaced silently.
     pub async fn insert_app_key(&self, k: &AppKeyRecord) -> Result<()> {
-        let k = Arc::new(k.clone());
-        self.write_tx(Box::new(move |tx| {
-            let k = k.clone();
-            Box::pin(async move {
-                let done = sqlx::query(
+        let k = k.clone();
+        self.write_tx(move |tx| {
+            let inserted = tx
+                .execute(
                     "INSERT INTO vault_app_keys \
                      (app_id, public_key, wrapped_private_key, wrapped_digest_key, created_at) \
                      VALUES ($1, $2, $3, $4, $5) ON CONFLICT (app_id) DO NOTHING",
+                    args![
+                        &k.app_id,
+                        &k.public_key,
+                        &k.wrapped_private_key,
+                        &k.wrapped_digest_key,
+                        k.created_at
+                    ],
                 )
-                .bind(&k.app_id)
-                .bind(&k.public_key)
-                .bind(&k.wrapped_private_key)
-                .bind(&k.wrapped_digest_key)
-                .bind(k.created_at)
-                .execute(&mut *tx)
-                .await
-                .map_err(|e| BodyError::Failed(e.into()))?;
-                if done.rows_affected() == 0 {
-                    return Err(BodyError::Refused(StoreError::Conflict(format!(
-                        "the app {} already has keys",
-                        k.app_id
-                    ))));
-                }
-                Ok(Box::new(()) as Outcome)
-            })
-        }))
+                .map_err(BodyError::Failed)?;
+            if inserted == 0 {
+                return Err(BodyError::Refused(StoreError::Conflict(format!(
+                    "the app {} already has keys",
+                    k.app_id
+                ))));
+            }
+            Ok(())
+        })
         .await
     }
 
@@ -693,31 +696,26 @@ impl From<BodyError> for StoreError {
     }
 }
 
-const RELEASE_RUNNING: &str = "a release is already running for this app; wait for it to \
-                               finish (coffer releases list), or use --stage";
-
 /// The statements of one [`Store::write_version`], inside the caller's write transaction.
 /// Every check that can refuse the write runs before its first change, so that a refused
 /// write leaves the transaction as it found it (group commit relies on it). Returns the
 /// release it started, if any.
-pub(crate) async fn write_version_body(
-    tx: &mut AnyConnection,
+pub(crate) fn write_version_body(
+    tx: &mut dyn WriteTx,
     v: &NewVersion,
     changes: &str,
 ) -> Result<Option<crate::ReleaseRecord>, BodyError> {
     let now = crate::now_micros();
     // A refusal changes nothing; a database error may have (SQLite can roll the whole
     // transaction back by itself on I/O errors), so it fails the group.
-    let checked = check_version(tx, v).await.map_err(|e| {
+    let checked = check_version(tx, v).map_err(|e| {
         if e.is_backend() {
             BodyError::Failed(e)
         } else {
             BodyError::Refused(e)
         }
     })?;
-    apply_version(tx, v, checked, changes, now)
-        .await
-        .map_err(BodyError::Failed)
+    apply_version(tx, v, checked, changes, now).map_err(BodyError::Failed)
 }
 
 /// What [`check_version`] read, for [`apply_version`].
@@ -730,25 +728,22 @@ struct CheckedVersion {
 
 /// Reads, checks, and finally moves the app's version (the one statement that can refuse the
 /// write and changes nothing when it does).
-async fn check_version(tx: &mut AnyConnection, v: &NewVersion) -> Result<CheckedVersion> {
+fn check_version(tx: &mut dyn WriteTx, v: &NewVersion) -> Result<CheckedVersion> {
     // The base version is immutable, so it can be read before the app's row is locked.
-    let base = sqlx::query(
+    let base = tx.fetch_all(
         "SELECT m.name, m.value_version, v.created_at \
          FROM secret_members m JOIN secret_values v \
          ON v.app_id = m.app_id AND v.name = m.name AND v.version = m.value_version \
          WHERE m.app_id = $1 AND m.version = $2",
-    )
-    .bind(&v.app_id)
-    .bind(v.base_version)
-    .fetch_all(&mut *tx)
-    .await?;
-    let mut base_members: HashMap<String, (i64, Micros)> = HashMap::with_capacity(base.len());
-    for row in &base {
-        base_members.insert(
-            row.try_get("name")?,
-            (row.try_get("value_version")?, row.try_get("created_at")?),
-        );
-    }
+        args![&v.app_id, v.base_version],
+        |row| {
+            Ok((
+                row.text("name")?,
+                (row.int("value_version")?, row.int("created_at")?),
+            ))
+        },
+    )?;
+    let base_members: HashMap<String, (i64, Micros)> = base.into_iter().collect();
 
     for name in &v.unsets {
         if !base_members.contains_key(name.as_str()) {
@@ -764,15 +759,15 @@ async fn check_version(tx: &mut AnyConnection, v: &NewVersion) -> Result<Checked
     // refuses early, before anything is written.
     let before = match &v.release {
         Some(_) => {
-            let running =
-                sqlx::query("SELECT 1 FROM releases WHERE app_id = $1 AND status = 'running'")
-                    .bind(&v.app_id)
-                    .fetch_optional(&mut *tx)
-                    .await?;
+            let running = tx.fetch_optional(
+                "SELECT 1 AS running FROM releases WHERE app_id = $1 AND status = 'running'",
+                args![&v.app_id],
+                |_| Ok(()),
+            )?;
             if running.is_some() {
-                return Err(StoreError::Conflict(RELEASE_RUNNING.into()));
+                return Err(StoreError::Conflict(crate::releases::RELEASE_RUNNING.into()));
             }
-            Some(crate::releases::deployed_in(tx, &v.app_id).await?)
+            Some(crate::releases::deployed_in(tx, &v.app_id)?)
         }
         None => None,
     };
@@ -780,28 +775,23 @@ async fn check_version(tx: &mut AnyConnection, v: &NewVersion) -> Result<Checked
     // Concurrent writers of one app serialize on its row (PostgreSQL) and the loser sees the
     // new version and fails. Zero rows moved: nothing was written.
     let moved = if v.deploy {
-        sqlx::query(
-            "UPDATE apps SET secrets_version = $1, deployed_version = $2 \
-             WHERE id = $3 AND secrets_version = $4",
-        )
-        .bind(v.version)
-        .bind(v.version)
-        .bind(&v.app_id)
-        .bind(v.base_version)
+        tx.execute(
+            "UPDATE apps SET secrets_version = $1, deployed_version = $1 \
+             WHERE id = $2 AND secrets_version = $3",
+            args![v.version, &v.app_id, v.base_version],
+        )?
     } else {
-        sqlx::query("UPDATE apps SET secrets_version = $1 WHERE id = $2 AND secrets_version = $3")
-            .bind(v.version)
-            .bind(&v.app_id)
-            .bind(v.base_version)
-    }
-    .execute(&mut *tx)
-    .await?;
-    if moved.rows_affected() == 0 {
-        let now_at: Option<i64> =
-            sqlx::query_scalar("SELECT secrets_version FROM apps WHERE id = $1")
-                .bind(&v.app_id)
-                .fetch_optional(&mut *tx)
-                .await?;
+        tx.execute(
+            "UPDATE apps SET secrets_version = $1 WHERE id = $2 AND secrets_version = $3",
+            args![v.version, &v.app_id, v.base_version],
+        )?
+    };
+    if moved == 0 {
+        let now_at = tx.fetch_optional(
+            "SELECT secrets_version FROM apps WHERE id = $1",
+            args![&v.app_id],
+            |row| row.int("secrets_version"),
+        )?;
         return Err(match now_at {
             None => StoreError::NotFound("app"),
             Some(n) => StoreError::Conflict(format!(
@@ -816,8 +806,8 @@ async fn check_version(tx: &mut AnyConnection, v: &NewVersion) -> Result<Checked
 }
 
 /// The writes of one version, after [`check_version`] moved the app to it.
-async fn apply_version(
-    tx: &mut AnyConnection,
+fn apply_version(
+    tx: &mut dyn WriteTx,
     v: &NewVersion,
     checked: CheckedVersion,
     changes: &str,
@@ -827,21 +817,15 @@ async fn apply_version(
         base_members,
         before,
     } = checked;
-    sqlx::query(
+    tx.execute(
         "INSERT INTO secret_versions (app_id, version, actor, created_at, changes) \
          VALUES ($1, $2, $3, $4, $5)",
-    )
-    .bind(&v.app_id)
-    .bind(v.version)
-    .bind(&v.actor)
-    .bind(now)
-    .bind(changes)
-    .execute(&mut *tx)
-    .await?;
+        args![&v.app_id, v.version, &v.actor, now, changes],
+    )?;
 
     // The new values, then the members: each name kept from the base, plus each set.
     for chunk in v.sets.chunks(ROWS_PER_INSERT) {
-        insert_values(tx, v, chunk, &base_members, now).await?;
+        insert_values(tx, v, chunk, &base_members, now)?;
     }
     let changed: HashSet<&str> = v
         .sets
@@ -856,18 +840,27 @@ async fn apply_version(
         .chain(v.sets.iter().map(|s| (s.name.as_str(), v.version)))
         .collect();
     for chunk in members.chunks(ROWS_PER_INSERT) {
-        insert_members(tx, &v.app_id, v.version, chunk).await?;
+        insert_members(tx, &v.app_id, v.version, chunk)?;
     }
     match (&v.release, before) {
-        (Some(r), Some(before)) => Ok(Some(
-            crate::releases::insert_release_in(tx, &v.app_id, v.version, before, r, now).await?,
-        )),
+        (Some(r), Some(before)) => Ok(Some(crate::releases::insert_release_in(
+            tx, &v.app_id, v.version, before, r, now,
+        )?)),
         _ => Ok(None),
     }
 }
 
-async fn insert_values(
-    tx: &mut AnyConnection,
+/// Multi-row INSERTs of up to [`PREPARED_ROWS_MAX`] rows stay prepared.
+fn prepare_for(rows: usize) -> Prepare {
+    if rows <= PREPARED_ROWS_MAX {
+        Prepare::Keep
+    } else {
+        Prepare::Once
+    }
+}
+
+fn insert_values(
+    tx: &mut dyn WriteTx,
     v: &NewVersion,
     values: &[NewValue],
     base: &HashMap<String, (i64, Micros)>,
@@ -879,25 +872,26 @@ async fn insert_values(
         8,
         values.len(),
     );
-    let mut q = sqlx::query(&sql).persistent(values.len() <= PREPARED_ROWS_MAX);
+    let mut bound = Vec::with_capacity(values.len() * 8);
     for value in values {
         let created_at = base.get(value.name.as_str()).map_or(now, |(_, c)| *c);
-        q = q
-            .bind(&v.app_id)
-            .bind(value.name.as_str())
-            .bind(v.version)
-            .bind(&value.ciphertext)
-            .bind(&value.digest)
-            .bind(value.value_len)
-            .bind(created_at)
-            .bind(now);
+        bound.extend_from_slice(args![
+            &v.app_id,
+            value.name.as_str(),
+            v.version,
+            &value.ciphertext,
+            &value.digest,
+            value.value_len,
+            created_at,
+            now
+        ]);
     }
-    q.execute(&mut *tx).await?;
+    tx.execute_with(&sql, &bound, prepare_for(values.len()))?;
     Ok(())
 }
 
-async fn insert_members(
-    tx: &mut AnyConnection,
+fn insert_members(
+    tx: &mut dyn WriteTx,
     app_id: &str,
     version: i64,
     members: &[(&str, i64)],
@@ -907,15 +901,11 @@ async fn insert_members(
         4,
         members.len(),
     );
-    let mut q = sqlx::query(&sql).persistent(members.len() <= PREPARED_ROWS_MAX);
+    let mut bound = Vec::with_capacity(members.len() * 4);
     for (name, value_version) in members {
-        q = q
-            .bind(app_id)
-            .bind(version)
-            .bind(*name)
-            .bind(*value_version);
+        bound.extend_from_slice(args![app_id, version, *name, *value_version]);
     }
-    q.execute(&mut *tx).await?;
+    tx.execute_with(&sql, &bound, prepare_for(members.len()))?;
     Ok(())
 }
 
