@@ -24,11 +24,9 @@ use crate::store::BodyError;
 use crate::write_tx::{SqliteTx, WriteTx};
 use crate::{Result, StoreError};
 use rusqlite::{Connection, OpenFlags};
-use sqlx::AnyPool;
 use std::any::Any;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::Path;
-use tokio::runtime::Handle;
 use tokio::sync::{mpsc, oneshot};
 
 /// Most writes per transaction: bounds the work redone when a write of the batch fails, and
@@ -67,18 +65,16 @@ pub(crate) struct GroupCommit {
 }
 
 impl GroupCommit {
-    /// Opens the writer's connection to the SQLite file at `path` (created and migrated
-    /// already) and starts the writer thread. `baton`: the pool of sqlx's one write
-    /// connection, held while a group runs, so that the writes still made through sqlx wait
-    /// in that pool rather than on SQLite's lock. The thread ends at [`GroupCommit::close`] or
-    /// when every clone of the returned queue is dropped.
-    pub(crate) fn start(path: &Path, baton: AnyPool) -> Result<GroupCommit> {
+    /// Opens the writer's connection to the SQLite file at `path` (created already, in WAL
+    /// mode) and starts the writer thread: from then on the store's only writer in this
+    /// process. The thread ends at [`GroupCommit::close`] or when every clone of the returned
+    /// queue is dropped.
+    pub(crate) fn start(path: &Path) -> Result<GroupCommit> {
         let conn = open_writer(path)?;
-        let runtime = Handle::current();
         let (queue, messages) = mpsc::unbounded_channel();
         std::thread::Builder::new()
             .name("coffer-sqlite-writer".into())
-            .spawn(move || writer(conn, baton, runtime, messages))
+            .spawn(move || writer(conn, messages))
             .map_err(|e| StoreError::NotCommitted(format!("cannot start the writer: {e}")))?;
         Ok(GroupCommit { queue })
     }
@@ -119,14 +115,7 @@ fn open_writer(path: &Path) -> Result<Connection> {
     Ok(conn)
 }
 
-fn writer(
-    conn: Connection,
-    baton: AnyPool,
-    runtime: Handle,
-    mut messages: mpsc::UnboundedReceiver<Message>,
-) {
-    // The baton goes back to its pool through the runtime.
-    let _runtime = runtime.enter();
+fn writer(conn: Connection, mut messages: mpsc::UnboundedReceiver<Message>) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
     let mut closing = None;
     while closing.is_none() {
@@ -143,20 +132,8 @@ fn writer(
                 Err(_) => break,
             }
         }
-        if batch.is_empty() {
-            continue;
-        }
-        match runtime.block_on(baton.acquire()) {
-            Ok(held) => {
-                run_batch(&conn, std::mem::take(&mut batch));
-                drop(held);
-            }
-            Err(e) => {
-                let msg = StoreError::from(e).to_string();
-                for job in batch.drain(..) {
-                    let _ = job.reply.send(Err(StoreError::NotCommitted(msg.clone())));
-                }
-            }
+        if !batch.is_empty() {
+            run_batch(&conn, std::mem::take(&mut batch));
         }
     }
     drop(conn);

@@ -62,6 +62,19 @@ impl StoreError {
         matches!(self, StoreError::Backend(_) | StoreError::Sqlite(_))
     }
 
+    /// A FOREIGN KEY constraint refused the statement, on either engine.
+    pub(crate) fn is_foreign_key_violation(&self) -> bool {
+        match self {
+            StoreError::Backend(sqlx::Error::Database(db)) => {
+                db.kind() == sqlx::error::ErrorKind::ForeignKeyViolation
+            }
+            StoreError::Sqlite(rusqlite::Error::SqliteFailure(e, _)) => {
+                e.extended_code == rusqlite::ffi::SQLITE_CONSTRAINT_FOREIGNKEY
+            }
+            _ => false,
+        }
+    }
+
     /// A UNIQUE or PRIMARY KEY constraint refused the statement, on either engine.
     pub(crate) fn is_unique_violation(&self) -> bool {
         match self {
@@ -70,7 +83,8 @@ impl StoreError {
             }
             StoreError::Sqlite(rusqlite::Error::SqliteFailure(e, _)) => matches!(
                 e.extended_code,
-                rusqlite::ffi::SQLITE_CONSTRAINT_UNIQUE | rusqlite::ffi::SQLITE_CONSTRAINT_PRIMARYKEY
+                rusqlite::ffi::SQLITE_CONSTRAINT_UNIQUE
+                    | rusqlite::ffi::SQLITE_CONSTRAINT_PRIMARYKEY
             ),
             _ => false,
         }

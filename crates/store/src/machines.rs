@@ -1,10 +1,10 @@
 //! Hosts and machines: where workloads run, what they should be doing, what they report.
 
+use crate::store::{found_if, BodyError};
+use crate::write_tx::{args, WriteTx};
 use crate::{Micros, Result, Store, StoreError, StoreRow};
 use coffer_core::wire::machines::{DesiredState, HealthCheck, MachineState, RestartPolicy};
 use serde::{Deserialize, Serialize};
-use sqlx::any::AnyRow;
-use sqlx::Row;
 use std::collections::BTreeMap;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -96,22 +96,24 @@ impl Store {
         public_key: &str,
         token_hash: &[u8],
     ) -> Result<HostRecord> {
-        let now = crate::now_micros();
         let sql = format!(
             "INSERT INTO hosts (id, name, address, public_key, token_hash, created_at, last_seen_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING {HOST_COLUMNS}"
+             VALUES ($1, $2, $3, $4, $5, $6, $6) RETURNING {HOST_COLUMNS}"
         );
-        let row = sqlx::query(&sql)
-            .bind(id)
-            .bind(name)
-            .bind(address)
-            .bind(public_key)
-            .bind(token_hash)
-            .bind(now)
-            .bind(now)
-            .fetch_one(&self.write)
-            .await?;
-        host_from_row(&row)
+        let host = [id, name, address, public_key].map(str::to_string);
+        let token_hash = token_hash.to_vec();
+        self.write_tx(move |tx| {
+            let [id, name, address, public_key] = &host;
+            let now = crate::now_micros();
+            tx.fetch_optional(
+                &sql,
+                args![id, name, address, public_key, &token_hash, now],
+                host_from_row,
+            )
+            .map_err(BodyError::before_changes)?
+            .ok_or_else(|| BodyError::Failed(returned_nothing()))
+        })
+        .await
     }
 
     pub async fn host(&self, id: &str) -> Result<HostRecord> {
@@ -126,21 +128,22 @@ impl Store {
     pub async fn hosts(&self) -> Result<Vec<HostRecord>> {
         let sql = format!("SELECT {HOST_COLUMNS} FROM hosts ORDER BY created_at, id");
         let rows = sqlx::query(&sql).fetch_all(&self.read).await?;
-        rows.iter().map(host_from_row).collect()
+        rows.iter().map(|row| host_from_row(row)).collect()
     }
 
     /// A heartbeat: the host is alive, at `address`.
     pub async fn touch_host(&self, id: &str, address: &str) -> Result<()> {
-        let done = sqlx::query("UPDATE hosts SET last_seen_at = $1, address = $2 WHERE id = $3")
-            .bind(crate::now_micros())
-            .bind(address)
-            .bind(id)
-            .execute(&self.write)
-            .await?;
-        if done.rows_affected() == 0 {
-            return Err(StoreError::NotFound("host"));
-        }
-        Ok(())
+        let (id, address) = (id.to_string(), address.to_string());
+        self.write_tx(move |tx| {
+            let updated = tx
+                .execute(
+                    "UPDATE hosts SET last_seen_at = $1, address = $2 WHERE id = $3",
+                    args![crate::now_micros(), &address, &id],
+                )
+                .map_err(BodyError::before_changes)?;
+            found_if(updated > 0, "host")
+        })
+        .await
     }
 
     /// The host's generation and its machines that still need it: every machine placed on it
@@ -167,34 +170,40 @@ impl Store {
 
     pub async fn create_machine(&self, m: NewMachine) -> Result<MachineRecord> {
         let config = serde_json::to_string(&m.config).expect("machine config serializes");
-        let now = crate::now_micros();
-        let mut tx = self.begin_write().await?;
-        let generation = bump_host(&mut tx, &m.host_id).await?;
         let sql = format!(
             "INSERT INTO machines (id, app_id, host_id, name, config, desired, state, \
              secrets_version, release_version, generation, created_at, updated_at) \
-             VALUES ($1, $2, $3, $4, $5, 'running', 'pending', $6, $7, $8, $9, $10) \
+             VALUES ($1, $2, $3, $4, $5, 'running', 'pending', $6, $7, $8, $9, $9) \
              RETURNING {MACHINE_COLUMNS}"
         );
-        let row = sqlx::query(&sql)
-            .bind(&m.id)
-            .bind(&m.app_id)
-            .bind(&m.host_id)
-            .bind(&m.name)
-            .bind(config)
-            .bind(m.secrets_version)
-            .bind(m.release_version)
-            .bind(generation)
-            .bind(now)
-            .bind(now)
-            .fetch_one(&mut *tx)
-            .await
-            .map_err(|e| match crate::store::kind(&e) {
-                Some(sqlx::error::ErrorKind::ForeignKeyViolation) => StoreError::NotFound("app"),
-                _ => e.into(),
-            })?;
-        tx.commit().await?;
-        machine_from_row(&row)
+        self.write_tx(move |tx| {
+            let generation = bump_host(tx, &m.host_id).map_err(BodyError::before_changes)?;
+            let inserted = tx.fetch_optional(
+                &sql,
+                args![
+                    &m.id,
+                    &m.app_id,
+                    &m.host_id,
+                    &m.name,
+                    &config,
+                    m.secrets_version,
+                    m.release_version,
+                    generation,
+                    crate::now_micros()
+                ],
+                machine_from_row,
+            );
+            match inserted {
+                Ok(Some(machine)) => Ok(machine),
+                Ok(None) => Err(BodyError::Failed(returned_nothing())),
+                // The host's generation moved already: the write fails as a whole.
+                Err(e) if e.is_foreign_key_violation() => {
+                    Err(BodyError::Failed(StoreError::NotFound("app")))
+                }
+                Err(e) => Err(BodyError::Failed(e)),
+            }
+        })
+        .await
     }
 
     pub async fn machine(&self, id: &str) -> Result<MachineRecord> {
@@ -279,34 +288,37 @@ impl Store {
         id: &str,
         desired: DesiredState,
     ) -> Result<MachineRecord> {
-        let mut tx = self.begin_write().await?;
-        let row = sqlx::query("SELECT host_id, desired FROM machines WHERE id = $1")
-            .bind(id)
-            .fetch_optional(&mut *tx)
-            .await?
-            .ok_or(StoreError::NotFound("machine"))?;
-        let host_id: String = row.try_get("host_id")?;
-        let current: String = row.try_get("desired")?;
-        if current == DesiredState::Destroyed.as_str() {
-            return Err(StoreError::Conflict("the machine is destroyed".into()));
-        }
-        let generation = bump_host(&mut tx, &host_id).await?;
-        let now = crate::now_micros();
-        let destroyed_at = (desired == DesiredState::Destroyed).then_some(now);
+        let id = id.to_string();
         let sql = format!(
             "UPDATE machines SET desired = $1, generation = $2, updated_at = $3, \
              destroyed_at = COALESCE(destroyed_at, $4) WHERE id = $5 RETURNING {MACHINE_COLUMNS}"
         );
-        let row = sqlx::query(&sql)
-            .bind(desired.as_str())
-            .bind(generation)
-            .bind(now)
-            .bind(destroyed_at)
-            .bind(id)
-            .fetch_one(&mut *tx)
-            .await?;
-        tx.commit().await?;
-        machine_from_row(&row)
+        self.write_tx(move |tx| {
+            let (host_id, current) = tx
+                .fetch_optional(
+                    "SELECT host_id, desired FROM machines WHERE id = $1",
+                    args![&id],
+                    |row| Ok((row.text("host_id")?, row.text("desired")?)),
+                )
+                .map_err(BodyError::before_changes)?
+                .ok_or(BodyError::Refused(StoreError::NotFound("machine")))?;
+            if current == DesiredState::Destroyed.as_str() {
+                return Err(BodyError::Refused(StoreError::Conflict(
+                    "the machine is destroyed".into(),
+                )));
+            }
+            let generation = bump_host(tx, &host_id).map_err(BodyError::before_changes)?;
+            let now = crate::now_micros();
+            let destroyed_at = (desired == DesiredState::Destroyed).then_some(now);
+            tx.fetch_optional(
+                &sql,
+                args![desired.as_str(), generation, now, destroyed_at, &id],
+                machine_from_row,
+            )
+            .and_then(|machine| machine.ok_or_else(returned_nothing))
+            .map_err(BodyError::Failed)
+        })
+        .await
     }
 
     /// Points a machine at another secrets version (a release) and tells its host.
@@ -316,27 +328,36 @@ impl Store {
         secrets_version: i64,
         release_version: i64,
     ) -> Result<MachineRecord> {
-        let mut tx = self.begin_write().await?;
-        let host_id: String = sqlx::query_scalar("SELECT host_id FROM machines WHERE id = $1")
-            .bind(id)
-            .fetch_optional(&mut *tx)
-            .await?
-            .ok_or(StoreError::NotFound("machine"))?;
-        let generation = bump_host(&mut tx, &host_id).await?;
+        let id = id.to_string();
         let sql = format!(
             "UPDATE machines SET secrets_version = $1, release_version = $2, generation = $3, \
              updated_at = $4 WHERE id = $5 RETURNING {MACHINE_COLUMNS}"
         );
-        let row = sqlx::query(&sql)
-            .bind(secrets_version)
-            .bind(release_version)
-            .bind(generation)
-            .bind(crate::now_micros())
-            .bind(id)
-            .fetch_one(&mut *tx)
-            .await?;
-        tx.commit().await?;
-        machine_from_row(&row)
+        self.write_tx(move |tx| {
+            let host_id = tx
+                .fetch_optional(
+                    "SELECT host_id FROM machines WHERE id = $1",
+                    args![&id],
+                    |row| row.text("host_id"),
+                )
+                .map_err(BodyError::before_changes)?
+                .ok_or(BodyError::Refused(StoreError::NotFound("machine")))?;
+            let generation = bump_host(tx, &host_id).map_err(BodyError::before_changes)?;
+            tx.fetch_optional(
+                &sql,
+                args![
+                    secrets_version,
+                    release_version,
+                    generation,
+                    crate::now_micros(),
+                    &id
+                ],
+                machine_from_row,
+            )
+            .and_then(|machine| machine.ok_or_else(returned_nothing))
+            .map_err(BodyError::Failed)
+        })
+        .await
     }
 
     /// What the host says the machine is doing. Only the machine's own host may report, and a
@@ -350,57 +371,78 @@ impl Store {
         message: Option<&str>,
         generation: i64,
     ) -> Result<MachineRecord> {
+        // The state is compared as text, bound a second time ($8), so that PostgreSQL
+        // infers one type per placeholder.
         let sql = format!(
             "UPDATE machines SET state = $1, exit_status = $2, message = $3, state_generation = $4, \
              updated_at = $5 \
              WHERE id = $6 AND host_id = $7 AND (desired <> 'destroyed' OR $8 = 'destroyed') \
              RETURNING {MACHINE_COLUMNS}"
         );
-        let row = sqlx::query(&sql)
-            .bind(state.as_str())
-            .bind(exit_status.map(i64::from))
-            .bind(message)
-            .bind(generation)
-            .bind(crate::now_micros())
-            .bind(id)
-            .bind(host_id)
-            .bind(state.as_str())
-            .fetch_optional(&self.write)
-            .await?;
-        match row {
-            Some(r) => machine_from_row(&r),
-            None => {
-                let m = self.machine(id).await?;
-                if m.host_id != host_id {
-                    Err(StoreError::NotFound("machine"))
-                } else {
-                    Err(StoreError::Conflict("the machine is destroyed".into()))
-                }
+        let (id, host_id) = (id.to_string(), host_id.to_string());
+        let message = message.map(str::to_string);
+        self.write_tx(move |tx| {
+            let reported = tx
+                .fetch_optional(
+                    &sql,
+                    args![
+                        state.as_str(),
+                        exit_status.map(i64::from),
+                        message.as_deref(),
+                        generation,
+                        crate::now_micros(),
+                        &id,
+                        &host_id,
+                        state.as_str()
+                    ],
+                    machine_from_row,
+                )
+                .map_err(BodyError::Failed)?;
+            if let Some(machine) = reported {
+                return Ok(machine);
             }
-        }
+            let placed_on = tx
+                .fetch_optional(
+                    "SELECT host_id FROM machines WHERE id = $1",
+                    args![&id],
+                    |row| row.text("host_id"),
+                )
+                .map_err(BodyError::before_changes)?;
+            Err(BodyError::Refused(match placed_on {
+                Some(placed_on) if placed_on == host_id => {
+                    StoreError::Conflict("the machine is destroyed".into())
+                }
+                _ => StoreError::NotFound("machine"),
+            }))
+        })
+        .await
     }
 }
 
-async fn bump_host(tx: &mut sqlx::AnyConnection, host_id: &str) -> Result<i64> {
-    sqlx::query_scalar(
+fn bump_host(tx: &mut dyn WriteTx, host_id: &str) -> Result<i64> {
+    tx.fetch_optional(
         "UPDATE hosts SET generation = generation + 1 WHERE id = $1 RETURNING generation",
-    )
-    .bind(host_id)
-    .fetch_optional(&mut *tx)
-    .await?
+        args![host_id],
+        |row| row.int("generation"),
+    )?
     .ok_or(StoreError::NotFound("host"))
 }
 
-fn host_from_row(row: &AnyRow) -> Result<HostRecord> {
+/// `INSERT … RETURNING` or `UPDATE … RETURNING` of a row known to exist gave no row.
+fn returned_nothing() -> StoreError {
+    StoreError::Corrupt("a write that must return its row returned none".into())
+}
+
+fn host_from_row(row: &dyn StoreRow) -> Result<HostRecord> {
     Ok(HostRecord {
-        id: row.try_get("id")?,
-        name: row.try_get("name")?,
-        address: row.try_get("address")?,
-        public_key: row.try_get("public_key")?,
-        token_hash: row.try_get("token_hash")?,
-        generation: row.try_get("generation")?,
-        created_at: row.try_get("created_at")?,
-        last_seen_at: row.try_get("last_seen_at")?,
+        id: row.text("id")?,
+        name: row.text("name")?,
+        address: row.text("address")?,
+        public_key: row.text("public_key")?,
+        token_hash: row.bytes("token_hash")?,
+        generation: row.int("generation")?,
+        created_at: row.int("created_at")?,
+        last_seen_at: row.int("last_seen_at")?,
     })
 }
 

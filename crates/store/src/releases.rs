@@ -139,7 +139,8 @@ fn insert_in(
     }
 }
 
-pub(crate) const RELEASE_RUNNING: &str = "a release is already running for this app; wait for it to \
+pub(crate) const RELEASE_RUNNING: &str =
+    "a release is already running for this app; wait for it to \
                                finish (coffer releases list), or use --stage";
 
 impl Store {
@@ -150,14 +151,7 @@ impl Store {
         self.write_tx(move |tx| {
             // Refusals come before the first change, so they leave the group's transaction as
             // it was.
-            let refused = |e: StoreError| {
-                if e.is_backend() {
-                    BodyError::Failed(e)
-                } else {
-                    BodyError::Refused(e)
-                }
-            };
-            let before = deployed_in(tx, &app_id).map_err(refused)?;
+            let before = deployed_in(tx, &app_id).map_err(BodyError::before_changes)?;
             let current = tx
                 .fetch_optional(
                     "SELECT secrets_version FROM apps WHERE id = $1",
@@ -230,16 +224,17 @@ impl Store {
         version: i64,
         progress: &str,
     ) -> Result<()> {
-        sqlx::query(
-            "UPDATE releases SET progress = $1, updated_at = $2 WHERE app_id = $3 AND version = $4 AND status = 'running'",
-        )
-        .bind(progress)
-        .bind(crate::now_micros())
-        .bind(app_id)
-        .bind(version)
-        .execute(&self.write)
-        .await?;
-        Ok(())
+        let (app_id, progress) = (app_id.to_string(), progress.to_string());
+        self.write_tx(move |tx| {
+            tx.execute(
+                "UPDATE releases SET progress = $1, updated_at = $2 \
+                 WHERE app_id = $3 AND version = $4 AND status = 'running'",
+                args![&progress, crate::now_micros(), &app_id, version],
+            )
+            .map_err(BodyError::before_changes)?;
+            Ok(())
+        })
+        .await
     }
 
     /// Marks a running release complete. `Conflict` if it is not running (someone else
@@ -315,11 +310,7 @@ fn fail_in(
          WHERE app_id = $3 AND version = $4 AND status = 'running' RETURNING {RELEASE_COLUMNS}"
     );
     let failed = tx
-        .fetch_optional(
-            &sql,
-            args![reason, now, app_id, version],
-            release_from_row,
-        )
+        .fetch_optional(&sql, args![reason, now, app_id, version], release_from_row)
         .map_err(BodyError::Failed)?
         .ok_or_else(|| {
             BodyError::Refused(StoreError::Conflict("the release is not running".into()))

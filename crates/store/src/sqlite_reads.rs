@@ -172,7 +172,6 @@ impl<'a> NamedRow<'a> {
         NamedRow { row, columns }
     }
 
-
     fn get<T: rusqlite::types::FromSql>(&self, column: &str) -> Result<T> {
         let index = self
             .columns

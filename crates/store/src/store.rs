@@ -5,16 +5,15 @@
 
 use crate::engine::{self, DatabaseUrl, Engine, OpenMode};
 use crate::group_commit::{GroupCommit, Outcome, WriteOp};
-use crate::write_tx::{args, Prepare, WriteTx};
 use crate::readers::Readers;
 use crate::sqlite_reads::SqliteReads;
+use crate::write_tx::{args, Prepare, WriteTx};
 use crate::{
     AppKeyRecord, AppRecord, ChangeKind, ChangeRecord, ListedSecret, Micros, NewToken, NewValue,
     NewVersion, Result, StoreError, StoreRow, StoredSecret, TokenRecord, VersionRecord,
     WriteOutcome,
 };
 use coffer_core::{Action, AppName, SecretName};
-use sqlx::error::ErrorKind;
 use sqlx::{Any, AnyConnection, AnyPool, Executor, Row, Transaction};
 use std::collections::{HashMap, HashSet};
 use std::fmt;
@@ -26,9 +25,10 @@ pub struct Store {
     engine: Engine,
     /// Reads. For PostgreSQL the same pool as `write`.
     pub(crate) read: AnyPool,
-    /// Writes; for SQLite a single connection, so writers queue here rather than in SQLite.
+    /// PostgreSQL: the writes' transactions (see `write_tx`). SQLite: only the migrations at
+    /// open; closed afterwards.
     pub(crate) write: AnyPool,
-    /// SQLite: secrets writes are committed in groups (see `group_commit`).
+    /// SQLite: the writer thread, which commits the writes in groups (see `group_commit`).
     group_commit: Option<GroupCommit>,
     /// The reads on every request's path.
     hot: Arc<HotReads>,
@@ -72,7 +72,7 @@ impl Store {
         let pools = engine::connect(url, mode).await?;
         let engine = url.engine();
         let group_commit = match &pools.sqlite_path {
-            Some(path) => match GroupCommit::start(path, pools.write.clone()) {
+            Some(path) => match GroupCommit::start(path) {
                 Ok(writer) => Some(writer),
                 Err(e) => {
                     pools.write.close().await;
@@ -97,6 +97,11 @@ impl Store {
         if let Err(e) = store.migrate().await {
             store.close().await;
             return Err(e);
+        }
+        if engine == Engine::Sqlite {
+            // From now on every write goes through the writer thread (`group_commit`); sqlx's
+            // write connection was only for the migrations.
+            store.write.close().await;
         }
         tracing::debug!(database = %url, "store open");
         Ok(store)
@@ -264,26 +269,28 @@ impl Store {
     /// Deletes the app with its versions, values and app-scoped tokens (by foreign-key
     /// cascade). The vault's keys for it are the vault's to delete.
     pub async fn delete_app(&self, id: &str) -> Result<()> {
-        let done = sqlx::query("DELETE FROM apps WHERE id = $1")
-            .bind(id)
-            .execute(&self.write)
-            .await?;
-        if done.rows_affected() == 0 {
-            return Err(StoreError::NotFound("app"));
-        }
-        Ok(())
+        let id = id.to_string();
+        self.write_tx(move |tx| {
+            let deleted = tx
+                .execute("DELETE FROM apps WHERE id = $1", args![&id])
+                .map_err(BodyError::before_changes)?;
+            found_if(deleted > 0, "app")
+        })
+        .await
     }
 
     pub async fn set_crash_window(&self, id: &str, ms: i64) -> Result<()> {
-        let done = sqlx::query("UPDATE apps SET crash_window_ms = $1 WHERE id = $2")
-            .bind(ms)
-            .bind(id)
-            .execute(&self.write)
-            .await?;
-        if done.rows_affected() == 0 {
-            return Err(StoreError::NotFound("app"));
-        }
-        Ok(())
+        let id = id.to_string();
+        self.write_tx(move |tx| {
+            let updated = tx
+                .execute(
+                    "UPDATE apps SET crash_window_ms = $1 WHERE id = $2",
+                    args![ms, &id],
+                )
+                .map_err(BodyError::before_changes)?;
+            found_if(updated > 0, "app")
+        })
+        .await
     }
 
     // ------------------------------------------------------------------------------- secrets
@@ -489,22 +496,32 @@ impl Store {
                 "secrets version {version} does not exist"
             )));
         }
-        let done = sqlx::query(
-            "UPDATE apps SET deployed_version = $1 WHERE id = $2 AND secrets_version >= $3",
-        )
-        .bind(version)
-        .bind(app_id)
-        .bind(version)
-        .execute(&self.write)
-        .await?;
-        if done.rows_affected() == 0 {
-            let app = self.app_by_id(app_id).await?;
-            return Err(StoreError::Conflict(format!(
-                "secrets version {version} does not exist (the app is at version {})",
-                app.secrets_version
-            )));
-        }
-        Ok(())
+        let app_id = app_id.to_string();
+        self.write_tx(move |tx| {
+            let updated = tx
+                .execute(
+                    "UPDATE apps SET deployed_version = $1 WHERE id = $2 AND secrets_version >= $1",
+                    args![version, &app_id],
+                )
+                .map_err(BodyError::before_changes)?;
+            if updated > 0 {
+                return Ok(());
+            }
+            let at = tx
+                .fetch_optional(
+                    "SELECT secrets_version FROM apps WHERE id = $1",
+                    args![&app_id],
+                    |row| row.int("secrets_version"),
+                )
+                .map_err(BodyError::before_changes)?;
+            Err(BodyError::Refused(match at {
+                None => StoreError::NotFound("app"),
+                Some(at) => StoreError::Conflict(format!(
+                    "secrets version {version} does not exist (the app is at version {at})"
+                )),
+            }))
+        })
+        .await
     }
 
     /// The app's secrets versions, newest first.
@@ -539,28 +556,36 @@ impl Store {
 
     /// `Conflict` if the ID is taken, `NotFound("app")` if the token's app does not exist.
     pub async fn insert_token(&self, t: NewToken) -> Result<TokenRecord> {
-        sqlx::query(
-            "INSERT INTO api_tokens \
-             (id, secret_hash, app_id, action, description, created_at, expires_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7)",
-        )
-        .bind(&t.id)
-        .bind(&t.secret_hash)
-        .bind(&t.app_id)
-        .bind(t.action.as_str())
-        .bind(&t.description)
-        .bind(crate::now_micros())
-        .bind(t.expires_at)
-        .execute(&self.write)
+        let select = format!("{TOKEN_SELECT} WHERE t.id = $1");
+        self.write_tx(move |tx| {
+            tx.execute(
+                "INSERT INTO api_tokens \
+                 (id, secret_hash, app_id, action, description, created_at, expires_at) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7)",
+                args![
+                    &t.id,
+                    &t.secret_hash,
+                    t.app_id.as_deref(),
+                    t.action.as_str(),
+                    &t.description,
+                    crate::now_micros(),
+                    t.expires_at
+                ],
+            )
+            .map_err(|e| {
+                BodyError::before_changes(if e.is_unique_violation() {
+                    StoreError::Conflict(format!("token ID {} already exists", t.id))
+                } else if e.is_foreign_key_violation() {
+                    StoreError::NotFound("app")
+                } else {
+                    e
+                })
+            })?;
+            tx.fetch_optional(&select, args![&t.id], token_from_row)
+                .and_then(|token| token.ok_or(StoreError::NotFound("token")))
+                .map_err(BodyError::Failed)
+        })
         .await
-        .map_err(|e| match kind(&e) {
-            Some(ErrorKind::UniqueViolation) => {
-                StoreError::Conflict(format!("token ID {} already exists", t.id))
-            }
-            Some(ErrorKind::ForeignKeyViolation) => StoreError::NotFound("app"),
-            _ => e.into(),
-        })?;
-        token_on(&self.write, &t.id).await
     }
 
     pub async fn token(&self, id: &str) -> Result<TokenRecord> {
@@ -581,17 +606,17 @@ impl Store {
 
     /// Revokes a token from now on. Revoking it again keeps the first revocation time.
     pub async fn revoke_token(&self, id: &str) -> Result<()> {
-        let done = sqlx::query(
-            "UPDATE api_tokens SET revoked_at = COALESCE(revoked_at, $1) WHERE id = $2",
-        )
-        .bind(crate::now_micros())
-        .bind(id)
-        .execute(&self.write)
-        .await?;
-        if done.rows_affected() == 0 {
-            return Err(StoreError::NotFound("token"));
-        }
-        Ok(())
+        let id = id.to_string();
+        self.write_tx(move |tx| {
+            let updated = tx
+                .execute(
+                    "UPDATE api_tokens SET revoked_at = COALESCE(revoked_at, $1) WHERE id = $2",
+                    args![crate::now_micros(), &id],
+                )
+                .map_err(BodyError::before_changes)?;
+            found_if(updated > 0, "token")
+        })
+        .await
     }
 
     // ---------------------------------------------------------------------------- vault keys
@@ -645,11 +670,16 @@ impl Store {
 
     /// Idempotent.
     pub async fn delete_app_key(&self, app_id: &str) -> Result<()> {
-        sqlx::query("DELETE FROM vault_app_keys WHERE app_id = $1")
-            .bind(app_id)
-            .execute(&self.write)
-            .await?;
-        Ok(())
+        let app_id = app_id.to_string();
+        self.write_tx(move |tx| {
+            tx.execute(
+                "DELETE FROM vault_app_keys WHERE app_id = $1",
+                args![&app_id],
+            )
+            .map_err(BodyError::before_changes)?;
+            Ok(())
+        })
+        .await
     }
 
     // ---------------------------------------------------------------------------------- meta
@@ -664,18 +694,22 @@ impl Store {
     /// Stores `value` unless the key has one; returns the value stored, so that replicas
     /// starting together agree on the first one written.
     pub async fn meta_set_if_absent(&self, key: &str, value: &str) -> Result<String> {
-        let mut tx = self.begin_write().await?;
-        sqlx::query("INSERT INTO meta (key, value) VALUES ($1, $2) ON CONFLICT (key) DO NOTHING")
-            .bind(key)
-            .bind(value)
-            .execute(&mut *tx)
-            .await?;
-        let stored: String = sqlx::query_scalar("SELECT value FROM meta WHERE key = $1")
-            .bind(key)
-            .fetch_one(&mut *tx)
-            .await?;
-        tx.commit().await?;
-        Ok(stored)
+        let (key, value) = (key.to_string(), value.to_string());
+        self.write_tx(move |tx| {
+            tx.execute(
+                "INSERT INTO meta (key, value) VALUES ($1, $2) ON CONFLICT (key) DO NOTHING",
+                args![&key, &value],
+            )
+            .map_err(BodyError::before_changes)?;
+            tx.fetch_optional(
+                "SELECT value FROM meta WHERE key = $1",
+                args![&key],
+                |row| row.text("value"),
+            )
+            .and_then(|stored| stored.ok_or(StoreError::NotFound("meta key")))
+            .map_err(BodyError::Failed)
+        })
+        .await
     }
 }
 
@@ -686,6 +720,27 @@ pub(crate) enum BodyError {
     Refused(StoreError),
     /// Failed after writing: the transaction must be rolled back.
     Failed(StoreError),
+}
+
+impl BodyError {
+    /// An error met before the write changed anything (or from its one statement, which
+    /// SQLite and PostgreSQL undo as a whole): a refusal, unless the database failed.
+    pub(crate) fn before_changes(e: StoreError) -> BodyError {
+        if e.is_backend() {
+            BodyError::Failed(e)
+        } else {
+            BodyError::Refused(e)
+        }
+    }
+}
+
+/// `Ok` if the statement found its row, else a refusal: `NotFound(what)`.
+pub(crate) fn found_if(found: bool, what: &'static str) -> Result<(), BodyError> {
+    if found {
+        Ok(())
+    } else {
+        Err(BodyError::Refused(StoreError::NotFound(what)))
+    }
 }
 
 impl From<BodyError> for StoreError {
@@ -708,13 +763,7 @@ pub(crate) fn write_version_body(
     let now = crate::now_micros();
     // A refusal changes nothing; a database error may have (SQLite can roll the whole
     // transaction back by itself on I/O errors), so it fails the group.
-    let checked = check_version(tx, v).map_err(|e| {
-        if e.is_backend() {
-            BodyError::Failed(e)
-        } else {
-            BodyError::Refused(e)
-        }
-    })?;
+    let checked = check_version(tx, v).map_err(BodyError::before_changes)?;
     apply_version(tx, v, checked, changes, now).map_err(BodyError::Failed)
 }
 
@@ -765,7 +814,9 @@ fn check_version(tx: &mut dyn WriteTx, v: &NewVersion) -> Result<CheckedVersion>
                 |_| Ok(()),
             )?;
             if running.is_some() {
-                return Err(StoreError::Conflict(crate::releases::RELEASE_RUNNING.into()));
+                return Err(StoreError::Conflict(
+                    crate::releases::RELEASE_RUNNING.into(),
+                ));
             }
             Some(crate::releases::deployed_in(tx, &v.app_id)?)
         }
@@ -926,23 +977,6 @@ fn multi_row_insert(prefix: &str, columns: usize, rows: usize) -> String {
         sql.push(')');
     }
     sql
-}
-
-async fn token_on<'e>(on: impl Executor<'e, Database = Any>, id: &str) -> Result<TokenRecord> {
-    let sql = format!("{TOKEN_SELECT} WHERE t.id = $1");
-    let row = sqlx::query(&sql)
-        .bind(id)
-        .fetch_optional(on)
-        .await?
-        .ok_or(StoreError::NotFound("token"))?;
-    token_from_row(&row)
-}
-
-pub(crate) fn kind(e: &sqlx::Error) -> Option<ErrorKind> {
-    match e {
-        sqlx::Error::Database(db) => Some(db.kind()),
-        _ => None,
-    }
 }
 
 /// The columns [`listed_from_row`] reads from `secret_members m` joined to `secret_values v`,

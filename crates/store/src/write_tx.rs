@@ -301,6 +301,8 @@ pub(crate) async fn run_pooled<T: Send + 'static>(
     .await
     .map_err(|e| {
         tracing::error!(error = %e, "a write stopped before it committed");
-        StoreError::NotCommitted("the write stopped before it committed (see the daemon's log)".into())
+        StoreError::NotCommitted(
+            "the write stopped before it committed (see the daemon's log)".into(),
+        )
     })?
 }
