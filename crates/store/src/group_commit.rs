@@ -231,7 +231,8 @@ fn attempt(conn: &Connection, batch: &mut [Job]) -> Attempt {
 
 #[cfg(test)]
 mod tests {
-    use crate::{testing, OpenMode, Store, StoreError};
+    use crate::{testing, AppName, OpenMode, Store, StoreError};
+    use std::time::Duration;
 
     #[tokio::test]
     async fn a_panicking_write_fails_alone_and_the_writer_goes_on() {
@@ -247,9 +248,102 @@ mod tests {
             .await;
         assert!(matches!(panicked, Err(StoreError::NotCommitted(_))));
         // The writer still commits the next writes.
-        let name = coffer_core::AppName::parse("after-the-panic").unwrap();
+        let name = AppName::parse("after-the-panic").unwrap();
         store.create_app("id-1", &name).await.unwrap();
         assert_eq!(store.app_by_name(&name).await.unwrap().id, "id-1");
         store.close().await;
+    }
+
+    #[tokio::test]
+    async fn the_writer_connection_is_set_up_like_every_other() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = testing::sqlite_url_in(dir.path());
+        let store = Store::open(&url, OpenMode::CreateIfMissing).await.unwrap();
+        let conn = super::open_writer(url.sqlite_path().unwrap()).unwrap();
+        let pragma = |name: &str| -> i64 {
+            conn.pragma_query_value(None, name, |row| row.get(0))
+                .unwrap()
+        };
+        assert_eq!(pragma("synchronous"), 2, "synchronous = FULL");
+        assert_eq!(pragma("foreign_keys"), 1);
+        assert_eq!(pragma("busy_timeout"), 5000);
+        let journal: String = conn
+            .pragma_query_value(None, "journal_mode", |row| row.get(0))
+            .unwrap();
+        assert_eq!(journal, "wal");
+        drop(conn);
+        // And it never creates a database where there was none.
+        assert!(super::open_writer(&dir.path().join("absent.db")).is_err());
+        assert!(!dir.path().join("absent.db").exists());
+        store.close().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_writer_waits_for_another_process_that_holds_the_lock() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = testing::sqlite_url_in(dir.path());
+        let store = Store::open(&url, OpenMode::CreateIfMissing).await.unwrap();
+        // Another process's writer, in the middle of a transaction.
+        let other = rusqlite::Connection::open(url.sqlite_path().unwrap()).unwrap();
+        other.execute_batch("BEGIN IMMEDIATE").unwrap();
+        let name = AppName::parse("waited").unwrap();
+        let write = tokio::spawn({
+            let (store, name) = (store.clone(), name.clone());
+            async move { store.create_app("id-waited", &name).await }
+        });
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert!(!write.is_finished(), "the write waits for the lock");
+        other.execute_batch("COMMIT").unwrap();
+        write
+            .await
+            .unwrap()
+            .expect("committed once the lock was free");
+        assert_eq!(store.app_by_name(&name).await.unwrap().id, "id-waited");
+        store.close().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn closing_commits_what_it_acknowledged_and_refuses_the_rest() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = testing::sqlite_url_in(dir.path());
+        let store = Store::open(&url, OpenMode::CreateIfMissing).await.unwrap();
+        let writes: Vec<_> = (0..40)
+            .map(|i| {
+                let store = store.clone();
+                tokio::spawn(async move {
+                    let name = AppName::parse(&format!("app-{i}")).unwrap();
+                    (
+                        name.clone(),
+                        store.create_app(&format!("id-{i}"), &name).await,
+                    )
+                })
+            })
+            .collect();
+        tokio::task::yield_now().await;
+        store.close().await;
+        let mut acknowledged = Vec::new();
+        for write in writes {
+            match write.await.unwrap() {
+                (name, Ok(_)) => acknowledged.push(name),
+                (_, Err(StoreError::NotCommitted(_))) => {}
+                (_, Err(e)) => panic!("unexpected error: {e:?}"),
+            }
+        }
+        let after = store
+            .create_app("id-late", &AppName::parse("late").unwrap())
+            .await;
+        assert!(
+            matches!(after, Err(StoreError::NotCommitted(_))),
+            "{after:?}"
+        );
+
+        // Every acknowledged write is in the file, read by a store opened afresh.
+        let reopened = Store::open(&url, OpenMode::MustExist).await.unwrap();
+        let stored = reopened.list_apps().await.unwrap();
+        for name in &acknowledged {
+            assert!(stored.iter().any(|a| &a.name == name), "{name} was lost");
+        }
+        assert_eq!(stored.len(), acknowledged.len());
+        reopened.close().await;
     }
 }

@@ -306,3 +306,93 @@ pub(crate) async fn run_pooled<T: Send + 'static>(
         )
     })?
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn table() -> rusqlite::Connection {
+        let conn = rusqlite::Connection::open_in_memory().unwrap();
+        conn.execute_batch("CREATE TABLE t (a BIGINT, b TEXT, c BLOB)")
+            .unwrap();
+        conn
+    }
+
+    #[test]
+    fn sqlite_binds_each_placeholder_by_its_number() {
+        let conn = table();
+        let tx: &mut dyn WriteTx = &mut SqliteTx { conn: &conn };
+        // `$2` before `$1`, and `$1` twice: bound by number, not by position.
+        let inserted = tx
+            .execute(
+                "INSERT INTO t (b, a, c) VALUES ($2, $1, $3), ($2, $1 + 1, $3)",
+                args![7, "seven", &b"\x00\xff"[..]],
+            )
+            .unwrap();
+        assert_eq!(inserted, 2);
+        let rows = tx
+            .fetch_all(
+                "SELECT a, b, c FROM t WHERE b = $1 ORDER BY a",
+                args!["seven"],
+                |row| Ok((row.int("a")?, row.text("b")?, row.bytes("c")?)),
+            )
+            .unwrap();
+        assert_eq!(
+            rows,
+            [
+                (7, "seven".to_string(), vec![0, 255]),
+                (8, "seven".to_string(), vec![0, 255])
+            ]
+        );
+        // A statement that finds nothing changes nothing and returns no row.
+        assert_eq!(
+            tx.execute("UPDATE t SET a = $1 WHERE b = $2", args![1, "none"])
+                .unwrap(),
+            0
+        );
+        assert_eq!(
+            tx.fetch_optional("SELECT a FROM t WHERE b = $1", args!["none"], |r| r
+                .int("a"))
+                .unwrap(),
+            None
+        );
+    }
+
+    #[test]
+    fn sqlite_binds_absent_values_as_null() {
+        let conn = table();
+        let tx: &mut dyn WriteTx = &mut SqliteTx { conn: &conn };
+        tx.execute(
+            "INSERT INTO t (a, b) VALUES ($1, $2)",
+            args![None::<i64>, None::<&str>],
+        )
+        .unwrap();
+        tx.execute(
+            "INSERT INTO t (a, b) VALUES ($1, $2)",
+            args![Some(3), Some("x")],
+        )
+        .unwrap();
+        let rows = tx
+            .fetch_all("SELECT a, b FROM t ORDER BY a", args![], |row| {
+                Ok((row.int_opt("a")?, row.text_opt("b")?))
+            })
+            .unwrap();
+        assert_eq!(rows, [(None, None), (Some(3), Some("x".to_string()))]);
+    }
+
+    #[test]
+    fn sqlite_refuses_a_statement_whose_arguments_do_not_match() {
+        let conn = table();
+        let tx: &mut dyn WriteTx = &mut SqliteTx { conn: &conn };
+        // A placeholder without a value is an error, never a NULL bound in its place.
+        let missing = tx.execute("INSERT INTO t (a, b) VALUES ($1, $3)", args![1, "x"]);
+        assert!(matches!(missing, Err(StoreError::Sqlite(_))), "{missing:?}");
+        // Prepared once with one count, then used with too few: still refused.
+        let once = tx.execute_with("INSERT INTO t (a) VALUES ($1)", args![], Prepare::Once);
+        assert!(matches!(once, Err(StoreError::Sqlite(_))), "{once:?}");
+        let count = tx
+            .fetch_all("SELECT COUNT(*) AS n FROM t", args![], |r| r.int("n"))
+            .unwrap();
+        assert_eq!(count, [0], "nothing was written");
+    }
+}
