@@ -152,12 +152,7 @@ impl Store {
             // Refusals come before the first change, so they leave the group's transaction as
             // it was.
             let before = deployed_in(tx, &app_id).map_err(BodyError::before_changes)?;
-            let current = tx
-                .fetch_optional(
-                    "SELECT secrets_version FROM apps WHERE id = $1",
-                    args![&app_id],
-                    |row| row.int("secrets_version"),
-                )
+            let current = crate::store::secrets_version_in(tx, &app_id)
                 .map_err(BodyError::Failed)?
                 .ok_or(BodyError::Refused(StoreError::NotFound("app")))?;
             if current == before.0 {
@@ -329,13 +324,8 @@ fn restore_in(
     failed: &ReleaseRecord,
     now: Micros,
 ) -> Result<ReleaseRecord> {
-    let current = tx
-        .fetch_optional(
-            "SELECT secrets_version FROM apps WHERE id = $1",
-            args![app_id],
-            |row| row.int("secrets_version"),
-        )?
-        .ok_or(StoreError::NotFound("app"))?;
+    let current =
+        crate::store::secrets_version_in(tx, app_id)?.ok_or(StoreError::NotFound("app"))?;
     let restored = current + 1;
     let before = members_in(tx, app_id, failed.previous_secrets_version)?;
     let now_members = members_in(tx, app_id, current)?;

@@ -507,13 +507,7 @@ impl Store {
             if updated > 0 {
                 return Ok(());
             }
-            let at = tx
-                .fetch_optional(
-                    "SELECT secrets_version FROM apps WHERE id = $1",
-                    args![&app_id],
-                    |row| row.int("secrets_version"),
-                )
-                .map_err(BodyError::before_changes)?;
+            let at = secrets_version_in(tx, &app_id).map_err(BodyError::before_changes)?;
             Err(BodyError::Refused(match at {
                 None => StoreError::NotFound("app"),
                 Some(at) => StoreError::Conflict(format!(
@@ -767,6 +761,15 @@ pub(crate) fn write_version_body(
     apply_version(tx, v, checked, changes, now).map_err(BodyError::Failed)
 }
 
+/// The app's newest secrets version; `None` if there is no such app.
+pub(crate) fn secrets_version_in(tx: &mut dyn WriteTx, app_id: &str) -> Result<Option<i64>> {
+    tx.fetch_optional(
+        "SELECT secrets_version FROM apps WHERE id = $1",
+        args![app_id],
+        |row| row.int("secrets_version"),
+    )
+}
+
 /// What [`check_version`] read, for [`apply_version`].
 struct CheckedVersion {
     /// The base snapshot: which value each name has, and since when the name has had one.
@@ -838,11 +841,7 @@ fn check_version(tx: &mut dyn WriteTx, v: &NewVersion) -> Result<CheckedVersion>
         )?
     };
     if moved == 0 {
-        let now_at = tx.fetch_optional(
-            "SELECT secrets_version FROM apps WHERE id = $1",
-            args![&v.app_id],
-            |row| row.int("secrets_version"),
-        )?;
+        let now_at = secrets_version_in(tx, &v.app_id)?;
         return Err(match now_at {
             None => StoreError::NotFound("app"),
             Some(n) => StoreError::Conflict(format!(
