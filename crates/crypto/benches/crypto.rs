@@ -18,12 +18,17 @@
 //! * open (values of one write): one X25519 agreement + key schedule, then one AEAD per value;
 //! * boot bundle: HPKE single-shot seal (keygen + agreement) and open (one agreement) of
 //!   the concatenated values;
-//! * digest: one HMAC-SHA256.
+//! * digest: one HMAC-SHA256;
+//! * machine token: one Ed25519 verification (the biscuit's authority block) and a Datalog run
+//!   over its handful of facts.
 
 use chacha20poly1305::aead::{Aead, KeyInit, Payload};
 use chacha20poly1305::{XChaCha20Poly1305, XNonce};
 use coffer_core::SecretValue;
 use coffer_crypto::bundle::{open_bundle, seal_bundle};
+use coffer_crypto::machine_token::{
+    mint_machine_token, verify_machine_token, ControlPlaneKey, MachineClaims,
+};
 use coffer_crypto::{digest_hex, open_values, seal_values, DigestKey, PrivateKey, ValueContext};
 use criterion::measurement::{Measurement, ValueFormatter, WallTime};
 use criterion::{black_box, Criterion, Throughput};
@@ -139,6 +144,23 @@ fn coffer_ops<M: Measurement>(c: &mut Criterion<M>) {
     g.throughput(Throughput::Elements(1));
     g.bench_function("one_time_keypair", |b| b.iter(PrivateKey::generate));
 
+    // The vault's first check of a boot: the control plane's signature on the machine token
+    // (Ed25519) and its Datalog (kind, expiry, the claims).
+    let cp = ControlPlaneKey::generate();
+    let claims = MachineClaims {
+        app_id: "0190f5c27b1e7c3a9d2e4f6a8b1c2d3e".into(),
+        machine_id: "0190f5c27b1e7c3a9d2e4f6a8b1c2d3f".into(),
+        host_id: "0190f5c27b1e7c3a9d2e4f6a8b1c2d40".into(),
+        host_key: "ab".repeat(32),
+        expires_at: 4_102_444_800,
+    };
+    let token = mint_machine_token(&cp, &claims).unwrap();
+    let cp_public = cp.public_key();
+    let now = std::time::SystemTime::now();
+    g.bench_function("machine_token/verify", |b| {
+        b.iter(|| verify_machine_token(&cp_public, black_box(&token), now).unwrap())
+    });
+
     let dk = DigestKey::generate();
     let v = value(0);
     g.bench_function("digest_hex/40B", |b| {
@@ -158,6 +180,18 @@ fn primitives<M: Measurement>(c: &mut Criterion<M>) {
     ));
     g.bench_function("x25519/agreement", |b| {
         b.iter(|| black_box(&a).diffie_hellman(black_box(&b_pub)))
+    });
+    // The floor of a machine token's check (and of the host's signature on a boot request).
+    let signer = ed25519_dalek::SigningKey::from_bytes(&coffer_crypto::random_array::<32>());
+    let message = [7u8; 64];
+    let signature = ed25519_dalek::Signer::sign(&signer, &message);
+    let verifier = signer.verifying_key();
+    g.bench_function("ed25519/verify_strict", |b| {
+        b.iter(|| {
+            verifier
+                .verify_strict(black_box(&message), black_box(&signature))
+                .unwrap()
+        })
     });
     g.bench_function("x25519/public_key_from_secret", |b| {
         b.iter(|| x25519_dalek::PublicKey::from(black_box(&a)))
