@@ -276,8 +276,8 @@ impl Store {
         let sql = format!(
             "SELECT {MACHINE_COLUMNS} FROM machines WHERE app_id = $1 ORDER BY created_at, id"
         );
-        let rows = sqlx::query(&sql).bind(app_id).fetch_all(&self.read).await?;
-        rows.iter().map(|row| machine_from_row(row)).collect()
+        // On the path of every deploying write (the release's rollout plan).
+        self.hot_read(&sql, app_id, machine_from_row).await
     }
 
     /// Changes what the machine should be doing and tells its host (generation bump).

@@ -1,5 +1,5 @@
-//! SQLite: the reads on every request's path (token check, app + listing, a boot's facts) run
-//! on SQLite's own API, on the calling thread.
+//! SQLite: the reads on every request's path (token check, app + listing, a boot's facts, an app's
+//! keys and machines) run on SQLite's own API, on the calling thread.
 //!
 //! sqlx runs every SQLite connection on a thread of its own and sends it each statement as a
 //! message: a read costs two thread hand-offs (a futex wake and a context switch each way), and

@@ -645,21 +645,24 @@ impl Store {
     }
 
     pub async fn app_key(&self, app_id: &str) -> Result<AppKeyRecord> {
-        let row = sqlx::query(
+        // On the path of every app's creation and of the vault's first decrypt for an app.
+        self.hot_read(
             "SELECT app_id, public_key, wrapped_private_key, wrapped_digest_key, created_at \
              FROM vault_app_keys WHERE app_id = $1",
+            app_id,
+            |row| {
+                Ok(AppKeyRecord {
+                    app_id: row.text("app_id")?,
+                    public_key: row.bytes("public_key")?,
+                    wrapped_private_key: row.bytes("wrapped_private_key")?,
+                    wrapped_digest_key: row.bytes("wrapped_digest_key")?,
+                    created_at: row.int("created_at")?,
+                })
+            },
         )
-        .bind(app_id)
-        .fetch_optional(&self.read)
         .await?
-        .ok_or(StoreError::NotFound("app key"))?;
-        Ok(AppKeyRecord {
-            app_id: row.try_get("app_id")?,
-            public_key: row.try_get("public_key")?,
-            wrapped_private_key: row.try_get("wrapped_private_key")?,
-            wrapped_digest_key: row.try_get("wrapped_digest_key")?,
-            created_at: row.try_get("created_at")?,
-        })
+        .pop()
+        .ok_or(StoreError::NotFound("app key"))
     }
 
     /// Idempotent.

@@ -152,26 +152,42 @@ impl rusqlite::ToSql for Arg<'_> {
     }
 }
 
-/// Binds `$n` to `args[n - 1]`, wherever `$n` appears in the statement.
+/// The statement as SQLite gets it: each `$n` written as `?n`. SQLite numbers `?n` by `n`, but
+/// `$n` (a named parameter to it) by order of first appearance, and would need a lookup of
+/// every parameter's name to bind by number (quadratic in a multi-row INSERT's parameters).
+/// The store's SQL has no `$` outside placeholders.
+fn numbered(sql: &str) -> String {
+    let mut out = String::with_capacity(sql.len());
+    let mut chars = sql.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c == '$' && chars.peek().is_some_and(char::is_ascii_digit) {
+            out.push('?');
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// Binds `?n` to `args[n - 1]`. A statement that needs more values than given, or is given
+/// more than it uses, is refused.
 fn bind(statement: &mut rusqlite::Statement<'_>, args: &[Arg<'_>]) -> Result<()> {
     let count = statement.parameter_count();
-    for index in 1..=count {
-        let number = statement
-            .parameter_name(index)
-            .and_then(|name| name.strip_prefix('$'))
-            .and_then(|n| n.parse::<usize>().ok())
-            .filter(|n| (1..=args.len()).contains(n))
-            .ok_or(rusqlite::Error::InvalidParameterCount(count, args.len()))?;
-        statement.raw_bind_parameter(index, args[number - 1])?;
+    if count != args.len() {
+        return Err(rusqlite::Error::InvalidParameterCount(args.len(), count).into());
+    }
+    for (index, arg) in args.iter().enumerate() {
+        statement.raw_bind_parameter(index + 1, arg)?;
     }
     Ok(())
 }
 
 impl SqliteTx<'_> {
     fn statement(&self, sql: &str, prepare: Prepare) -> Result<CachedOrNot<'_>> {
+        let sql = numbered(sql);
         Ok(match prepare {
-            Prepare::Keep => CachedOrNot::Cached(self.conn.prepare_cached(sql)?),
-            Prepare::Once => CachedOrNot::Once(self.conn.prepare(sql)?),
+            Prepare::Keep => CachedOrNot::Cached(self.conn.prepare_cached(&sql)?),
+            Prepare::Once => CachedOrNot::Once(self.conn.prepare(&sql)?),
         })
     }
 }
@@ -359,6 +375,14 @@ mod tests {
     }
 
     #[test]
+    fn placeholders_are_numbered_for_sqlite() {
+        assert_eq!(
+            numbered("SELECT $1, $12 WHERE x = $1 AND y = '$' AND z = $a"),
+            "SELECT ?1, ?12 WHERE x = ?1 AND y = '$' AND z = $a"
+        );
+    }
+
+    #[test]
     fn sqlite_binds_absent_values_as_null() {
         let conn = table();
         let tx: &mut dyn WriteTx = &mut SqliteTx { conn: &conn };
@@ -387,6 +411,9 @@ mod tests {
         // A placeholder without a value is an error, never a NULL bound in its place.
         let missing = tx.execute("INSERT INTO t (a, b) VALUES ($1, $3)", args![1, "x"]);
         assert!(matches!(missing, Err(StoreError::Sqlite(_))), "{missing:?}");
+        // Nor is a value without its placeholder silently dropped.
+        let extra = tx.execute("INSERT INTO t (a) VALUES ($1)", args![1, "x"]);
+        assert!(matches!(extra, Err(StoreError::Sqlite(_))), "{extra:?}");
         // Prepared once with one count, then used with too few: still refused.
         let once = tx.execute_with("INSERT INTO t (a) VALUES ($1)", args![], Prepare::Once);
         assert!(matches!(once, Err(StoreError::Sqlite(_))), "{once:?}");
