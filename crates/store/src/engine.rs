@@ -437,6 +437,10 @@ const SQLITE_MIGRATIONS: &[Migration] = &[
         version: 3,
         sql: include_str!("migrations/sqlite/0003_releases.sql"),
     },
+    Migration {
+        version: 4,
+        sql: include_str!("migrations/sqlite/0004_listing.sql"),
+    },
 ];
 
 const POSTGRES_MIGRATIONS: &[Migration] = &[
@@ -451,6 +455,10 @@ const POSTGRES_MIGRATIONS: &[Migration] = &[
     Migration {
         version: 3,
         sql: include_str!("migrations/postgres/0003_releases.sql"),
+    },
+    Migration {
+        version: 4,
+        sql: include_str!("migrations/postgres/0004_listing.sql"),
     },
 ];
 

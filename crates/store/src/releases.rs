@@ -3,7 +3,7 @@
 //! and enforces one running release per app (a unique partial index), so the rule holds across
 //! API replicas.
 
-use crate::store::BodyError;
+use crate::store::{listing_json, version_entries, BodyError, ListingEntry};
 use crate::write_tx::{args, WriteTx};
 use crate::{ChangeKind, ChangeRecord, Micros, Result, Store, StoreError, StoreRow};
 use std::collections::BTreeMap;
@@ -271,26 +271,6 @@ impl Store {
     }
 }
 
-fn members_in(
-    tx: &mut dyn WriteTx,
-    app_id: &str,
-    version: i64,
-) -> Result<BTreeMap<String, (i64, String)>> {
-    let rows = tx.fetch_all(
-        "SELECT m.name, m.value_version, v.digest FROM secret_members m \
-         JOIN secret_values v ON v.app_id = m.app_id AND v.name = m.name AND v.version = m.value_version \
-         WHERE m.app_id = $1 AND m.version = $2",
-        args![app_id, version],
-        |row| {
-            Ok((
-                row.text("name")?,
-                (row.int("value_version")?, row.text("digest")?),
-            ))
-        },
-    )?;
-    Ok(rows.into_iter().collect())
-}
-
 /// The statements of [`Store::fail_release`]. Refused (nothing written) if the release is not
 /// running; anything after its first change fails the transaction.
 fn fail_in(
@@ -327,21 +307,29 @@ fn restore_in(
     let current =
         crate::store::secrets_version_in(tx, app_id)?.ok_or(StoreError::NotFound("app"))?;
     let restored = current + 1;
-    let before = members_in(tx, app_id, failed.previous_secrets_version)?;
-    let now_members = members_in(tx, app_id, current)?;
+    let before = version_entries(tx, app_id, failed.previous_secrets_version)?;
+    let now_members = version_entries(tx, app_id, current)?;
+    // By name, so that history shows the changes in a stable order.
+    let before_sorted: BTreeMap<&str, &ListingEntry> =
+        before.values().map(|e| (e.name.as_str(), e)).collect();
     let mut changes = Vec::new();
-    for (name, (vv, digest)) in &before {
-        if now_members.get(name).map(|(v, _)| v) != Some(vv) {
+    for (name, entry) in &before_sorted {
+        if now_members.get(*name).map(|e| e.value_version) != Some(entry.value_version) {
             changes.push(ChangeRecord {
-                name: name.clone(),
+                name: name.to_string(),
                 kind: ChangeKind::Set,
-                digest: Some(digest.clone()),
+                digest: Some(entry.digest.clone()),
             });
         }
     }
-    for name in now_members.keys().filter(|n| !before.contains_key(*n)) {
+    let gone: BTreeMap<&str, ()> = now_members
+        .keys()
+        .filter(|n| !before.contains_key(*n))
+        .map(|n| (n.as_str(), ()))
+        .collect();
+    for name in gone.keys() {
         changes.push(ChangeRecord {
-            name: name.clone(),
+            name: name.to_string(),
             kind: ChangeKind::Unset,
             digest: None,
         });
@@ -353,10 +341,18 @@ fn restore_in(
         args![restored, app_id],
     )?;
     let actor = format!("coffer (rollback of release {version})");
+    // Exactly the secrets of what ran before: the same listing.
     tx.execute(
-        "INSERT INTO secret_versions (app_id, version, actor, created_at, changes) \
-         VALUES ($1, $2, $3, $4, $5)",
-        args![app_id, restored, &actor, now, &changes],
+        "INSERT INTO secret_versions (app_id, version, actor, created_at, changes, listing) \
+         VALUES ($1, $2, $3, $4, $5, $6)",
+        args![
+            app_id,
+            restored,
+            &actor,
+            now,
+            &changes,
+            &listing_json(before.values())
+        ],
     )?;
     tx.execute(
         "INSERT INTO secret_members (app_id, version, name, value_version) \

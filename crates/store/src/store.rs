@@ -377,17 +377,90 @@ impl Store {
     }
 
     /// The app named `name` and what `secrets list` shows of its current version (as
-    /// [`Store::listing`] with the app's own versions), read together in one statement: the
-    /// hot path of `secrets list` and of every write.
+    /// [`Store::listing`] with the app's own versions): the hot path of `secrets list` and of
+    /// every write. One statement reads the app and the kept listings of its current and
+    /// deployed versions (`secret_versions.listing`); versions written before listings were
+    /// kept are read through their members instead.
     pub async fn app_with_listing(&self, name: &AppName) -> Result<(AppRecord, Vec<ListedSecret>)> {
+        // The deployed version's listing only when it differs from the current one (usually it
+        // does not).
         let sql = format!(
-            "SELECT a.id, a.name, a.created_at, a.secrets_version, a.deployed_version, \
-             a.crash_window_ms, a.release_version, {LISTED_COLUMNS}, {} \
+            "SELECT {}, cur.listing AS current_listing, dep.listing AS deployed_listing \
+             FROM apps a \
+             LEFT JOIN secret_versions cur ON cur.app_id = a.id AND cur.version = a.secrets_version \
+             LEFT JOIN secret_versions dep ON dep.app_id = a.id AND dep.version = a.deployed_version \
+             AND a.deployed_version <> a.secrets_version \
+             WHERE a.name = $1",
+            prefixed_app_columns("a"),
+        );
+        let row = self
+            .hot_read(&sql, name.as_str(), |row| {
+                Ok((
+                    app_from_row(row)?,
+                    row.text_opt("current_listing")?,
+                    row.text_opt("deployed_listing")?,
+                ))
+            })
+            .await?
+            .pop();
+        let (app, current, deployed) = row.ok_or(StoreError::NotFound("app"))?;
+        if app.secrets_version == 0 {
+            return Ok((app, Vec::new()));
+        }
+        // Which value of each name the machines run: `None` when they run the listed version.
+        let deployed: Option<HashMap<String, i64>> = if app.deployed_version == app.secrets_version
+        {
+            None
+        } else if app.deployed_version == 0 {
+            Some(HashMap::new())
+        } else {
+            match deployed {
+                Some(json) => Some(
+                    parse_listing(&json)?
+                        .into_iter()
+                        .map(|e| (e.name, e.value_version))
+                        .collect(),
+                ),
+                // A version written before listings were kept (schema v4).
+                None => return self.app_with_listing_joined(name).await,
+            }
+        };
+        let Some(current) = current else {
+            return self.app_with_listing_joined(name).await;
+        };
+        let mut secrets = parse_listing(&current)?
+            .into_iter()
+            .map(|e| {
+                Ok(ListedSecret {
+                    deployed: deployed
+                        .as_ref()
+                        .is_none_or(|d| d.get(&e.name) == Some(&e.value_version)),
+                    name: secret_name(e.name)?,
+                    value_version: e.value_version,
+                    digest: e.digest,
+                    value_len: e.value_len,
+                    created_at: e.created_at,
+                    updated_at: e.updated_at,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        secrets.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok((app, secrets))
+    }
+
+    /// [`Store::app_with_listing`] through the members of the versions and their values.
+    async fn app_with_listing_joined(
+        &self,
+        name: &AppName,
+    ) -> Result<(AppRecord, Vec<ListedSecret>)> {
+        let sql = format!(
+            "SELECT {}, {LISTED_COLUMNS}, {} \
              FROM apps a \
              LEFT JOIN secret_members m ON m.app_id = a.id AND m.version = a.secrets_version \
              LEFT JOIN secret_values v \
              ON v.app_id = m.app_id AND v.name = m.name AND v.version = m.value_version \
              WHERE a.name = $1",
+            prefixed_app_columns("a"),
             deployed_value_version("a.deployed_version"),
         );
         let mut app = None;
@@ -773,10 +846,62 @@ pub(crate) fn secrets_version_in(tx: &mut dyn WriteTx, app_id: &str) -> Result<O
     )
 }
 
+/// One secret of a version as `secrets list` shows it: an element of the JSON array kept in
+/// `secret_versions.listing` (short keys: it is repeated for every secret of every version).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub(crate) struct ListingEntry {
+    #[serde(rename = "n")]
+    pub name: String,
+    #[serde(rename = "v")]
+    pub value_version: i64,
+    #[serde(rename = "d")]
+    pub digest: String,
+    #[serde(rename = "l")]
+    pub value_len: i64,
+    #[serde(rename = "c")]
+    pub created_at: Micros,
+    #[serde(rename = "u")]
+    pub updated_at: Micros,
+}
+
+/// A version's secrets, read from the record (its members and their values), by name.
+pub(crate) fn version_entries(
+    tx: &mut dyn WriteTx,
+    app_id: &str,
+    version: i64,
+) -> Result<HashMap<String, ListingEntry>> {
+    let entries = tx.fetch_all(
+        "SELECT m.name, m.value_version, v.digest, v.value_len, v.created_at, v.updated_at \
+         FROM secret_members m JOIN secret_values v \
+         ON v.app_id = m.app_id AND v.name = m.name AND v.version = m.value_version \
+         WHERE m.app_id = $1 AND m.version = $2",
+        args![app_id, version],
+        |row| {
+            Ok(ListingEntry {
+                name: row.text("name")?,
+                value_version: row.int("value_version")?,
+                digest: row.text("digest")?,
+                value_len: row.int("value_len")?,
+                created_at: row.int("created_at")?,
+                updated_at: row.int("updated_at")?,
+            })
+        },
+    )?;
+    Ok(entries.into_iter().map(|e| (e.name.clone(), e)).collect())
+}
+
+/// The `listing` column of a version with these secrets: sorted by name, so that equal
+/// versions have equal listings.
+pub(crate) fn listing_json<'a>(entries: impl IntoIterator<Item = &'a ListingEntry>) -> String {
+    let mut entries: Vec<&ListingEntry> = entries.into_iter().collect();
+    entries.sort_by(|a, b| a.name.cmp(&b.name));
+    serde_json::to_string(&entries).expect("a listing serializes")
+}
+
 /// What [`check_version`] read, for [`apply_version`].
 struct CheckedVersion {
-    /// The base snapshot: which value each name has, and since when the name has had one.
-    base_members: HashMap<String, (i64, Micros)>,
+    /// The base snapshot, by name.
+    base_members: HashMap<String, ListingEntry>,
     /// With a release: what the machines ran before it (deployed secrets version, release).
     before: Option<(i64, i64)>,
 }
@@ -785,20 +910,7 @@ struct CheckedVersion {
 /// write and changes nothing when it does).
 fn check_version(tx: &mut dyn WriteTx, v: &NewVersion) -> Result<CheckedVersion> {
     // The base version is immutable, so it can be read before the app's row is locked.
-    let base = tx.fetch_all(
-        "SELECT m.name, m.value_version, v.created_at \
-         FROM secret_members m JOIN secret_values v \
-         ON v.app_id = m.app_id AND v.name = m.name AND v.version = m.value_version \
-         WHERE m.app_id = $1 AND m.version = $2",
-        args![&v.app_id, v.base_version],
-        |row| {
-            Ok((
-                row.text("name")?,
-                (row.int("value_version")?, row.int("created_at")?),
-            ))
-        },
-    )?;
-    let base_members: HashMap<String, (i64, Micros)> = base.into_iter().collect();
+    let base_members = version_entries(tx, &v.app_id, v.base_version)?;
 
     for name in &v.unsets {
         if !base_members.contains_key(name.as_str()) {
@@ -870,27 +982,53 @@ fn apply_version(
         base_members,
         before,
     } = checked;
-    tx.execute(
-        "INSERT INTO secret_versions (app_id, version, actor, created_at, changes) \
-         VALUES ($1, $2, $3, $4, $5)",
-        args![&v.app_id, v.version, &v.actor, now, changes],
-    )?;
-
-    // The new values, then the members: each name kept from the base, plus each set.
-    for chunk in v.sets.chunks(ROWS_PER_INSERT) {
-        insert_values(tx, v, chunk, &base_members, now)?;
-    }
+    // The new version's secrets: each name kept from the base, plus each set.
     let changed: HashSet<&str> = v
         .sets
         .iter()
         .map(|s| s.name.as_str())
         .chain(v.unsets.iter().map(SecretName::as_str))
         .collect();
-    let members: Vec<(&str, i64)> = base_members
+    let entries: Vec<ListingEntry> = base_members
+        .values()
+        .filter(|e| !changed.contains(e.name.as_str()))
+        .cloned()
+        .chain(v.sets.iter().map(|set| {
+            ListingEntry {
+                name: set.name.as_str().to_string(),
+                value_version: v.version,
+                digest: set.digest.clone(),
+                value_len: set.value_len,
+                // A name keeps its creation time across values.
+                created_at: base_members
+                    .get(set.name.as_str())
+                    .map_or(now, |e| e.created_at),
+                updated_at: now,
+            }
+        }))
+        .collect();
+    tx.execute(
+        "INSERT INTO secret_versions (app_id, version, actor, created_at, changes, listing) \
+         VALUES ($1, $2, $3, $4, $5, $6)",
+        args![
+            &v.app_id,
+            v.version,
+            &v.actor,
+            now,
+            changes,
+            &listing_json(&entries)
+        ],
+    )?;
+
+    // The new values, then the members.
+    let by_name: HashMap<&str, &ListingEntry> =
+        entries.iter().map(|e| (e.name.as_str(), e)).collect();
+    for chunk in v.sets.chunks(ROWS_PER_INSERT) {
+        insert_values(tx, v, chunk, &by_name)?;
+    }
+    let members: Vec<(&str, i64)> = entries
         .iter()
-        .filter(|(name, _)| !changed.contains(name.as_str()))
-        .map(|(name, (value_version, _))| (name.as_str(), *value_version))
-        .chain(v.sets.iter().map(|s| (s.name.as_str(), v.version)))
+        .map(|e| (e.name.as_str(), e.value_version))
         .collect();
     for chunk in members.chunks(ROWS_PER_INSERT) {
         insert_members(tx, &v.app_id, v.version, chunk)?;
@@ -912,12 +1050,12 @@ fn prepare_for(rows: usize) -> Prepare {
     }
 }
 
+/// The rows of `values`, with the dates their entries in the version's listing have.
 fn insert_values(
     tx: &mut dyn WriteTx,
     v: &NewVersion,
     values: &[NewValue],
-    base: &HashMap<String, (i64, Micros)>,
-    now: Micros,
+    entries: &HashMap<&str, &ListingEntry>,
 ) -> Result<()> {
     let sql = multi_row_insert(
         "INSERT INTO secret_values \
@@ -927,7 +1065,7 @@ fn insert_values(
     );
     let mut bound = Vec::with_capacity(values.len() * 8);
     for value in values {
-        let created_at = base.get(value.name.as_str()).map_or(now, |(_, c)| *c);
+        let entry = entries[value.name.as_str()];
         bound.extend_from_slice(args![
             &v.app_id,
             value.name.as_str(),
@@ -935,8 +1073,8 @@ fn insert_values(
             &value.ciphertext,
             &value.digest,
             value.value_len,
-            created_at,
-            now
+            entry.created_at,
+            entry.updated_at
         ]);
     }
     tx.execute_with(&sql, &bound, prepare_for(values.len()))?;
@@ -997,6 +1135,20 @@ fn deployed_value_version(deployed: &str) -> String {
          WHERE d.app_id = m.app_id AND d.version = {deployed} AND d.name = m.name) END \
          AS s_deployed_value_version"
     )
+}
+
+/// `apps` columns as [`app_from_row`] reads them, from the table aliased `alias`.
+fn prefixed_app_columns(alias: &str) -> String {
+    APP_COLUMNS
+        .split(',')
+        .map(|c| format!("{alias}.{}", c.trim()))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn parse_listing(json: &str) -> Result<Vec<ListingEntry>> {
+    serde_json::from_str(json)
+        .map_err(|e| StoreError::Corrupt(format!("listing of a secrets version: {e}")))
 }
 
 /// One listed secret, or `None` for a row whose secret columns are NULL (an outer join).

@@ -109,6 +109,21 @@ pub fn sqlite_url_in(dir: &std::path::Path) -> DatabaseUrl {
     DatabaseUrl::sqlite(dir.join("coffer.db"))
 }
 
+/// Makes every secrets version of `store` look written before schema v4 (no kept listing), so
+/// that a test can compare what is listed from the kept listings with what is listed from the
+/// members. Returns how many versions had a listing.
+pub async fn forget_listings(store: &crate::Store) -> crate::Result<u64> {
+    store
+        .write_tx(|tx| {
+            tx.execute(
+                "UPDATE secret_versions SET listing = NULL WHERE listing IS NOT NULL",
+                &[],
+            )
+            .map_err(crate::store::BodyError::Failed)
+        })
+        .await
+}
+
 fn non_empty(var: &str) -> Option<String> {
     std::env::var(var).ok().filter(|v| !v.is_empty())
 }

@@ -657,6 +657,28 @@ mod scenarios {
                 .map(|l| (l.name.as_str(), l.value_version, l.deployed))
                 .collect()
         }
+        // What is listed from the versions' kept listings is what their members say.
+        async fn agrees(store: &Store, name: &str) -> Vec<ListedSecret> {
+            let (app, listed) = store.app_with_listing(&app_name(name)).await.unwrap();
+            let joined = store
+                .listing(&app.id, app.secrets_version, app.deployed_version)
+                .await
+                .unwrap();
+            assert_eq!(listed, joined, "kept listing against members");
+            listed
+        }
+        // Versions written before listings were kept (all of them, after this) list the
+        // same through their members.
+        async fn forgotten(store: &Store, name: &str, kept: u64) {
+            let (app, listed) = store.app_with_listing(&app_name(name)).await.unwrap();
+            assert_eq!(
+                coffer_store::testing::forget_listings(store).await.unwrap(),
+                kept,
+                "every version written since the last time has its listing"
+            );
+            let (again, without) = store.app_with_listing(&app_name(name)).await.unwrap();
+            assert_eq!((again, without), (app, listed), "listed through members");
+        }
         let app = store.create_app("id-web", &app_name("web")).await.unwrap();
         let (got, listed) = store.app_with_listing(&app_name("web")).await.unwrap();
         assert_eq!(got, app);
@@ -675,6 +697,7 @@ mod scenarios {
         // The listed version is the deployed one: everything is deployed.
         let (_, listed) = store.app_with_listing(&app_name("web")).await.unwrap();
         assert_eq!(shown(&listed), vec![("A", 1, true), ("B", 1, true)]);
+        agrees(&store, "web").await;
 
         // Staged: a kept value is still the deployed one, a changed one is not.
         store
@@ -687,11 +710,35 @@ mod scenarios {
             vec![("A", 1, true), ("B", 1, true), ("C", 2, false)]
         );
         assert_eq!(listed, store.listing(&app.id, 2, 1).await.unwrap());
+        // Version 2 lists version 1's values with version 1's dates.
+        let kept_a = listed[0].clone();
+        agrees(&store, "web").await;
+        forgotten(&store, "web", 2).await;
+        // The current version's listing kept, the deployed one's forgotten: through members.
+        store
+            .write_v(change(&app.id, 2, vec![value("D", "4")], &[], false))
+            .await
+            .unwrap();
+        let listed = agrees(&store, "web").await;
+        assert_eq!(
+            shown(&listed),
+            vec![
+                ("A", 1, true),
+                ("B", 1, true),
+                ("C", 2, false),
+                ("D", 3, false)
+            ]
+        );
+        assert_eq!(listed[0], kept_a, "an unchanged value keeps its dates");
+        store
+            .write_v(change(&app.id, 3, vec![], &["D"], false))
+            .await
+            .unwrap();
 
         store
             .write_v(change(
                 &app.id,
-                2,
+                4,
                 vec![value("C", "3"), value("A", "3")],
                 &["B"],
                 false,
@@ -699,20 +746,48 @@ mod scenarios {
             .await
             .unwrap();
         let app = store.app_by_id(&app.id).await.unwrap();
-        assert_eq!((app.secrets_version, app.deployed_version), (3, 1));
+        assert_eq!((app.secrets_version, app.deployed_version), (5, 1));
         let (got, listed) = store.app_with_listing(&app_name("web")).await.unwrap();
         assert_eq!(got, app);
-        assert_eq!(listed, store.listing(&app.id, 3, 1).await.unwrap());
-        assert_eq!(shown(&listed), vec![("A", 3, false), ("C", 3, false)]);
+        assert_eq!(listed, store.listing(&app.id, 5, 1).await.unwrap());
+        assert_eq!(shown(&listed), vec![("A", 5, false), ("C", 5, false)]);
+        // A changed value keeps its name's creation date, with a new update date.
+        assert_eq!(listed[0].created_at, kept_a.created_at);
+        assert!(listed[0].updated_at > kept_a.updated_at);
+        assert_eq!(agrees(&store, "web").await, listed);
+        // Versions 3 (deployed, forgotten: through members) to 5 (current, kept).
+        store.mark_deployed(&app.id, 4).await.unwrap();
+        assert_eq!(
+            shown(&agrees(&store, "web").await),
+            vec![("A", 5, false), ("C", 5, false)]
+        );
+        store.mark_deployed(&app.id, 5).await.unwrap();
+        assert_eq!(
+            shown(&agrees(&store, "web").await),
+            vec![("A", 5, true), ("C", 5, true)]
+        );
+        forgotten(&store, "web", 3).await;
 
         // Everything unset: the app, no secrets.
         store
-            .write_v(change(&app.id, 3, vec![], &["A", "C"], false))
+            .write_v(change(&app.id, 5, vec![], &["A", "C"], false))
             .await
             .unwrap();
         let (got, listed) = store.app_with_listing(&app_name("web")).await.unwrap();
-        assert_eq!(got.secrets_version, 4);
+        assert_eq!(got.secrets_version, 6);
         assert!(listed.is_empty());
+        assert!(agrees(&store, "web").await.is_empty());
+        forgotten(&store, "web", 1).await;
+
+        // Staged before anything was deployed: nothing is deployed.
+        let other = store.create_app("id-api", &app_name("api")).await.unwrap();
+        store
+            .write_v(change(&other.id, 0, vec![value("K", "1")], &[], false))
+            .await
+            .unwrap();
+        let listed = agrees(&store, "api").await;
+        assert_eq!(shown(&listed), vec![("K", 1, false)]);
+        forgotten(&store, "api", 1).await;
 
         assert_not_found(store.app_with_listing(&app_name("nope")).await, "app");
     }
@@ -1435,6 +1510,14 @@ mod release_scenarios {
             (3, 3, 3)
         );
         assert_eq!(names(&store.snapshot(&app.id, 3).await.unwrap()), ["A"]);
+        // The rollback version lists what ran before the release, all of it deployed.
+        let (_, listed) = store.app_with_listing(&app_name("web")).await.unwrap();
+        assert_eq!(listed, store.listing(&app.id, 3, 3).await.unwrap());
+        let shown: Vec<(&str, i64, bool)> = listed
+            .iter()
+            .map(|l| (l.name.as_str(), l.value_version, l.deployed))
+            .collect();
+        assert_eq!(shown, [("A", 1, true)]);
         assert_eq!(
             find(&store.snapshot(&app.id, 3).await.unwrap(), "A").value_version,
             1
