@@ -50,6 +50,10 @@ fn is_running(m: &MachineRecord) -> bool {
 /// Starts a release: completes it at once when the app has no running machine (so that the
 /// next write is not refused), else orchestrates it in the background.
 pub async fn start(s: &ApiState, release: ReleaseRecord) -> Result<(), StoreError> {
+    // An app without machines: the store recorded the release complete with the write.
+    if release.status != coffer_store::ReleaseStatus::Running {
+        return Ok(());
+    }
     let any_running = s
         .store
         .app_machines(&release.app_id)

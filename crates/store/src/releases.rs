@@ -76,7 +76,9 @@ pub(crate) fn deployed_in(tx: &mut dyn WriteTx, app_id: &str) -> Result<(i64, i6
     .ok_or(StoreError::NotFound("app"))
 }
 
-/// Inserts the next release of the app, `running`. `Conflict` if one is running already.
+/// Inserts the next release of the app: `running`, or `complete` at once when the app has no
+/// machine (destroyed ones aside), since then there is nothing to roll out and nothing could
+/// crash. `Conflict` if a release is running already.
 pub(crate) fn insert_release_in(
     tx: &mut dyn WriteTx,
     app_id: &str,
@@ -85,15 +87,19 @@ pub(crate) fn insert_release_in(
     r: &NewRelease,
     now: Micros,
 ) -> Result<ReleaseRecord> {
-    insert_in(
-        tx,
-        app_id,
-        secrets_version,
-        before,
-        r,
-        ReleaseStatus::Running,
-        now,
-    )
+    let has_machines = tx
+        .fetch_optional(
+            "SELECT 1 AS live FROM machines WHERE app_id = $1 AND desired <> 'destroyed'",
+            args![app_id],
+            |_| Ok(()),
+        )?
+        .is_some();
+    let status = if has_machines {
+        ReleaseStatus::Running
+    } else {
+        ReleaseStatus::Complete
+    };
+    insert_in(tx, app_id, secrets_version, before, r, status, now)
 }
 
 fn insert_in(

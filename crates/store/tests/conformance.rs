@@ -81,6 +81,7 @@ conformance!(
     hosts_and_machines,
     boot_facts,
     releases,
+    releases_without_machines_complete_at_once,
 );
 
 // ------------------------------------------------------------------------------- fixtures
@@ -1414,8 +1415,74 @@ mod release_scenarios {
         }
     }
 
+    /// A machine of `app_id` on a host of its own, so that the app's releases have something
+    /// to roll out.
+    async fn with_a_machine(store: &Store, app_id: &str) -> coffer_store::MachineRecord {
+        store
+            .register_host("h1", "dev", "http://127.0.0.1:1", "ab", b"hash")
+            .await
+            .unwrap();
+        store
+            .create_machine(coffer_store::NewMachine {
+                id: "m1".into(),
+                app_id: app_id.into(),
+                host_id: "h1".into(),
+                name: "m-1".into(),
+                config: coffer_store::MachineConfig {
+                    command: vec!["sleep".into(), "1".into()],
+                    env: Default::default(),
+                    restart: coffer_core::wire::machines::RestartPolicy::OnFailure,
+                    check: None,
+                },
+                secrets_version: 0,
+                release_version: 0,
+            })
+            .await
+            .unwrap()
+    }
+
+    pub async fn releases_without_machines_complete_at_once(store: Store) {
+        let app = store.create_app("app1", &app_name("web")).await.unwrap();
+        let mut v = change(&app.id, 0, vec![value("A", "1")], &[], true);
+        v.release = Some(rel("Set A"));
+        let r1 = store.write_version(v).await.unwrap().release.unwrap();
+        assert_eq!((r1.version, r1.status), (1, ReleaseStatus::Complete));
+        assert!(store.running_releases().await.unwrap().is_empty());
+        assert_eq!(store.release(&app.id, 1).await.unwrap(), r1);
+        // So the next deploying write is not refused, and neither is a deploy of staged secrets.
+        let mut v = change(&app.id, 1, vec![value("A", "2")], &[], true);
+        v.release = Some(rel("Set A again"));
+        let r2 = store.write_version(v).await.unwrap().release.unwrap();
+        assert_eq!((r2.version, r2.status), (2, ReleaseStatus::Complete));
+        store
+            .write_v(change(&app.id, 2, vec![value("B", "3")], &[], false))
+            .await
+            .unwrap();
+        let r3 = store.deploy_staged(&app.id, &rel("Deploy")).await.unwrap();
+        assert_eq!(
+            (r3.version, r3.secrets_version, r3.status),
+            (3, 3, ReleaseStatus::Complete)
+        );
+        // A destroyed machine has nothing to roll out either; a live one has.
+        let m = with_a_machine(&store, &app.id).await;
+        let mut v = change(&app.id, 3, vec![value("A", "4")], &[], true);
+        v.release = Some(rel("With a machine"));
+        let r4 = store.write_version(v).await.unwrap().release.unwrap();
+        assert_eq!(r4.status, ReleaseStatus::Running);
+        store.complete_release(&app.id, 4).await.unwrap();
+        store
+            .set_machine_desired(&m.id, coffer_core::wire::machines::DesiredState::Destroyed)
+            .await
+            .unwrap();
+        let mut v = change(&app.id, 4, vec![value("A", "5")], &[], true);
+        v.release = Some(rel("After the machine"));
+        let r5 = store.write_version(v).await.unwrap().release.unwrap();
+        assert_eq!(r5.status, ReleaseStatus::Complete);
+    }
+
     pub async fn releases(store: Store) {
         let app = store.create_app("app1", &app_name("web")).await.unwrap();
+        with_a_machine(&store, &app.id).await;
         // A deploying write with a release: version 1, release 1, running.
         let mut v = change(&app.id, 0, vec![value("A", "1")], &[], true);
         v.release = Some(rel("Set A"));
