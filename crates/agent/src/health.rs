@@ -251,10 +251,13 @@ mod tests {
         }
     }
 
-    /// A port nobody listens on (bound, read, released).
-    fn closed_port() -> u16 {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap().port()
+    /// A port nobody listens on, held (bound, not listening) while the socket lives, so that
+    /// no test running beside this one can take it meanwhile.
+    fn closed_port() -> (tokio::net::TcpSocket, u16) {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let port = socket.local_addr().unwrap().port();
+        (socket, port)
     }
 
     #[tokio::test]
@@ -304,7 +307,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_refused_connection_fails() {
-        let port = closed_port();
+        let (_held, port) = closed_port();
         assert_eq!(
             probe(&http(port), PROBE_TIMEOUT).await,
             Err(format!(

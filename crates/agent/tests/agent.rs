@@ -719,10 +719,11 @@ async fn a_sealed_vault_fails_the_boot_clearly_and_it_retries() {
 async fn an_unreachable_vault_says_connection_refused() {
     let s = S::new();
     let url = start_fake(s.clone()).await;
-    let closed = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        format!("http://{}", l.local_addr().unwrap())
-    };
+    // A port bound but not listening: connections to it are refused, and no other test can
+    // take it meanwhile (a listener bound and dropped would free it for anyone).
+    let reserved = tokio::net::TcpSocket::new_v4().unwrap();
+    reserved.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let closed = format!("http://{}", reserved.local_addr().unwrap());
     let tmp = tempfile::tempdir().unwrap();
     let agent = start_agent(&url, &closed, tmp.path()).await;
     let id = "00bb";

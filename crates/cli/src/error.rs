@@ -283,9 +283,10 @@ mod tests {
 
     #[tokio::test]
     async fn unreachable_api() {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = listener.local_addr().unwrap().port();
-        drop(listener);
+        // Bound, not listening: refused, and no other test can take the port meanwhile.
+        let held = tokio::net::TcpSocket::new_v4().unwrap();
+        held.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let port = held.local_addr().unwrap().port();
         let client = coffer_client::Client::new(
             &format!("http://127.0.0.1:{port}"),
             Some(coffer_client::SecretToken::new("cfr_sentinel".into())),

@@ -881,10 +881,10 @@ mod tests {
 
     #[tokio::test]
     async fn unreachable_server_is_a_connect_error() {
-        // A port that was free a moment ago: nothing listens there.
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = listener.local_addr().unwrap().port();
-        drop(listener);
+        // Bound, not listening: refused, and no other test can take the port meanwhile.
+        let held = tokio::net::TcpSocket::new_v4().unwrap();
+        held.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let port = held.local_addr().unwrap().port();
         let c = Client::new(&format!("http://127.0.0.1:{port}"), None).unwrap();
         let e = c.list_apps().await.unwrap_err();
         assert!(matches!(e, ClientError::Connect { .. }), "{e:?}");
