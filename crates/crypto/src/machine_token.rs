@@ -177,6 +177,10 @@ fn verify(
     if biscuit.block_count() != 1 {
         return Err(TokenError::Invalid);
     }
+    // A clock before 1970 cannot judge an expiry (and biscuit's `date` would panic on it).
+    if now < UNIX_EPOCH {
+        return Err(TokenError::Invalid);
+    }
     // Built from terms, never parsed from text: parsing Datalog was most of a check's cost
     // after the signature (BENCHMARKS.md, "Where coffer's time goes").
     let v = || var("v");
@@ -210,6 +214,14 @@ fn verify(
     if kinds.len() != 1 || kinds[0].0 != kind {
         return Err(TokenError::WrongKind(kind));
     }
+    if authorizer.authorize().is_err() {
+        // The only check in the token is its expiry, and the kind matched.
+        return Err(if expires_at < unix(now) {
+            TokenError::Expired
+        } else {
+            TokenError::Invalid
+        });
+    }
     let mut values = Vec::with_capacity(names.len());
     for name in names {
         let rows: Vec<(String,)> = authorizer
@@ -219,14 +231,6 @@ fn verify(
             [(value,)] => values.push(value.clone()),
             _ => return Err(TokenError::Invalid),
         }
-    }
-    if authorizer.authorize().is_err() {
-        // The only check in the token is its expiry, and the kind matched.
-        return Err(if expires_at < unix(now) {
-            TokenError::Expired
-        } else {
-            TokenError::Invalid
-        });
     }
     Ok((values, expires_at))
 }
@@ -435,8 +439,14 @@ mod tests {
             },
         )
         .unwrap();
-        assert!(verify_machine_token(&cp.public_key(), &g, now).is_err());
-        assert!(verify_logs_grant(&cp.public_key(), &t, now).is_err());
+        assert_eq!(
+            verify_machine_token(&cp.public_key(), &g, now).unwrap_err(),
+            TokenError::WrongKind("machine")
+        );
+        assert_eq!(
+            verify_logs_grant(&cp.public_key(), &t, now).unwrap_err(),
+            TokenError::WrongKind("logs")
+        );
         assert_eq!(
             verify_logs_grant(&cp.public_key(), &g, now)
                 .unwrap()
@@ -453,6 +463,29 @@ mod tests {
             )
             .unwrap();
         assert!(verify_machine_token(&cp.public_key(), &extra.to_base64().unwrap(), now).is_err());
+
+        // Signed by this control plane, but with a claim twice: which one would count?
+        let twice = Biscuit::builder()
+            .code(format!(
+                "kind(\"machine\"); app(\"{}\"); app(\"ff\"); machine(\"{}\"); \
+                 host(\"{}\"); host_key(\"{}\"); expires({});",
+                c.app_id, c.machine_id, c.host_id, c.host_key, c.expires_at
+            ))
+            .unwrap()
+            .build(&cp.0)
+            .unwrap()
+            .to_base64()
+            .unwrap();
+        assert_eq!(
+            verify_machine_token(&cp.public_key(), &twice, now).unwrap_err(),
+            TokenError::Invalid
+        );
+        // A clock before 1970 judges nothing (and does not panic).
+        let before_1970 = UNIX_EPOCH - Duration::from_secs(1);
+        assert_eq!(
+            verify_machine_token(&cp.public_key(), &t, before_1970).unwrap_err(),
+            TokenError::Invalid
+        );
     }
 
     #[test]

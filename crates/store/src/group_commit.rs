@@ -162,8 +162,8 @@ fn run_batch(conn: &Connection, mut batch: Vec<Job>) {
                 let _ = job.reply.send(Err(e));
             }
             Attempt::BatchFailed(e) => {
-                // Nothing of the batch was written (BEGIN or COMMIT failed): each write gets
-                // the same answer it would have had alone.
+                // Nothing of the batch was written (BEGIN or COMMIT failed): every write of it,
+                // even one that was refused, is answered that it was not committed.
                 let msg = e.to_string();
                 for job in batch {
                     let _ = job.reply.send(Err(StoreError::NotCommitted(msg.clone())));

@@ -89,7 +89,7 @@ pub(crate) fn insert_release_in(
 ) -> Result<ReleaseRecord> {
     let has_machines = tx
         .fetch_optional(
-            "SELECT 1 AS live FROM machines WHERE app_id = $1 AND desired <> 'destroyed'",
+            "SELECT 1 AS live FROM machines WHERE app_id = $1 AND desired <> 'destroyed' LIMIT 1",
             args![app_id],
             |_| Ok(()),
         )?
@@ -168,7 +168,7 @@ impl Store {
             }
             let running = tx
                 .fetch_optional(
-                    "SELECT 1 AS running FROM releases WHERE app_id = $1 AND status = 'running'",
+                    "SELECT 1 AS running FROM releases WHERE app_id = $1 AND status = 'running' LIMIT 1",
                     args![&app_id],
                     |_| Ok(()),
                 )

@@ -927,7 +927,7 @@ fn check_version(tx: &mut dyn WriteTx, v: &NewVersion) -> Result<CheckedVersion>
     let before = match &v.release {
         Some(_) => {
             let running = tx.fetch_optional(
-                "SELECT 1 AS running FROM releases WHERE app_id = $1 AND status = 'running'",
+                "SELECT 1 AS running FROM releases WHERE app_id = $1 AND status = 'running' LIMIT 1",
                 args![&v.app_id],
                 |_| Ok(()),
             )?;
