@@ -1,10 +1,13 @@
 //! The store of record: apps, secrets versions (ciphertexts only), API tokens and the vault's
 //! wrapped keys, on SQLite (embedded default) or PostgreSQL (several nodes).
 //!
-//! One [`Store`] type serves both engines through sqlx's `Any` driver: the SQL is written once
-//! in the dialect both understand (`$n` placeholders, `RETURNING`, `ON CONFLICT`), and the
-//! engine differences are confined to [`engine`] (URL parsing, connection setup, DDL). The
-//! conformance suite in `tests/conformance.rs` runs every behaviour on both engines.
+//! One [`Store`] type serves both engines: the SQL is written once in the dialect both
+//! understand (`$n` placeholders, `RETURNING`, `ON CONFLICT`), and the engine differences are
+//! confined to [`engine`] (URL parsing, connection setup, DDL). PostgreSQL runs everything
+//! through sqlx's `Any` driver. On SQLite the writes (`group_commit`, through the `WriteTx`
+//! interface of `write_tx`) and the reads on every request's path (`sqlite_reads`) run on
+//! SQLite's own API, and the other reads on sqlx's pool. The conformance suite in
+//! `tests/conformance.rs` runs every behaviour on both engines.
 //!
 //! Invariants:
 //! * No plaintext secret value ever reaches this crate: it stores ciphertexts, keyed digests and
