@@ -169,8 +169,8 @@ fn numbered(sql: &str) -> String {
     out
 }
 
-/// Binds `?n` to `args[n - 1]`. A statement that needs more values than given, or is given
-/// more than it uses, is refused.
+/// Binds `?n` to `args[n - 1]`. A statement whose highest placeholder is not the number of
+/// values given is refused: a value never goes missing or to the wrong place unnoticed.
 fn bind(statement: &mut rusqlite::Statement<'_>, args: &[Arg<'_>]) -> Result<()> {
     let count = statement.parameter_count();
     if count != args.len() {
