@@ -132,6 +132,11 @@ impl Dev {
         }
     }
 
+    /// The running daemon's process ID.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("cofferd dev is running").id()
+    }
+
     pub fn restart(&mut self) {
         self.stop(false);
         self.spawn();
