@@ -61,9 +61,32 @@ const PREPARED_ROWS_MAX: usize = 16;
 const APP_COLUMNS: &str =
     "id, name, created_at, secrets_version, deployed_version, crash_window_ms, release_version";
 
-const TOKEN_SELECT: &str = "SELECT t.id, t.secret_hash, t.app_id, a.name AS app_name, t.action, \
-     t.description, t.created_at, t.expires_at, t.revoked_at \
-     FROM api_tokens t LEFT JOIN apps a ON a.id = t.app_id";
+/// The columns [`token_from_row`] reads, as one literal for the constants below.
+macro_rules! token_select {
+    () => {
+        "SELECT t.id, t.secret_hash, t.app_id, a.name AS app_name, t.action, \
+         t.description, t.created_at, t.expires_at, t.revoked_at \
+         FROM api_tokens t LEFT JOIN apps a ON a.id = t.app_id"
+    };
+}
+const TOKEN_SELECT: &str = token_select!();
+/// One token by ID: on every request's path (the token check), so not formatted per call.
+const TOKEN_BY_ID: &str = concat!(token_select!(), " WHERE t.id = $1");
+
+/// The app named `$1` with the kept listings of its current and deployed versions (the
+/// deployed one only when it differs from the current one, which it usually does not).
+/// Built once: it is read on every list and every write.
+static APP_WITH_LISTING: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    format!(
+        "SELECT {}, cur.listing AS current_listing, dep.listing AS deployed_listing \
+         FROM apps a \
+         LEFT JOIN secret_versions cur ON cur.app_id = a.id AND cur.version = a.secrets_version \
+         LEFT JOIN secret_versions dep ON dep.app_id = a.id AND dep.version = a.deployed_version \
+         AND a.deployed_version <> a.secrets_version \
+         WHERE a.name = $1",
+        prefixed_app_columns("a"),
+    )
+});
 
 impl Store {
     /// Connects and applies the migrations this build knows (idempotent; serialized across
@@ -382,19 +405,8 @@ impl Store {
     /// deployed versions (`secret_versions.listing`); versions written before listings were
     /// kept are read through their members instead.
     pub async fn app_with_listing(&self, name: &AppName) -> Result<(AppRecord, Vec<ListedSecret>)> {
-        // The deployed version's listing only when it differs from the current one (usually it
-        // does not).
-        let sql = format!(
-            "SELECT {}, cur.listing AS current_listing, dep.listing AS deployed_listing \
-             FROM apps a \
-             LEFT JOIN secret_versions cur ON cur.app_id = a.id AND cur.version = a.secrets_version \
-             LEFT JOIN secret_versions dep ON dep.app_id = a.id AND dep.version = a.deployed_version \
-             AND a.deployed_version <> a.secrets_version \
-             WHERE a.name = $1",
-            prefixed_app_columns("a"),
-        );
         let row = self
-            .hot_read(&sql, name.as_str(), |row| {
+            .hot_read(&APP_WITH_LISTING, name.as_str(), |row| {
                 Ok((
                     app_from_row(row)?,
                     row.text_opt("current_listing")?,
@@ -623,7 +635,6 @@ impl Store {
 
     /// `Conflict` if the ID is taken, `NotFound("app")` if the token's app does not exist.
     pub async fn insert_token(&self, t: NewToken) -> Result<TokenRecord> {
-        let select = format!("{TOKEN_SELECT} WHERE t.id = $1");
         self.write_tx(move |tx| {
             tx.execute(
                 "INSERT INTO api_tokens \
@@ -648,7 +659,7 @@ impl Store {
                     e
                 })
             })?;
-            tx.fetch_optional(&select, args![&t.id], token_from_row)
+            tx.fetch_optional(TOKEN_BY_ID, args![&t.id], token_from_row)
                 .and_then(|token| token.ok_or(StoreError::NotFound("token")))
                 .map_err(BodyError::Failed)
         })
@@ -656,8 +667,7 @@ impl Store {
     }
 
     pub async fn token(&self, id: &str) -> Result<TokenRecord> {
-        let sql = format!("{TOKEN_SELECT} WHERE t.id = $1");
-        let token = self.hot_read(&sql, id, token_from_row).await?;
+        let token = self.hot_read(TOKEN_BY_ID, id, token_from_row).await?;
         token
             .into_iter()
             .next()
