@@ -20,6 +20,7 @@
 //! PostgreSQL does not need this: it runs writes on many connections at once and already
 //! combines the WAL flushes of concurrent commits.
 
+use crate::checkpointer::{Checkpointer, WRITER_BACKSTOP_PAGES};
 use crate::store::BodyError;
 use crate::write_tx::{SqliteTx, WriteTx};
 use crate::{Result, StoreError};
@@ -71,10 +72,11 @@ impl GroupCommit {
     /// queue is dropped.
     pub(crate) fn start(path: &Path) -> Result<GroupCommit> {
         let conn = open_writer(path)?;
+        let checkpointer = Checkpointer::start(path)?;
         let (queue, messages) = mpsc::unbounded_channel();
         std::thread::Builder::new()
             .name("coffer-sqlite-writer".into())
-            .spawn(move || writer(conn, messages))
+            .spawn(move || writer(conn, checkpointer, messages))
             .map_err(|e| StoreError::NotCommitted(format!("cannot start the writer: {e}")))?;
         Ok(GroupCommit { queue })
     }
@@ -111,11 +113,17 @@ fn open_writer(path: &Path) -> Result<Connection> {
     // survives a power cut; foreign keys are enforced.
     conn.pragma_update(None, "synchronous", "FULL")?;
     conn.pragma_update(None, "foreign_keys", true)?;
+    // The checkpoints run on a thread of their own (`checkpointer`); this is the backstop.
+    conn.pragma_update(None, "wal_autocheckpoint", WRITER_BACKSTOP_PAGES)?;
     conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
     Ok(conn)
 }
 
-fn writer(conn: Connection, mut messages: mpsc::UnboundedReceiver<Message>) {
+fn writer(
+    conn: Connection,
+    checkpointer: Checkpointer,
+    mut messages: mpsc::UnboundedReceiver<Message>,
+) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
     let mut closing = None;
     while closing.is_none() {
@@ -132,30 +140,33 @@ fn writer(conn: Connection, mut messages: mpsc::UnboundedReceiver<Message>) {
                 Err(_) => break,
             }
         }
-        if !batch.is_empty() {
-            run_batch(&conn, std::mem::take(&mut batch));
+        if !batch.is_empty() && run_batch(&conn, std::mem::take(&mut batch)) {
+            checkpointer.committed();
         }
     }
+    // The last checkpoint first, then the connections close.
+    drop(checkpointer);
     drop(conn);
     if let Some(done) = closing {
         let _ = done.send(());
     }
 }
 
-/// Commits as many of `batch` as can be, in one transaction; answers every job.
-fn run_batch(conn: &Connection, mut batch: Vec<Job>) {
+/// Commits as many of `batch` as can be, in one transaction; answers every job. Returns
+/// whether a transaction was committed.
+fn run_batch(conn: &Connection, mut batch: Vec<Job>) -> bool {
     while !batch.is_empty() {
         // A caller that gave up (its request was dropped) needs no write.
         batch.retain(|job| !job.reply.is_closed());
         if batch.is_empty() {
-            return;
+            return false;
         }
         match attempt(conn, &mut batch) {
             Attempt::Committed(outcomes) => {
                 for (job, outcome) in batch.into_iter().zip(outcomes) {
                     let _ = job.reply.send(outcome);
                 }
-                return;
+                return true;
             }
             Attempt::JobFailed(i, e) => {
                 let job = batch.remove(i);
@@ -168,10 +179,11 @@ fn run_batch(conn: &Connection, mut batch: Vec<Job>) {
                 for job in batch {
                     let _ = job.reply.send(Err(StoreError::NotCommitted(msg.clone())));
                 }
-                return;
+                return false;
             }
         }
     }
+    false
 }
 
 enum Attempt {
@@ -267,6 +279,11 @@ mod tests {
         assert_eq!(pragma("synchronous"), 2, "synchronous = FULL");
         assert_eq!(pragma("foreign_keys"), 1);
         assert_eq!(pragma("busy_timeout"), 5000);
+        assert_eq!(
+            pragma("wal_autocheckpoint"),
+            crate::checkpointer::WRITER_BACKSTOP_PAGES,
+            "the writer checkpoints only as a backstop"
+        );
         let journal: String = conn
             .pragma_query_value(None, "journal_mode", |row| row.get(0))
             .unwrap();
@@ -275,6 +292,44 @@ mod tests {
         // And it never creates a database where there was none.
         assert!(super::open_writer(&dir.path().join("absent.db")).is_err());
         assert!(!dir.path().join("absent.db").exists());
+        store.close().await;
+    }
+
+    /// The writer's own checkpoint waits for 16,000 WAL pages; one small write reaches the
+    /// database file only through the checkpointer thread.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_checkpointer_copies_commits_into_the_database_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = testing::sqlite_url_in(dir.path());
+        let db = url.sqlite_path().unwrap().to_path_buf();
+        let store = Store::open(&url, OpenMode::CreateIfMissing).await.unwrap();
+        store
+            .create_app("id-ckpt", &AppName::parse("checkpointed").unwrap())
+            .await
+            .unwrap();
+        // The database file alone (no -wal beside it) holds what was checkpointed.
+        let in_main_file = || -> bool {
+            let copy = tempfile::tempdir().unwrap();
+            let path = copy.path().join("main.db");
+            std::fs::copy(&db, &path).unwrap();
+            let Ok(conn) = rusqlite::Connection::open(&path) else {
+                return false;
+            };
+            conn.query_row(
+                "SELECT count(*) FROM apps WHERE id = 'id-ckpt'",
+                [],
+                |row| row.get::<_, i64>(0),
+            )
+            .is_ok_and(|n| n == 1)
+        };
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while !in_main_file() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the write never reached the database file"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
         store.close().await;
     }
 

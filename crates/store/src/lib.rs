@@ -16,6 +16,7 @@
 //! * A write names the version it was based on; if the app moved on meanwhile the write fails
 //!   with [`StoreError::Conflict`] and changes nothing.
 
+mod checkpointer;
 pub mod engine;
 mod group_commit;
 mod machines;
