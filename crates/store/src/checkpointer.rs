@@ -57,12 +57,18 @@ impl Checkpointer {
     }
 
     /// Tells the thread that a commit added to the WAL. Never blocks.
-    pub(crate) fn committed(&self) {
+    pub(crate) fn committed(&mut self) {
         if let Some(wake) = &self.wake {
             match wake.try_send(()) {
                 Ok(()) | Err(TrySendError::Full(())) => {}
                 Err(TrySendError::Disconnected(())) => {
-                    tracing::warn!("the SQLite checkpointer has stopped; the writer checkpoints")
+                    // Said once: from now on the writer's backstop checkpoints.
+                    tracing::error!(
+                        "the SQLite checkpointer has stopped; the writer checkpoints every {} \
+                         pages from now on",
+                        WRITER_BACKSTOP_PAGES
+                    );
+                    self.wake = None;
                 }
             }
         }

@@ -121,7 +121,7 @@ fn open_writer(path: &Path) -> Result<Connection> {
 
 fn writer(
     conn: Connection,
-    checkpointer: Checkpointer,
+    mut checkpointer: Checkpointer,
     mut messages: mpsc::UnboundedReceiver<Message>,
 ) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
