@@ -28,8 +28,8 @@ done
 command -v perf > /dev/null || { echo "error: perf not found" >&2; echo "hint: apt-get install linux-perf" >&2; exit 1; }
 
 (cd "$ROOT" && "$CARGO" build --release --quiet -p cofferd)
-"$CARGO" build --release --quiet --manifest-path "$ROOT/bench/loadgen/Cargo.toml" \
-  --target-dir "$ROOT/bench/loadgen/target"
+(cd "$ROOT" && "$CARGO" build --release --quiet --manifest-path "$ROOT/bench/loadgen/Cargo.toml" \
+  --target-dir "$ROOT/bench/loadgen/target")
 COFFERD=${CARGO_TARGET_DIR:-$ROOT/target}/release/cofferd
 LOADGEN=$ROOT/bench/loadgen/target/release/coffer-loadgen
 

@@ -72,11 +72,12 @@ log "building $PROFILE binaries (cofferd, coffer, loadgen)"
 TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
 COFFERD=$TARGET_DIR/$PROFILE/cofferd
 # The load generator is its own workspace with its own target dir (not part of the main build).
-"$CARGO" build ${PROFILE_FLAG[@]+"${PROFILE_FLAG[@]}"} --quiet --manifest-path "$ROOT/bench/loadgen/Cargo.toml" \
-  --target-dir "$ROOT/bench/loadgen/target"
+# Built from $ROOT like the rest, so that the repository's .cargo/config.toml applies to it too.
+(cd "$ROOT" && "$CARGO" build ${PROFILE_FLAG[@]+"${PROFILE_FLAG[@]}"} --quiet \
+  --manifest-path "$ROOT/bench/loadgen/Cargo.toml" --target-dir "$ROOT/bench/loadgen/target")
 LOADGEN=$ROOT/bench/loadgen/target/$PROFILE/coffer-loadgen
-"$CARGO" build ${PROFILE_FLAG[@]+"${PROFILE_FLAG[@]}"} --quiet --manifest-path "$ROOT/bench/bootlat/Cargo.toml" \
-  --target-dir "$ROOT/bench/bootlat/target"
+(cd "$ROOT" && "$CARGO" build ${PROFILE_FLAG[@]+"${PROFILE_FLAG[@]}"} --quiet \
+  --manifest-path "$ROOT/bench/bootlat/Cargo.toml" --target-dir "$ROOT/bench/bootlat/target")
 BOOTLAT=$ROOT/bench/bootlat/target/$PROFILE/coffer-bootlat
 [[ -x $COFFERD ]] || die "no cofferd at $COFFERD"
 [[ -x $LOADGEN ]] || die "no loadgen at $LOADGEN"

@@ -20,7 +20,7 @@
 //! PostgreSQL does not need this: it runs writes on many connections at once and already
 //! combines the WAL flushes of concurrent commits.
 
-use crate::checkpointer::{Checkpointer, WRITER_BACKSTOP_PAGES};
+use crate::checkpointer::{Checkpointer, WRITER_AUTOCHECKPOINT_PAGES};
 use crate::store::BodyError;
 use crate::write_tx::{SqliteTx, WriteTx};
 use crate::{Result, StoreError};
@@ -113,8 +113,9 @@ fn open_writer(path: &Path) -> Result<Connection> {
     // survives a power cut; foreign keys are enforced.
     conn.pragma_update(None, "synchronous", "FULL")?;
     conn.pragma_update(None, "foreign_keys", true)?;
-    // The checkpoints run on a thread of their own (`checkpointer`); this is the backstop.
-    conn.pragma_update(None, "wal_autocheckpoint", WRITER_BACKSTOP_PAGES)?;
+    // Most checkpointing runs on a thread of its own; the writer's own checkpoint copies what
+    // is left so that the WAL can start over (see `checkpointer`).
+    conn.pragma_update(None, "wal_autocheckpoint", WRITER_AUTOCHECKPOINT_PAGES)?;
     conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
     Ok(conn)
 }
@@ -153,7 +154,7 @@ fn writer(
 }
 
 /// Commits as many of `batch` as can be, in one transaction; answers every job. Returns
-/// whether a transaction was committed.
+/// whether a write was committed.
 fn run_batch(conn: &Connection, mut batch: Vec<Job>) -> bool {
     while !batch.is_empty() {
         // A caller that gave up (its request was dropped) needs no write.
@@ -163,10 +164,12 @@ fn run_batch(conn: &Connection, mut batch: Vec<Job>) -> bool {
         }
         match attempt(conn, &mut batch) {
             Attempt::Committed(outcomes) => {
+                // A batch whose every write was refused wrote nothing to checkpoint.
+                let wrote = outcomes.iter().any(|o| o.is_ok());
                 for (job, outcome) in batch.into_iter().zip(outcomes) {
                     let _ = job.reply.send(outcome);
                 }
-                return true;
+                return wrote;
             }
             Attempt::JobFailed(i, e) => {
                 let job = batch.remove(i);
@@ -281,8 +284,8 @@ mod tests {
         assert_eq!(pragma("busy_timeout"), 5000);
         assert_eq!(
             pragma("wal_autocheckpoint"),
-            crate::checkpointer::WRITER_BACKSTOP_PAGES,
-            "the writer checkpoints only as a backstop"
+            crate::checkpointer::WRITER_AUTOCHECKPOINT_PAGES,
+            "the writer checkpoints what is left every 1,000 pages"
         );
         let journal: String = conn
             .pragma_query_value(None, "journal_mode", |row| row.get(0))
@@ -295,7 +298,7 @@ mod tests {
         store.close().await;
     }
 
-    /// The writer's own checkpoint waits for 16,000 WAL pages; one small write reaches the
+    /// The writer's own checkpoint waits for 1,000 WAL pages; one small write reaches the
     /// database file only through the checkpointer thread.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn the_checkpointer_copies_commits_into_the_database_file() {
@@ -311,7 +314,15 @@ mod tests {
         let in_main_file = || -> bool {
             let copy = tempfile::tempdir().unwrap();
             let path = copy.path().join("main.db");
-            std::fs::copy(&db, &path).unwrap();
+            // Copied by another process: closing a descriptor of the file in this process
+            // would drop every POSIX lock the store's connections hold on it. A copy made
+            // while the checkpointer writes may be torn; it then reads as not there yet.
+            let copied = std::process::Command::new("cp")
+                .arg(&db)
+                .arg(&path)
+                .status()
+                .unwrap();
+            assert!(copied.success());
             let Ok(conn) = rusqlite::Connection::open(&path) else {
                 return false;
             };
