@@ -11,7 +11,7 @@
 //! after each commit and it runs a `PASSIVE` checkpoint, which never blocks the writer or the
 //! readers; commits made while one runs are copied by the next. Small checkpoints right behind
 //! the writer gave the best tail latency: letting commits gather for 200 ms before each
-//! checkpoint made the bulk load 15–20 % faster but the write p99 more than twice as long (its
+//! checkpoint made the bulk load 12–23 % faster but the write p99 more than twice as long (its
 //! `fsync` of the database file delays the commits' `fsync`s of the WAL meanwhile), and 20 ms
 //! made no difference to the p99 (BENCHMARKS.md).
 //!
