@@ -85,18 +85,30 @@ fn vault_unreachable(detail: &dyn std::fmt::Display) -> ApiError {
         .with_hint("check that the vault is running and unsealed, then retry")
 }
 
+/// Sealing keys kept at most (about 200 bytes each with the map's own memory, so ~20 MiB):
+/// enough for every app of a large installation, while a store of millions of apps does not
+/// grow the API's memory with each app ever written to. A miss costs one call to the vault.
+const KEY_CACHE_MAX: usize = 100_000;
+
 /// Sealing keys by app id. Keys never change for an app id (ids are never reused), so entries
-/// need no expiry; destroying an app evicts its entry.
+/// need no expiry; destroying an app evicts its entry. Bounded: when full it starts over, as
+/// the vault's key caches do.
 pub struct KeyCache {
     vault: VaultClient,
     map: RwLock<HashMap<String, Arc<SealingKeys>>>,
+    max: usize,
 }
 
 impl KeyCache {
     pub fn new(vault: VaultClient) -> Self {
+        Self::with_capacity(vault, KEY_CACHE_MAX)
+    }
+
+    fn with_capacity(vault: VaultClient, max: usize) -> Self {
         Self {
             vault,
             map: RwLock::new(HashMap::new()),
+            max,
         }
     }
 
@@ -114,21 +126,69 @@ impl KeyCache {
             None => self.vault.create_keys(app_id).await?,
         };
         let keys = Arc::new(keys);
-        self.map
-            .write()
-            .expect("key cache lock")
-            .insert(app_id.to_string(), keys.clone());
+        self.keep(app_id, keys.clone());
         Ok(keys)
     }
 
     pub fn insert(&self, app_id: &str, keys: SealingKeys) {
-        self.map
-            .write()
-            .expect("key cache lock")
-            .insert(app_id.to_string(), Arc::new(keys));
+        self.keep(app_id, Arc::new(keys));
+    }
+
+    fn keep(&self, app_id: &str, keys: Arc<SealingKeys>) {
+        let mut map = self.map.write().expect("key cache lock");
+        if map.len() >= self.max && !map.contains_key(app_id) {
+            map.clear();
+        }
+        map.insert(app_id.to_string(), keys);
     }
 
     pub fn evict(&self, app_id: &str) {
         self.map.write().expect("key cache lock").remove(app_id);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use coffer_core::secret::SecretToken;
+    use coffer_crypto::PrivateKey;
+
+    fn keys() -> SealingKeys {
+        let (_, pk) = PrivateKey::generate();
+        SealingKeys::from_hex(&hex::encode(pk.to_bytes()), &"ab".repeat(32)).unwrap()
+    }
+
+    /// A client of a vault that is not there: any call to it fails.
+    fn absent_vault() -> VaultClient {
+        // Port 9 (discard) on loopback: nothing listens there in the test environment.
+        VaultClient::new("http://127.0.0.1:9", SecretToken::new("t".repeat(32))).unwrap()
+    }
+
+    fn len(cache: &KeyCache) -> usize {
+        cache.map.read().unwrap().len()
+    }
+
+    #[tokio::test]
+    async fn the_cache_serves_kept_keys_without_the_vault_and_stays_within_its_bound() {
+        let cache = KeyCache::with_capacity(absent_vault(), 3);
+        for id in ["a", "b", "c"] {
+            cache.insert(id, keys());
+        }
+        assert_eq!(len(&cache), 3);
+        // Kept keys are served from memory: the vault would answer with an error.
+        cache.get("b").await.unwrap();
+        // Replacing a kept entry does not start over.
+        cache.insert("b", keys());
+        assert_eq!(len(&cache), 3);
+        // A fourth app: the cache starts over instead of growing.
+        cache.insert("d", keys());
+        assert_eq!(len(&cache), 1);
+        cache.get("d").await.unwrap();
+        let missed = cache.get("a").await;
+        assert!(missed.is_err(), "a dropped entry is asked of the vault");
+        for i in 0..10 {
+            cache.insert(&format!("app-{i}"), keys());
+            assert!(len(&cache) <= 3);
+        }
     }
 }
