@@ -874,8 +874,34 @@ pub(crate) struct ListingEntry {
     pub updated_at: Micros,
 }
 
-/// A version's secrets, read from the record (its members and their values), by name.
+/// A version's secrets, by name: from the listing kept with the version, which was derived from
+/// its members and their values in the transaction that wrote them all, and like them never
+/// changes. One row instead of two index lookups per secret, on the path of every write.
+/// Versions written before listings were kept (schema v4) are read through their members.
 pub(crate) fn version_entries(
+    tx: &mut dyn WriteTx,
+    app_id: &str,
+    version: i64,
+) -> Result<HashMap<String, ListingEntry>> {
+    if version == 0 {
+        return Ok(HashMap::new());
+    }
+    let kept = tx.fetch_optional(
+        "SELECT listing FROM secret_versions WHERE app_id = $1 AND version = $2",
+        args![app_id, version],
+        |row| row.text_opt("listing"),
+    )?;
+    match kept {
+        Some(Some(json)) => Ok(parse_listing(&json)?
+            .into_iter()
+            .map(|e| (e.name.clone(), e))
+            .collect()),
+        _ => version_entries_joined(tx, app_id, version),
+    }
+}
+
+/// [`version_entries`] from the record: the version's members and their values.
+fn version_entries_joined(
     tx: &mut dyn WriteTx,
     app_id: &str,
     version: i64,
