@@ -20,6 +20,7 @@ use crate::logs::MachineLog;
 use nix::sys::signal::{killpg, Signal};
 use nix::unistd::Pid;
 use serde::{Deserialize, Serialize};
+use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
 use std::time::{Duration, Instant};
@@ -121,6 +122,31 @@ pub struct Workload {
     done: bool,
 }
 
+/// Where `program` is, when it is a bare name: the first executable file of that name in the
+/// workload's own `PATH` (relative entries from `home`, where the workload starts), as
+/// `execvp` would find it; `None` when it is a path already, or when nothing is found (then
+/// the spawn reports the error as before).
+///
+/// Why: std runs a bare name with a `PATH` in the child's environment through fork + `execvp`
+/// (it must search the child's `PATH`, not the agent's), and a fork copies the page tables of
+/// the whole agent — in `cofferd dev` the whole daemon, about 2 ms per boot and growing with
+/// its memory (BENCHMARKS.md, *100,000 apps*). Given a path, std spawns with posix_spawn
+/// (vfork), which copies nothing.
+fn program_path(program: &str, path: Option<&[u8]>, home: &Path) -> Option<PathBuf> {
+    use std::os::unix::ffi::OsStrExt as _;
+    use std::os::unix::fs::PermissionsExt as _;
+    if program.is_empty() || program.contains('/') {
+        return None;
+    }
+    path?.split(|b| *b == b':').find_map(|dir| {
+        // An empty entry is the current directory, as for `execvp`.
+        let dir = Path::new(OsStr::from_bytes(if dir.is_empty() { b"." } else { dir }));
+        let candidate = home.join(dir).join(program);
+        let meta = std::fs::metadata(&candidate).ok()?;
+        (meta.is_file() && meta.permissions().mode() & 0o111 != 0).then_some(candidate)
+    })
+}
+
 /// Spawns `command` with exactly `env` (consumed and wiped), in `home`, output to `log`.
 /// Writes `process.json` into `machine_dir`.
 pub fn spawn(
@@ -133,19 +159,30 @@ pub fn spawn(
     secrets_version: i64,
 ) -> Result<Workload, SpawnError> {
     let (program, args) = command.split_first().ok_or(SpawnError::NoCommand)?;
-    let mut cmd = Command::new(program);
-    cmd.args(args)
-        .env_clear()
-        .envs(env.expose_all())
-        .current_dir(home)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .process_group(0)
-        .kill_on_drop(false);
-    let spawned = cmd.spawn();
-    // The values now exist only in `cmd` (std's copies) and `env`: drop both at once.
-    drop(cmd);
+    let command_for = |program: &OsStr| {
+        let mut cmd = Command::new(program);
+        cmd.args(args)
+            .env_clear()
+            .envs(env.expose_all())
+            .current_dir(home)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .process_group(0)
+            .kill_on_drop(false);
+        cmd
+    };
+    let found = program_path(program, env.expose("PATH"), home);
+    let mut spawned =
+        command_for(found.as_deref().unwrap_or(Path::new(program)).as_os_str()).spawn();
+    if found.is_some() && matches!(&spawned, Err(e) if e.raw_os_error() == Some(nix::libc::ENOEXEC))
+    {
+        // A script without `#!`: `execvp`, which std uses for a bare name, runs it with
+        // /bin/sh; posix_spawn does not. Spawn it as before.
+        spawned = command_for(OsStr::new(program)).spawn();
+    }
+    // The values now exist only in the spawned commands (std's copies, dropped with them)
+    // and `env`: drop it right away.
     drop(env);
     let mut child = spawned.map_err(|source| SpawnError::Exec {
         program: program.clone(),
@@ -402,6 +439,91 @@ mod tests {
         assert!(out.contains("[]\n"), "the agent's variable leaked: {out}");
         assert!(out.contains(&format!("{}\n", home.display())), "{out}");
         assert!(ProcessRecord::load(dir.path()).is_none());
+    }
+
+    fn write_file(path: &Path, text: &str, mode: u32) {
+        use std::os::unix::fs::PermissionsExt as _;
+        std::fs::write(path, text).unwrap();
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
+    }
+
+    #[test]
+    fn a_bare_name_is_found_in_the_workloads_path_as_execvp_would() {
+        let dir = tempfile::tempdir().unwrap();
+        let home = dir.path().join("home");
+        let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+        for d in [&home, &a, &b, &home.join("bin")] {
+            std::fs::create_dir_all(d).unwrap();
+        }
+        write_file(&a.join("tool"), "", 0o644); // not executable: skipped
+        write_file(&b.join("tool"), "", 0o755);
+        std::fs::create_dir(a.join("dir")).unwrap(); // a directory: skipped
+        write_file(&b.join("dir"), "", 0o755);
+        write_file(&home.join("bin/mine"), "", 0o700);
+        let path = format!("{}:{}:bin", a.display(), b.display());
+        let find = |program: &str, path: Option<&str>| {
+            program_path(program, path.map(str::as_bytes), &home)
+        };
+
+        assert_eq!(find("tool", Some(&path)), Some(b.join("tool")));
+        assert_eq!(find("dir", Some(&path)), Some(b.join("dir")));
+        // A relative entry is relative to where the workload starts.
+        assert_eq!(
+            find("mine", Some(&path)),
+            Some(home.join("bin").join("mine"))
+        );
+        // An empty entry is the current directory.
+        write_file(&home.join("here"), "", 0o755);
+        assert_eq!(find("here", Some("::")), Some(home.join(".").join("here")));
+        // Paths, unknown names and a missing PATH are left to the spawn.
+        assert_eq!(find("./tool", Some(&path)), None);
+        assert_eq!(
+            find(&b.join("tool").display().to_string(), Some(&path)),
+            None
+        );
+        assert_eq!(find("nowhere", Some(&path)), None);
+        assert_eq!(find("tool", None), None);
+        assert_eq!(find("", Some(&path)), None);
+    }
+
+    #[tokio::test]
+    async fn a_bare_name_runs_from_the_workloads_path_even_a_script_without_shebang() {
+        let dir = tempfile::tempdir().unwrap();
+        let bin = dir.path().join("bin");
+        std::fs::create_dir(&bin).unwrap();
+        write_file(&bin.join("greet"), "#!/bin/sh\necho greet ran\n", 0o755);
+        // No `#!`: execvp runs it with /bin/sh, and so must the agent.
+        write_file(&bin.join("plain"), "echo plain ran\n", 0o755);
+        let path = format!("{}:/usr/bin:/bin", bin.display());
+        let log = MachineLog::new(dir.path().to_path_buf());
+        for program in ["greet", "plain"] {
+            let mut w = spawn(
+                &[program.to_string()],
+                env_for(dir.path(), vec![("PATH", &path)]),
+                dir.path(),
+                dir.path(),
+                &log,
+                1,
+                1,
+            )
+            .unwrap();
+            let status = w.wait().await;
+            assert_eq!(w.finish(status).await.status, 0, "{program}");
+        }
+        let out = std::fs::read_to_string(dir.path().join("output.log")).unwrap();
+        assert!(out.contains("greet ran\n"), "{out}");
+        assert!(out.contains("plain ran\n"), "{out}");
+        // A name nowhere on the PATH fails as before.
+        let missing = spawn(
+            &["no-such-program-here".to_string()],
+            env_for(dir.path(), vec![("PATH", &path)]),
+            dir.path(),
+            dir.path(),
+            &log,
+            1,
+            1,
+        );
+        assert!(matches!(missing, Err(SpawnError::Exec { .. })));
     }
 
     #[tokio::test]
