@@ -175,10 +175,16 @@ pub fn spawn(
     let found = program_path(program, env.expose("PATH"), home);
     let mut spawned =
         command_for(found.as_deref().unwrap_or(Path::new(program)).as_os_str()).spawn();
-    if found.is_some() && matches!(&spawned, Err(e) if e.raw_os_error() == Some(nix::libc::ENOEXEC))
-    {
-        // A script without `#!`: `execvp`, which std uses for a bare name, runs it with
-        // /bin/sh; posix_spawn does not. Spawn it as before.
+    let unlike_execvp = |e: &std::io::Error| {
+        matches!(
+            e.raw_os_error(),
+            Some(nix::libc::ENOEXEC | nix::libc::EACCES)
+        )
+    };
+    if found.is_some() && matches!(&spawned, Err(e) if unlike_execvp(e)) {
+        // Where `execvp`, which std uses for a bare name, would go on: a script without `#!`
+        // (it runs it with /bin/sh), or a file this user may not run (it tries the rest of
+        // the PATH). Spawn the name as before.
         spawned = command_for(OsStr::new(program)).spawn();
     }
     // The values now exist only in the spawned commands (std's copies, dropped with them)
