@@ -24,6 +24,14 @@ use std::time::Duration;
 pub const MACHINE_TOKEN_TTL_SECS: i64 = 300;
 /// How long an assignments request waits for a change before answering anyway.
 const LONG_POLL: Duration = Duration::from_secs(15);
+/// An assignments answer records the host as seen only if it was last seen this long ago.
+/// Agents heartbeat every 10 s; a host that only long-polls (one answer at least every 15 s)
+/// is still recorded within 20 + 15 s, inside the 60 s after which placement skips it
+/// (`machines::HOST_ALIVE_MICROS`).
+const TOUCH_AFTER_MICROS: i64 = 20 * 1_000_000;
+const _: () = assert!(
+    TOUCH_AFTER_MICROS + (LONG_POLL.as_micros() as i64) < crate::machines::HOST_ALIVE_MICROS
+);
 /// Re-read the store this often while long-polling, so that changes made by another API
 /// replica are seen without a shared notification channel.
 const POLL_STORE_EVERY: Duration = Duration::from_millis(1000);
@@ -155,8 +163,12 @@ pub async fn assignments(
         }
         out.push(assignment(m, &names[&m.app_id]));
     }
-    // Seen, so alive: long-polls double as heartbeats for placement.
-    let _ = s.store.touch_host(&host_id, &host.host.address).await;
+    // Seen, so alive: long-polls double as heartbeats for placement, but only where the host's
+    // heartbeats have not recorded it lately. Each touch is a durable write, and this answer is
+    // on the path of every machine start: waking the host to boot waited for that commit.
+    if now_micros() - host.host.last_seen_at >= TOUCH_AFTER_MICROS {
+        let _ = s.store.touch_host(&host_id, &host.host.address).await;
+    }
     Ok(Json(Assignments {
         generation,
         machines: out,

@@ -18,7 +18,7 @@ use coffer_store::{now_micros, AppRecord, HostRecord, MachineConfig, MachineReco
 use std::collections::HashMap;
 
 /// A host that has not been heard from for this long gets no new machines.
-const HOST_ALIVE_MICROS: i64 = 60 * 1_000_000;
+pub(crate) const HOST_ALIVE_MICROS: i64 = 60 * 1_000_000;
 const MAX_COMMAND_BYTES: usize = 64 * 1024;
 const MAX_ENV_BYTES: usize = 64 * 1024;
 

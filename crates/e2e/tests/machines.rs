@@ -607,6 +607,70 @@ async fn machine_token_scope(engine: Engine) {
     assert_eq!(status, 401);
 }
 
+/// An assignments answer records its host as seen only when the host was last seen long ago:
+/// each such record is a durable write, and the answer that wakes a host to boot a machine
+/// should not wait for one when the host's heartbeats are recent.
+async fn long_polls_record_only_stale_hosts(engine: Engine) {
+    let Some(db) = common::database_url(engine).await else {
+        return;
+    };
+    let dev = Dev::start(db);
+    // A host of its own, so that the dev agent's heartbeats do not touch it.
+    let key = HostKey::generate();
+    let reg = reqwest::Client::new()
+        .post(format!("{}/v1/hosts", dev.api_url))
+        .bearer_auth(dev.admin_token())
+        .json(&serde_json::json!({"name": "quiet", "address": "http://127.0.0.1:9", "public_key": key.public_key_hex()}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(reg.status().as_u16(), 201);
+    let reg: Value = reg.json().await.unwrap();
+    let host_id = reg["host_id"].as_str().unwrap().to_string();
+    let host_token = reg["host_token"].as_str().unwrap().to_string();
+    let pool = dev.raw_pool().await;
+    let last_seen = || async {
+        let (micros,): (i64,) = sqlx::query_as("SELECT last_seen_at FROM hosts WHERE id = $1")
+            .bind(&host_id)
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+        micros
+    };
+    let poll = || async {
+        let resp = reqwest::Client::new()
+            .get(format!(
+                "{}/v1/hosts/{host_id}/assignments?after=-1",
+                dev.api_url
+            ))
+            .bearer_auth(&host_token)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status().as_u16(), 200);
+    };
+
+    let registered = last_seen().await;
+    poll().await;
+    poll().await;
+    assert_eq!(last_seen().await, registered, "seen just now: no write");
+
+    let long_ago = registered - 30_000_000;
+    sqlx::query("UPDATE hosts SET last_seen_at = $1 WHERE id = $2")
+        .bind(long_ago)
+        .bind(&host_id)
+        .execute(&pool)
+        .await
+        .unwrap();
+    poll().await;
+    let now_micros = now_secs() * 1_000_000;
+    let recorded = last_seen().await;
+    assert!(
+        recorded > long_ago && now_micros - recorded < 10_000_000,
+        "a host last seen 30 s ago is recorded as seen: {recorded} (now {now_micros})"
+    );
+}
+
 async fn agent_sentinel_scan(engine: Engine) {
     let Some(db) = common::database_url(engine).await else {
         return;
@@ -758,4 +822,14 @@ async fn sqlite_agent_sentinel_scan() {
 #[tokio::test(flavor = "multi_thread")]
 async fn postgres_agent_sentinel_scan() {
     agent_sentinel_scan(Engine::Postgres).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sqlite_long_polls_record_only_stale_hosts() {
+    long_polls_record_only_stale_hosts(Engine::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn postgres_long_polls_record_only_stale_hosts() {
+    long_polls_record_only_stale_hosts(Engine::Postgres).await;
 }

@@ -116,13 +116,11 @@ impl Store {
         .await
     }
 
+    /// On the path of every request of a host agent (its token check).
     pub async fn host(&self, id: &str) -> Result<HostRecord> {
         let sql = format!("SELECT {HOST_COLUMNS} FROM hosts WHERE id = $1");
-        let row = sqlx::query(&sql)
-            .bind(id)
-            .fetch_optional(&self.read)
-            .await?;
-        host_from_row(&row.ok_or(StoreError::NotFound("host"))?)
+        let host = self.hot_read(&sql, args![id], host_from_row).await?;
+        host.into_iter().next().ok_or(StoreError::NotFound("host"))
     }
 
     pub async fn hosts(&self) -> Result<Vec<HostRecord>> {
@@ -206,13 +204,14 @@ impl Store {
         .await
     }
 
+    /// On the path of every machine start and boot grant.
     pub async fn machine(&self, id: &str) -> Result<MachineRecord> {
         let sql = format!("SELECT {MACHINE_COLUMNS} FROM machines WHERE id = $1");
-        let row = sqlx::query(&sql)
-            .bind(id)
-            .fetch_optional(&self.read)
-            .await?;
-        machine_from_row(&row.ok_or(StoreError::NotFound("machine"))?)
+        let machine = self.hot_read(&sql, args![id], machine_from_row).await?;
+        machine
+            .into_iter()
+            .next()
+            .ok_or(StoreError::NotFound("machine"))
     }
 
     /// What the vault checks before it decrypts for a machine's boot, read in one statement:
@@ -239,7 +238,7 @@ impl Store {
             columns.join(", "),
         );
         let row = self
-            .hot_read(&sql, machine_id, |row| {
+            .hot_read(&sql, args![machine_id], |row| {
                 Ok((
                     machine_from_row(row)?,
                     row.text("host_public_key")?,
@@ -277,7 +276,7 @@ impl Store {
             "SELECT {MACHINE_COLUMNS} FROM machines WHERE app_id = $1 ORDER BY created_at, id"
         );
         // On the path of every deploying write (the release's rollout plan).
-        self.hot_read(&sql, app_id, machine_from_row).await
+        self.hot_read(&sql, args![app_id], machine_from_row).await
     }
 
     /// Changes what the machine should be doing and tells its host (generation bump).

@@ -1,5 +1,6 @@
 //! SQLite: the reads on every request's path (token check, app + listing, a boot's facts, an app's
-//! keys and machines) run on SQLite's own API, on the calling thread.
+//! keys and machines, a host agent's host record, a machine, a boot grant's ciphertexts) run on
+//! SQLite's own API, on the calling thread.
 //!
 //! sqlx runs every SQLite connection on a thread of its own and sends it each statement as a
 //! message: a read costs two thread hand-offs (a futex wake and a context switch each way), and
@@ -18,6 +19,7 @@
 //! A connection is given back only after a read that ran to the end; one whose read failed is
 //! closed, and a new one is opened when needed.
 
+use crate::write_tx::{bind, numbered, Arg};
 use crate::{Result, StoreError, StoreRow};
 use rusqlite::{Connection, OpenFlags, Row};
 use std::collections::HashMap;
@@ -45,12 +47,20 @@ pub(crate) struct SqliteReads {
     idle_max: usize,
 }
 
-/// A reading connection, with the column names of the statements it ran: asked of SQLite once
-/// per statement and connection rather than at every read (copying them took 2.7 % of a list).
+/// A reading connection, with what it keeps of the statements it ran.
 struct Reader {
     conn: Connection,
-    /// By SQL text; at most [`STATEMENT_CACHE`] statements, like the prepared ones.
-    columns: HashMap<String, Vec<String>>,
+    /// By the caller's SQL text; at most [`STATEMENT_CACHE`] statements, like the prepared ones.
+    prepared: HashMap<String, Prepared>,
+}
+
+/// What a reading connection keeps of one statement, so that a read neither rewrites its SQL
+/// nor copies its column names (asked of SQLite once per statement and connection rather than
+/// at every read: copying them took 2.7 % of a list).
+struct Prepared {
+    /// The SQL as SQLite gets it (`?n` placeholders, [`numbered`]).
+    numbered: String,
+    columns: Vec<String>,
 }
 
 impl SqliteReads {
@@ -65,34 +75,39 @@ impl SqliteReads {
         }
     }
 
-    /// Runs `sql` (one `$1` parameter, bound to `key`) and maps every row with `map`.
+    /// Runs `sql` (`$n` parameters, bound to `args[n - 1]`) and maps every row with `map`.
     /// `Ok(Err(Busy))`: the database was busy, no row was mapped; run the read elsewhere.
     pub(crate) fn read<T>(
         &self,
         sql: &str,
-        key: &str,
+        args: &[Arg<'_>],
         mut map: impl FnMut(&dyn StoreRow) -> Result<T>,
     ) -> Result<Result<Vec<T>, Busy>> {
         let mut reader = self.take()?;
         let mut mapped_any = false;
         let mut run = || -> Result<Vec<T>> {
-            let Reader { conn, columns } = &mut reader;
-            let mut statement = conn.prepare_cached(sql)?;
-            let known = columns
-                .get(sql)
-                .is_some_and(|names| names.len() == statement.column_count());
-            if !known {
-                if columns.len() >= STATEMENT_CACHE {
-                    columns.clear();
+            let Reader { conn, prepared } = &mut reader;
+            if !prepared.contains_key(sql) {
+                if prepared.len() >= STATEMENT_CACHE {
+                    prepared.clear();
                 }
-                columns.insert(sql.to_string(), column_names(&statement));
+                let numbered = numbered(sql);
+                let columns = column_names(&*conn.prepare_cached(&numbered)?);
+                prepared.insert(sql.to_string(), Prepared { numbered, columns });
             }
-            let names = &columns[sql];
-            let mut rows = statement.query([key])?;
+            let mut statement = conn.prepare_cached(&prepared[sql].numbered)?;
+            if prepared[sql].columns.len() != statement.column_count() {
+                // Re-prepared after a schema change (`SELECT *`): its names are asked again.
+                let columns = column_names(&statement);
+                prepared.get_mut(sql).expect("just read").columns = columns;
+            }
+            let columns = &prepared[sql].columns;
+            bind(&mut statement, args)?;
+            let mut rows = statement.raw_query();
             let mut out = Vec::new();
             while let Some(row) = rows.next()? {
                 mapped_any = true;
-                out.push(map(&NamedRow::new(row, names))?);
+                out.push(map(&NamedRow::new(row, columns))?);
             }
             Ok(out)
         };
@@ -140,7 +155,7 @@ impl SqliteReads {
         conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
         Ok(Reader {
             conn,
-            columns: HashMap::new(),
+            prepared: HashMap::new(),
         })
     }
 
@@ -154,7 +169,7 @@ impl SqliteReads {
     fn kept_column_sets(&self) -> usize {
         let idle = self.idle.lock().unwrap();
         let idle = idle.as_ref().map_or(&[][..], |idle| &idle[..]);
-        idle.iter().map(|r| r.columns.len()).max().unwrap_or(0)
+        idle.iter().map(|r| r.prepared.len()).max().unwrap_or(0)
     }
 
     #[cfg(test)]
@@ -236,6 +251,7 @@ impl StoreRow for NamedRow<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::write_tx::args;
     use crate::{DatabaseUrl, OpenMode};
 
     fn rows<T>(r: Result<Result<Vec<T>, Busy>>) -> Vec<T> {
@@ -250,7 +266,8 @@ mod tests {
             .await
             .unwrap();
         let reads = SqliteReads::new(path);
-        let select = |reads: &SqliteReads| reads.read("SELECT $1 AS v", "x", |r| r.text("v"));
+        let select =
+            |reads: &SqliteReads| reads.read("SELECT $1 AS v", args!["x"], |r| r.text("v"));
 
         assert_eq!(rows(select(&reads)), ["x"]);
         assert_eq!(
@@ -260,21 +277,31 @@ mod tests {
         );
 
         // A read whose mapping fails drops its connection.
-        let failed = reads.read("SELECT $1 AS v", "x", |r| r.int("no_such_column"));
+        let failed = reads.read("SELECT $1 AS v", args!["x"], |r| r.int("no_such_column"));
         assert!(matches!(failed, Err(StoreError::Sqlite(_))), "{failed:?}");
         assert_eq!(reads.idle_count(), 0);
 
         // Bad SQL: a clear error, and the connection it took is not kept.
         assert_eq!(rows(select(&reads)), ["x"]);
         assert_eq!(reads.idle_count(), 1);
-        let bad = reads.read("SELEC nonsense", "x", |r| r.int("v"));
+        let bad = reads.read("SELEC nonsense", args!["x"], |r| r.int("v"));
         assert!(matches!(bad, Err(StoreError::Sqlite(_))), "{bad:?}");
         assert_eq!(reads.idle_count(), 0);
+
+        // Parameters by number, wherever they first appear; a missing value is refused.
+        let numbered = reads.read(
+            "SELECT $2 || $1 AS v, CAST($1 AS TEXT) AS w",
+            args!["a", "b"],
+            |r| Ok((r.text("v")?, r.text("w")?)),
+        );
+        assert_eq!(rows(numbered), [("ba".to_string(), "a".to_string())]);
+        let short = reads.read("SELECT $2 || $1 AS v", args!["a"], |r| r.text("v"));
+        assert!(matches!(short, Err(StoreError::Sqlite(_))), "{short:?}");
 
         // These connections never write.
         let write = reads.read(
             "INSERT INTO coffer_schema (version) VALUES (CAST($1 AS BIGINT)) RETURNING version",
-            "99",
+            args!["99"],
             |r| r.int("version"),
         );
         match write {
@@ -290,7 +317,9 @@ mod tests {
         assert_eq!(rows(select(&reads)), ["x"]);
         for i in 0..STATEMENT_CACHE * 2 + 1 {
             let sql = format!("SELECT $1 || '{i}' AS c{i}, 7 AS n");
-            let got = reads.read(&sql, "y", |r| Ok((r.text(&format!("c{i}"))?, r.int("n")?)));
+            let got = reads.read(&sql, args!["y"], |r| {
+                Ok((r.text(&format!("c{i}"))?, r.int("n")?))
+            });
             assert_eq!(rows(got), [(format!("y{i}"), 7)]);
             assert_eq!(rows(select(&reads)), ["x"]);
         }
@@ -299,7 +328,7 @@ mod tests {
             (1..=STATEMENT_CACHE).contains(&kept),
             "{kept} column-name sets kept"
         );
-        let other = reads.read("SELECT $1 AS w", "z", |r| r.text("v"));
+        let other = reads.read("SELECT $1 AS w", args!["z"], |r| r.text("v"));
         assert!(
             other.is_err(),
             "the columns of another statement: {other:?}"

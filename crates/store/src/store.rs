@@ -7,7 +7,7 @@ use crate::engine::{self, DatabaseUrl, Engine, OpenMode};
 use crate::group_commit::{GroupCommit, Outcome, WriteOp};
 use crate::readers::Readers;
 use crate::sqlite_reads::SqliteReads;
-use crate::write_tx::{args, Prepare, WriteTx};
+use crate::write_tx::{args, sqlx_query, Arg, Prepare, WriteTx};
 use crate::{
     AppKeyRecord, AppRecord, ChangeKind, ChangeRecord, ListedSecret, Micros, NewToken, NewValue,
     NewVersion, Result, StoreError, StoreRow, StoredSecret, TokenRecord, VersionRecord,
@@ -138,8 +138,10 @@ impl Store {
     /// reads on every request's path), for `/readyz`.
     pub async fn ping(&self) -> Result<()> {
         sqlx::query("SELECT 1").execute(&self.read).await?;
-        self.hot_read("SELECT CAST($1 AS TEXT) AS ok", "ok", |row| row.text("ok"))
-            .await?;
+        self.hot_read("SELECT CAST($1 AS TEXT) AS ok", args!["ok"], |row| {
+            row.text("ok")
+        })
+        .await?;
         Ok(())
     }
 
@@ -156,26 +158,26 @@ impl Store {
         self.read.close().await;
     }
 
-    /// One read on a request's path: `sql`, whose one parameter `$1` is bound to `key`, with
-    /// every row mapped by `map`.
+    /// One read on a request's path: `sql`, whose parameters `$n` are bound to `args[n - 1]`,
+    /// with every row mapped by `map`.
     pub(crate) async fn hot_read<T>(
         &self,
         sql: &str,
-        key: &str,
+        args: &[Arg<'_>],
         mut map: impl FnMut(&dyn StoreRow) -> Result<T>,
     ) -> Result<Vec<T>> {
         match &*self.hot {
-            HotReads::Sqlite(reads) => match reads.read(sql, key, &mut map)? {
+            HotReads::Sqlite(reads) => match reads.read(sql, args, &mut map)? {
                 Ok(rows) => Ok(rows),
                 // Busy (recovery, another process's exclusive lock): wait on the pool's threads.
                 Err(crate::sqlite_reads::Busy) => {
-                    let rows = sqlx::query(sql).bind(key).fetch_all(&self.read).await?;
+                    let rows = sqlx_query(sql, args).fetch_all(&self.read).await?;
                     rows.iter().map(|row| map(row)).collect()
                 }
             },
             HotReads::Pooled(readers) => {
                 let mut reader = readers.get().await?;
-                let rows = sqlx::query(sql).bind(key).fetch_all(reader.conn()).await?;
+                let rows = sqlx_query(sql, args).fetch_all(reader.conn()).await?;
                 reader.done();
                 rows.iter().map(|row| map(row)).collect()
             }
@@ -267,13 +269,15 @@ impl Store {
 
     pub async fn app_by_name(&self, name: &AppName) -> Result<AppRecord> {
         let sql = format!("SELECT {APP_COLUMNS} FROM apps WHERE name = $1");
-        let app = self.hot_read(&sql, name.as_str(), app_from_row).await?;
+        let app = self
+            .hot_read(&sql, args![name.as_str()], app_from_row)
+            .await?;
         app.into_iter().next().ok_or(StoreError::NotFound("app"))
     }
 
     pub async fn app_by_id(&self, id: &str) -> Result<AppRecord> {
         let sql = format!("SELECT {APP_COLUMNS} FROM apps WHERE id = $1");
-        let app = self.hot_read(&sql, id, app_from_row).await?;
+        let app = self.hot_read(&sql, args![id], app_from_row).await?;
         app.into_iter().next().ok_or(StoreError::NotFound("app"))
     }
 
@@ -327,35 +331,32 @@ impl Store {
         if version < 0 {
             return Err(StoreError::NotFound("secrets version"));
         }
-        let rows = sqlx::query(
-            "SELECT m.name, m.value_version, v.ciphertext, v.digest, v.value_len, v.created_at, \
-             v.updated_at \
-             FROM secret_members m JOIN secret_values v \
-             ON v.app_id = m.app_id AND v.name = m.name AND v.version = m.value_version \
-             WHERE m.app_id = $1 AND m.version = $2",
-        )
-        .bind(app_id)
-        .bind(version)
-        .fetch_all(&self.read)
-        .await?;
+        // On the path of every boot grant.
+        let mut secrets = self
+            .hot_read(
+                "SELECT m.name, m.value_version, v.ciphertext, v.digest, v.value_len, \
+                 v.created_at, v.updated_at \
+                 FROM secret_members m JOIN secret_values v \
+                 ON v.app_id = m.app_id AND v.name = m.name AND v.version = m.value_version \
+                 WHERE m.app_id = $1 AND m.version = $2",
+                args![app_id, version],
+                |row| {
+                    Ok(StoredSecret {
+                        name: secret_name(row.text("name")?)?,
+                        value_version: row.int("value_version")?,
+                        ciphertext: row.bytes("ciphertext")?,
+                        digest: row.text("digest")?,
+                        value_len: row.int("value_len")?,
+                        created_at: row.int("created_at")?,
+                        updated_at: row.int("updated_at")?,
+                    })
+                },
+            )
+            .await?;
         // A version may be empty (everything unset): tell that apart from a missing one.
-        if rows.is_empty() && !self.version_exists(app_id, version).await? {
+        if secrets.is_empty() && !self.version_exists(app_id, version).await? {
             return Err(StoreError::NotFound("secrets version"));
         }
-        let mut secrets = rows
-            .iter()
-            .map(|row| {
-                Ok(StoredSecret {
-                    name: secret_name(row.try_get("name")?)?,
-                    value_version: row.try_get("value_version")?,
-                    ciphertext: row.try_get("ciphertext")?,
-                    digest: row.try_get("digest")?,
-                    value_len: row.try_get("value_len")?,
-                    created_at: row.try_get("created_at")?,
-                    updated_at: row.try_get("updated_at")?,
-                })
-            })
-            .collect::<Result<Vec<_>>>()?;
         secrets.sort_by(|a, b| a.name.cmp(&b.name));
         Ok(secrets)
     }
@@ -406,7 +407,7 @@ impl Store {
     /// kept are read through their members instead.
     pub async fn app_with_listing(&self, name: &AppName) -> Result<(AppRecord, Vec<ListedSecret>)> {
         let row = self
-            .hot_read(&APP_WITH_LISTING, name.as_str(), |row| {
+            .hot_read(&APP_WITH_LISTING, args![name.as_str()], |row| {
                 Ok((
                     app_from_row(row)?,
                     row.text_opt("current_listing")?,
@@ -477,7 +478,7 @@ impl Store {
         );
         let mut app = None;
         let mut secrets = Vec::new();
-        self.hot_read(&sql, name.as_str(), |row| {
+        self.hot_read(&sql, args![name.as_str()], |row| {
             if app.is_none() {
                 app = Some(app_from_row(row)?);
             }
@@ -667,7 +668,9 @@ impl Store {
     }
 
     pub async fn token(&self, id: &str) -> Result<TokenRecord> {
-        let token = self.hot_read(TOKEN_BY_ID, id, token_from_row).await?;
+        let token = self
+            .hot_read(TOKEN_BY_ID, args![id], token_from_row)
+            .await?;
         token
             .into_iter()
             .next()
@@ -732,7 +735,7 @@ impl Store {
         self.hot_read(
             "SELECT app_id, public_key, wrapped_private_key, wrapped_digest_key, created_at \
              FROM vault_app_keys WHERE app_id = $1",
-            app_id,
+            args![app_id],
             |row| {
                 Ok(AppKeyRecord {
                     app_id: row.text("app_id")?,
@@ -1266,7 +1269,7 @@ mod tests {
             .unwrap();
         locker.execute_batch("BEGIN EXCLUSIVE; COMMIT;").unwrap();
         let busy = SqliteReads::new(other);
-        let read = busy.read("SELECT x FROM t WHERE x = $1", "k", |r| r.text("x"));
+        let read = busy.read("SELECT x FROM t WHERE x = $1", args!["k"], |r| r.text("x"));
         assert!(
             matches!(read, Ok(Err(crate::sqlite_reads::Busy))),
             "busy is reported at once: {read:?}"

@@ -156,7 +156,7 @@ impl rusqlite::ToSql for Arg<'_> {
 /// `$n` (a named parameter to it) by order of first appearance, and would need a lookup of
 /// every parameter's name to bind by number (quadratic in a multi-row INSERT's parameters).
 /// The store's SQL has no `$` outside placeholders.
-fn numbered(sql: &str) -> String {
+pub(crate) fn numbered(sql: &str) -> String {
     let mut out = String::with_capacity(sql.len());
     let mut chars = sql.chars().peekable();
     while let Some(c) = chars.next() {
@@ -171,7 +171,7 @@ fn numbered(sql: &str) -> String {
 
 /// Binds `?n` to `args[n - 1]`. A statement whose highest placeholder is not the number of
 /// values given is refused: a value never goes missing or to the wrong place unnoticed.
-fn bind(statement: &mut rusqlite::Statement<'_>, args: &[Arg<'_>]) -> Result<()> {
+pub(crate) fn bind(statement: &mut rusqlite::Statement<'_>, args: &[Arg<'_>]) -> Result<()> {
     let count = statement.parameter_count();
     if count != args.len() {
         return Err(rusqlite::Error::InvalidParameterCount(args.len(), count).into());
@@ -248,7 +248,7 @@ pub(crate) struct PooledTx<'c> {
     runtime: Handle,
 }
 
-fn sqlx_query<'q>(sql: &'q str, args: &[Arg<'q>]) -> Query<'q, Any, AnyArguments<'q>> {
+pub(crate) fn sqlx_query<'q>(sql: &'q str, args: &[Arg<'q>]) -> Query<'q, Any, AnyArguments<'q>> {
     let mut query = sqlx::query(sql);
     for arg in args {
         query = match *arg {
