@@ -197,22 +197,31 @@ pub async fn get(
 ) -> ApiResult<Json<Machine>> {
     let app = authorized_app(&s, &caller, Action::Read, &app).await?;
     let m = machine_of(&s, &app, &id).await?;
-    Ok(Json(to_wire(&m, &app.name, &host_names(&s).await?)))
+    Ok(Json(to_wire(&m, &app.name, &host_name(&s, &m).await?)))
 }
 
+/// Changes the desired state of `m`, a machine of `app` that the caller may deploy to, and
+/// wakes its host.
 async fn set_desired(
-    caller: Caller,
-    s: ApiState,
-    app: String,
-    id: String,
+    s: &ApiState,
+    app: &AppRecord,
+    m: &MachineRecord,
     desired: DesiredState,
 ) -> ApiResult<Json<Machine>> {
-    let app = authorized_app(&s, &caller, Action::Deploy, &app).await?;
-    machine_of(&s, &app, &id).await?;
-    let m = s.store.set_machine_desired(&id, desired).await?;
+    let m = s.store.set_machine_desired(&m.id, desired).await?;
     s.notify_hosts();
     tracing::info!(app = %app.name, machine = %m.id, desired = desired.as_str(), "machine desired state changed");
-    Ok(Json(to_wire(&m, &app.name, &host_names(&s).await?)))
+    Ok(Json(to_wire(&m, &app.name, &host_name(s, &m).await?)))
+}
+
+/// The name of the machine's host, as [`to_wire`] takes it: one read, not every host's.
+async fn host_name(s: &ApiState, m: &MachineRecord) -> ApiResult<HashMap<String, String>> {
+    match s.store.host(&m.host_id).await {
+        Ok(host) => Ok(HashMap::from([(host.id, host.name)])),
+        // Shown by its id, as `to_wire` does for any host it is not given.
+        Err(coffer_store::StoreError::NotFound(_)) => Ok(HashMap::new()),
+        Err(e) => Err(e.into()),
+    }
 }
 
 pub async fn stop(
@@ -220,7 +229,9 @@ pub async fn stop(
     State(s): State<ApiState>,
     Path((app, id)): Path<(String, String)>,
 ) -> ApiResult<Json<Machine>> {
-    set_desired(caller, s, app, id, DesiredState::Stopped).await
+    let app = authorized_app(&s, &caller, Action::Deploy, &app).await?;
+    let m = machine_of(&s, &app, &id).await?;
+    set_desired(&s, &app, &m, DesiredState::Stopped).await
 }
 
 /// Boots a stopped or exited machine with the app's deployed secrets.
@@ -229,14 +240,14 @@ pub async fn start(
     State(s): State<ApiState>,
     Path((app, id)): Path<(String, String)>,
 ) -> ApiResult<Json<Machine>> {
-    let app_rec = authorized_app(&s, &caller, Action::Deploy, &app).await?;
-    let m = machine_of(&s, &app_rec, &id).await?;
-    if m.secrets_version != app_rec.deployed_version {
+    let app = authorized_app(&s, &caller, Action::Deploy, &app).await?;
+    let m = machine_of(&s, &app, &id).await?;
+    if m.secrets_version != app.deployed_version {
         s.store
-            .set_machine_version(&id, app_rec.deployed_version, app_rec.release_version)
+            .set_machine_version(&id, app.deployed_version, app.release_version)
             .await?;
     }
-    set_desired(caller, s, app, id, DesiredState::Running).await
+    set_desired(&s, &app, &m, DesiredState::Running).await
 }
 
 /// Destroys the machine. When this answers, the destruction is committed to the store, which
@@ -247,7 +258,9 @@ pub async fn destroy(
     State(s): State<ApiState>,
     Path((app, id)): Path<(String, String)>,
 ) -> ApiResult<Json<Machine>> {
-    set_desired(caller, s, app, id, DesiredState::Destroyed).await
+    let app = authorized_app(&s, &caller, Action::Deploy, &app).await?;
+    let m = machine_of(&s, &app, &id).await?;
+    set_desired(&s, &app, &m, DesiredState::Destroyed).await
 }
 
 #[derive(serde::Deserialize)]

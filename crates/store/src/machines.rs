@@ -152,16 +152,12 @@ impl Store {
             "SELECT {MACHINE_COLUMNS} FROM machines WHERE host_id = $1 \
              AND NOT (desired = 'destroyed' AND state = 'destroyed') ORDER BY created_at, id"
         );
-        let rows = sqlx::query(&sql)
-            .bind(host_id)
-            .fetch_all(&self.read)
+        // On the path of every machine start: the answer that wakes the host. A host's
+        // machines are few (a host runs them), so this stays a short read.
+        let machines = self
+            .hot_read(&sql, args![host_id], machine_from_row)
             .await?;
-        Ok((
-            host.generation,
-            rows.iter()
-                .map(|row| machine_from_row(row))
-                .collect::<Result<_>>()?,
-        ))
+        Ok((host.generation, machines))
     }
 
     // ------------------------------------------------------------------------------ machines
