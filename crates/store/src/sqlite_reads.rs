@@ -95,13 +95,13 @@ impl SqliteReads {
                 let columns = column_names(&*conn.prepare_cached(&numbered)?);
                 prepared.insert(sql.to_string(), Prepared { numbered, columns });
             }
-            let mut statement = conn.prepare_cached(&prepared[sql].numbered)?;
-            if prepared[sql].columns.len() != statement.column_count() {
+            let kept = prepared.get_mut(sql).expect("kept just above");
+            let mut statement = conn.prepare_cached(&kept.numbered)?;
+            if kept.columns.len() != statement.column_count() {
                 // Re-prepared after a schema change (`SELECT *`): its names are asked again.
-                let columns = column_names(&statement);
-                prepared.get_mut(sql).expect("just read").columns = columns;
+                kept.columns = column_names(&statement);
             }
-            let columns = &prepared[sql].columns;
+            let columns = &kept.columns;
             bind(&mut statement, args)?;
             let mut rows = statement.raw_query();
             let mut out = Vec::new();
