@@ -256,6 +256,20 @@ fn dev_host(dev: &Dev) -> HostIdentity {
     }
 }
 
+/// Registers a host of the test's own (as an agent would, with the admin token); the
+/// registration's answer.
+async fn register_host(dev: &Dev, name: &str, key: &HostKey) -> Value {
+    let reg = reqwest::Client::new()
+        .post(format!("{}/v1/hosts", dev.api_url))
+        .bearer_auth(dev.admin_token())
+        .json(&serde_json::json!({"name": name, "address": "http://127.0.0.1:9", "public_key": key.public_key_hex()}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(reg.status().as_u16(), 201);
+    reg.json().await.unwrap()
+}
+
 async fn boot_grant(dev: &Dev, host: &HostIdentity, machine_id: &str) -> reqwest::Response {
     reqwest::Client::new()
         .post(format!(
@@ -491,15 +505,7 @@ async fn machine_token_scope(engine: Engine) {
 
     // From another registered host: it holds its own key, not the token's host key.
     let other = HostKey::generate();
-    let reg = reqwest::Client::new()
-        .post(format!("{}/v1/hosts", dev.api_url))
-        .bearer_auth(dev.admin_token())
-        .json(&serde_json::json!({"name": "other", "address": "http://127.0.0.1:9", "public_key": other.public_key_hex()}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(reg.status().as_u16(), 201);
-    let other_reg: Value = reg.json().await.unwrap();
+    let other_reg = register_host(&dev, "other", &other).await;
     let (status, _) = decrypt(
         &dev,
         Attempt {
@@ -616,16 +622,7 @@ async fn long_polls_record_only_stale_hosts(engine: Engine) {
     };
     let dev = Dev::start(db);
     // A host of its own, so that the dev agent's heartbeats do not touch it.
-    let key = HostKey::generate();
-    let reg = reqwest::Client::new()
-        .post(format!("{}/v1/hosts", dev.api_url))
-        .bearer_auth(dev.admin_token())
-        .json(&serde_json::json!({"name": "quiet", "address": "http://127.0.0.1:9", "public_key": key.public_key_hex()}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(reg.status().as_u16(), 201);
-    let reg: Value = reg.json().await.unwrap();
+    let reg = register_host(&dev, "quiet", &HostKey::generate()).await;
     let host_id = reg["host_id"].as_str().unwrap().to_string();
     let host_token = reg["host_token"].as_str().unwrap().to_string();
     let pool = dev.raw_pool().await;

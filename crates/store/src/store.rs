@@ -19,6 +19,16 @@ use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::sync::Arc;
 
+/// The members of version `$2` of app `$1`, each joined to its value (`m`, `v`): the end of a
+/// statement that reads a version's secrets from the record.
+macro_rules! members_of_version {
+    () => {
+        "FROM secret_members m JOIN secret_values v \
+         ON v.app_id = m.app_id AND v.name = m.name AND v.version = m.value_version \
+         WHERE m.app_id = $1 AND m.version = $2"
+    };
+}
+
 /// The store of record. Cheap to clone: the pools are shared.
 #[derive(Clone)]
 pub struct Store {
@@ -334,11 +344,11 @@ impl Store {
         // On the path of every boot grant.
         let mut secrets = self
             .hot_read(
-                "SELECT m.name, m.value_version, v.ciphertext, v.digest, v.value_len, \
-                 v.created_at, v.updated_at \
-                 FROM secret_members m JOIN secret_values v \
-                 ON v.app_id = m.app_id AND v.name = m.name AND v.version = m.value_version \
-                 WHERE m.app_id = $1 AND m.version = $2",
+                concat!(
+                    "SELECT m.name, m.value_version, v.ciphertext, v.digest, v.value_len, \
+                     v.created_at, v.updated_at ",
+                    members_of_version!()
+                ),
                 args![app_id, version],
                 |row| {
                     Ok(StoredSecret {
@@ -910,10 +920,10 @@ fn version_entries_joined(
     version: i64,
 ) -> Result<HashMap<String, ListingEntry>> {
     let entries = tx.fetch_all(
-        "SELECT m.name, m.value_version, v.digest, v.value_len, v.created_at, v.updated_at \
-         FROM secret_members m JOIN secret_values v \
-         ON v.app_id = m.app_id AND v.name = m.name AND v.version = m.value_version \
-         WHERE m.app_id = $1 AND m.version = $2",
+        concat!(
+            "SELECT m.name, m.value_version, v.digest, v.value_len, v.created_at, v.updated_at ",
+            members_of_version!()
+        ),
         args![app_id, version],
         |row| {
             Ok(ListingEntry {
