@@ -235,7 +235,6 @@ impl Worker {
     async fn boot(&mut self, a: Assignment) {
         let generation = a.generation;
         self.local.stopped_reported = None;
-        self.report(MachineState::Starting, None, None, generation);
         self.log.note(&format!(
             "booting (generation {generation}, secrets version {})",
             a.secrets_version
@@ -246,11 +245,18 @@ impl Worker {
         let assignment = a.clone();
         let fut = async move { boot::boot(&shared, &assignment, &dir, &log).await };
         tokio::pin!(fut);
+        let starting_due = tokio::time::sleep(self.shared.starting_after);
+        tokio::pin!(starting_due);
+        let mut starting_reported = false;
         // The boot is abandoned if the machine is no longer wanted running at this
         // generation, or the agent stops.
         let result = loop {
             tokio::select! {
                 r = &mut fut => break Some(r),
+                _ = &mut starting_due, if !starting_reported => {
+                    starting_reported = true;
+                    self.report(MachineState::Starting, None, None, generation);
+                }
                 _ = self.shutdown.changed() => break None,
                 changed = self.rx.changed() => {
                     if changed.is_err() {

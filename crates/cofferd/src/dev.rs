@@ -114,6 +114,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
             name: "dev".into(),
             join_token: Some(SecretToken::new(admin.expose().to_string())),
             stop_timeout: std::time::Duration::from_secs(5),
+            starting_after: coffer_agent::STARTING_AFTER,
         },
         agent_listener,
     )

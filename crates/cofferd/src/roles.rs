@@ -310,6 +310,7 @@ pub async fn agent(args: AgentArgs) -> anyhow::Result<()> {
             name,
             join_token,
             stop_timeout: std::time::Duration::from_secs(10),
+            starting_after: coffer_agent::STARTING_AFTER,
         },
         listener,
     )
