@@ -134,8 +134,8 @@ pub struct AgentConfig {
 
 /// A boot still under way after this long is reported `starting`; a quicker one goes straight
 /// to `started` (or its failure). Reporting `starting` at once was a request and a durable write
-/// on the control plane, side by side with the boot grant, that held up every boot by 0.2–0.3
-/// ms for a state nobody could see (BENCHMARKS.md).
+/// on the control plane, side by side with the boot grant, that made the grant 0.15–0.3 ms
+/// slower for a state nobody could see (BENCHMARKS.md).
 pub const STARTING_AFTER: Duration = Duration::from_millis(100);
 
 /// What every machine worker shares.

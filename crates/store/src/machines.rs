@@ -119,8 +119,8 @@ impl Store {
     /// On the path of every request of a host agent (its token check).
     pub async fn host(&self, id: &str) -> Result<HostRecord> {
         let sql = format!("SELECT {HOST_COLUMNS} FROM hosts WHERE id = $1");
-        let host = self.hot_read(&sql, args![id], host_from_row).await?;
-        host.into_iter().next().ok_or(StoreError::NotFound("host"))
+        self.hot_read_one(&sql, args![id], "host", host_from_row)
+            .await
     }
 
     pub async fn hosts(&self) -> Result<Vec<HostRecord>> {
@@ -203,11 +203,8 @@ impl Store {
     /// On the path of every machine start and boot grant.
     pub async fn machine(&self, id: &str) -> Result<MachineRecord> {
         let sql = format!("SELECT {MACHINE_COLUMNS} FROM machines WHERE id = $1");
-        let machine = self.hot_read(&sql, args![id], machine_from_row).await?;
-        machine
-            .into_iter()
-            .next()
-            .ok_or(StoreError::NotFound("machine"))
+        self.hot_read_one(&sql, args![id], "machine", machine_from_row)
+            .await
     }
 
     /// What the vault checks before it decrypts for a machine's boot, read in one statement:

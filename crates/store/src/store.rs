@@ -194,6 +194,19 @@ impl Store {
         }
     }
 
+    /// A [`hot_read`](Store::hot_read) of one record by its key: the first row, or
+    /// `NotFound(what)`.
+    pub(crate) async fn hot_read_one<T>(
+        &self,
+        sql: &str,
+        args: &[Arg<'_>],
+        what: &'static str,
+        map: impl FnMut(&dyn StoreRow) -> Result<T>,
+    ) -> Result<T> {
+        let rows = self.hot_read(sql, args, map).await?;
+        rows.into_iter().next().ok_or(StoreError::NotFound(what))
+    }
+
     pub(crate) async fn begin_write(&self) -> Result<Transaction<'static, Any>> {
         Ok(match engine::begin_write(self.engine) {
             Some(begin) => self.write.begin_with(begin).await?,
@@ -279,16 +292,14 @@ impl Store {
 
     pub async fn app_by_name(&self, name: &AppName) -> Result<AppRecord> {
         let sql = format!("SELECT {APP_COLUMNS} FROM apps WHERE name = $1");
-        let app = self
-            .hot_read(&sql, args![name.as_str()], app_from_row)
-            .await?;
-        app.into_iter().next().ok_or(StoreError::NotFound("app"))
+        self.hot_read_one(&sql, args![name.as_str()], "app", app_from_row)
+            .await
     }
 
     pub async fn app_by_id(&self, id: &str) -> Result<AppRecord> {
         let sql = format!("SELECT {APP_COLUMNS} FROM apps WHERE id = $1");
-        let app = self.hot_read(&sql, args![id], app_from_row).await?;
-        app.into_iter().next().ok_or(StoreError::NotFound("app"))
+        self.hot_read_one(&sql, args![id], "app", app_from_row)
+            .await
     }
 
     /// All apps, ordered by name.
@@ -678,13 +689,8 @@ impl Store {
     }
 
     pub async fn token(&self, id: &str) -> Result<TokenRecord> {
-        let token = self
-            .hot_read(TOKEN_BY_ID, args![id], token_from_row)
-            .await?;
-        token
-            .into_iter()
-            .next()
-            .ok_or(StoreError::NotFound("token"))
+        self.hot_read_one(TOKEN_BY_ID, args![id], "token", token_from_row)
+            .await
     }
 
     /// All tokens, oldest first.
