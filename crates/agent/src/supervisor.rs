@@ -130,7 +130,7 @@ pub struct Workload {
 /// Why: std runs a bare name with a `PATH` in the child's environment through fork + `execvp`
 /// (it must search the child's `PATH`, not the agent's), and a fork copies the page tables of
 /// the whole agent — in `cofferd dev` the whole daemon, about 2 ms per boot and growing with
-/// its memory (BENCHMARKS.md, *100,000 apps*). Given a path, std spawns with posix_spawn
+/// its memory (BENCHMARKS.md, *Machine boot latency*). Given a path, std spawns with posix_spawn
 /// (vfork), which copies nothing.
 fn program_path(program: &str, path: Option<&[u8]>, home: &Path) -> Option<PathBuf> {
     use std::os::unix::ffi::OsStrExt as _;

@@ -182,7 +182,7 @@ fn verify(
         return Err(TokenError::Invalid);
     }
     // Built from terms, never parsed from text: parsing Datalog was most of a check's cost
-    // after the signature (BENCHMARKS.md, "Where coffer's time goes").
+    // after the signature (BENCHMARKS.md, "What was changed").
     let v = || var("v");
     let mut authorizer = AuthorizerBuilder::new()
         .fact(fact("time", &[date(&now)]))

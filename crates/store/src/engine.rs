@@ -249,7 +249,7 @@ const POSTGRES_HOT_READERS: usize = 8;
 /// `synchronous=FULL`: a commit the API acknowledged survives a power cut. (No `mmap_size`: it
 /// made lists ~10 % cheaper, but every reader unmaps and remaps the file at each read
 /// transaction after a write, and the mapped pages count in the daemon's resident memory;
-/// BENCHMARKS.md, "Where coffer's time goes".)
+/// BENCHMARKS.md, "Tried and not kept".)
 const SQLITE_PRAGMAS: &[&str] = &[
     "PRAGMA busy_timeout = 5000",
     "PRAGMA journal_mode = WAL",
