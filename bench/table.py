@@ -69,6 +69,7 @@ def main():
     ap.add_argument("--apps", type=int, default=0)
     ap.add_argument("--rounds", type=int, default=1)
     ap.add_argument("--nice", type=int, default=0)
+    ap.add_argument("--store", default="sqlite", choices=("sqlite", "postgres"))
     a = ap.parse_args()
     rows = load(a.results)
 
@@ -95,6 +96,8 @@ def main():
     mib = lambda r: r.get("rss_kib") / 1024 if r.get("rss_kib") else None
     add("bulk load", pc, "server RSS after (MiB)", mib(c), mib(b), target=("ratio<=", 1 / 3))
     add("bulk load", pc, "server CPU (s)", c.get("server_cpu_s"), b.get("server_cpu_s"))
+    if a.store == "postgres":
+        add("bulk load", pc, "server + PostgreSQL CPU (s)", with_store_cpu(c), b.get("server_cpu_s"))
 
     for workload, title in (("list", "list"), ("write", "write"), ("boot-decrypt", "boot decrypt")):
         for conns in conns_list:
@@ -113,6 +116,11 @@ def main():
                 target=("abs<=", 2) if workload == "list" else None)
             add(title, conns, "server CPU / request (us)", cv("server_cpu_us_per_req"),
                 bv("server_cpu_us_per_req"))
+            if a.store == "postgres" and "skipped" not in c:
+                total = with_store_cpu(c)
+                per_req = total / c["requests"] * 1e6 if total and c.get("requests") else None
+                add(title, conns, "server + PostgreSQL CPU / request (us)", per_req,
+                    bv("server_cpu_us_per_req"))
     # Machine boot latency, coffer only (bench/bootlat: `machines start` to the workload's
     # first instruction, against a plain spawn of the same process).
     boots = [r for r in rows if r.get("kind") in ("machine-start", "plain-spawn")]
@@ -129,8 +137,9 @@ def main():
     widths = [max(len(str(r[i])) for r in table + [head]) for i in range(len(head))]
     line = lambda r: "| " + " | ".join(str(v).ljust(w) for v, w in zip(r, widths)) + " |"
     rounds = f", median of {a.rounds} rounds" if a.rounds > 1 else ""
-    print(f"coffer vs OpenBao ({a.mode} run, {a.apps:,} apps x 10 secrets preloaded{rounds}; "
-          f"ratio = coffer / openbao)")
+    store = "" if a.store == "sqlite" else ", coffer on PostgreSQL"
+    print(f"coffer vs OpenBao ({a.mode} run, {a.apps:,} apps x 10 secrets preloaded{rounds}"
+          f"{store}; ratio = coffer / openbao)")
     print(line(head))
     print("|" + "|".join("-" * (w + 2) for w in widths) + "|")
     for r in table:
@@ -156,9 +165,22 @@ def main():
         notes.append(f"other processes on the machine used {min(others):.2f} to "
                      f"{max(others):.2f} cores (median {statistics.median(others):.2f}) during "
                      f"the measured windows{prio}")
+    if a.store == "postgres":
+        notes.append("coffer's store is a PostgreSQL server: 'server' figures are cofferd's "
+                     "alone; PostgreSQL's CPU is the machine's busy CPU outside the measured server "
+                     "and the load generator (so it includes the idle other system and any other "
+                     "process), and its memory is not in the RSS row")
     for n in notes:
         print("note: " + n)
     return 0
+
+
+def with_store_cpu(r):
+    """cofferd's CPU plus the rest of the machine's (PostgreSQL's, when it is coffer's store)."""
+    server, other = r.get("server_cpu_s"), r.get("other_cpu_s")
+    if not isinstance(server, (int, float)) or not isinstance(other, (int, float)):
+        return None
+    return server + other
 
 
 def median_row(runs):
