@@ -59,6 +59,8 @@ pub struct ApiState {
     pub machine_events: Arc<tokio::sync::watch::Sender<u64>>,
     /// For proxying logs from agents.
     pub agent_http: reqwest::Client,
+    /// Writes to one app's secrets take turns in this process (see [`secrets::WriteTurns`]).
+    pub write_turns: Arc<secrets::WriteTurns>,
 }
 
 impl ApiState {
@@ -74,6 +76,7 @@ impl ApiState {
                 .connect_timeout(std::time::Duration::from_secs(5))
                 .build()
                 .expect("HTTP client builds"),
+            write_turns: Arc::default(),
         }
     }
 

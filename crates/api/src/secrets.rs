@@ -17,8 +17,48 @@ use coffer_crypto::{digest_hex, seal_values};
 use coffer_http::{ApiError, ApiResult};
 use coffer_store::{NewRelease, NewValue, NewVersion, StoreError};
 
-/// How often a write is recomputed when another write to the same app won the race.
+/// How often a write is recomputed when another write to the same app won the race (with
+/// [`WriteTurns`], only a write through another API process can win it).
 const WRITE_ATTEMPTS: usize = 5;
+
+/// How many locks the apps' writes are spread over: two apps share one with a chance of
+/// 1/1024, and then only wait for each other's write, never fail.
+const WRITE_TURN_STRIPES: usize = 1024;
+
+/// Writes to one app's secrets take turns within this API process.
+///
+/// A write reads the app's current version, seals its values for the next one (the version is
+/// part of each value's associated data) and stores them only if the app is still at the
+/// version it read. Without turns, parallel writes to one app (CI jobs, a script) each read the
+/// same version, one wins and the rest start over: with two dozen writers some lost five times
+/// in a row and were refused with a conflict they never asked for. With turns they queue
+/// instead; only writes through another replica can still race, which the retries cover.
+/// Striped by app name with per-process random keys, so that nobody can choose app names to
+/// share another app's turn; memory is fixed.
+pub struct WriteTurns {
+    hasher: std::collections::hash_map::RandomState,
+    stripes: Box<[tokio::sync::Mutex<()>]>,
+}
+
+impl Default for WriteTurns {
+    fn default() -> Self {
+        Self {
+            hasher: std::collections::hash_map::RandomState::new(),
+            stripes: (0..WRITE_TURN_STRIPES)
+                .map(|_| tokio::sync::Mutex::new(()))
+                .collect(),
+        }
+    }
+}
+
+impl WriteTurns {
+    /// Waits for `app`'s turn (first come, first served: tokio's mutex is fair).
+    pub async fn take(&self, app: &coffer_core::AppName) -> tokio::sync::MutexGuard<'_, ()> {
+        use std::hash::BuildHasher;
+        let stripe = self.hasher.hash_one(app.as_str()) as usize % self.stripes.len();
+        self.stripes[stripe].lock().await
+    }
+}
 
 fn decode_pairs(pairs: Vec<SecretPair>) -> ApiResult<Vec<(String, SecretValue)>> {
     pairs
@@ -84,6 +124,7 @@ async fn write_and_release(
     change: ChangeSet,
     stage: bool,
 ) -> ApiResult<Json<WriteResult>> {
+    let turn = s.write_turns.take(&name).await;
     for attempt in 1..=WRITE_ATTEMPTS {
         // The app and its current secrets in one read; a write that lost a race reads them
         // again.
@@ -133,6 +174,8 @@ async fn write_and_release(
         };
         match s.store.write_version(new).await {
             Ok(outcome) => {
+                // The next write of this app may read it now; the release below runs on.
+                drop(turn);
                 let version = outcome.version;
                 tracing::info!(app = %app.name, version, staged = stage, "secrets version written");
                 let release = outcome.release.as_ref().map(|r| r.version);

@@ -297,6 +297,56 @@ async fn bad_input_changes_nothing(engine: Engine) {
     assert!(version_of(&dev, "web") > v);
 }
 
+/// Parallel `secrets set`s of one app, none of which asked for a base version (CI jobs, a
+/// script): each lands as a version of its own, none is refused because another one won a race.
+async fn parallel_writes_to_one_app_all_land(engine: Engine) {
+    let Some(db) = common::database_url(engine).await else {
+        return;
+    };
+    let dev = Dev::start(db);
+    dev.ok(&["apps", "create", "web"]);
+    const WRITERS: usize = 24;
+    let outputs: Vec<std::process::Output> = std::thread::scope(|scope| {
+        let dev = &dev;
+        let handles: Vec<_> = (0..WRITERS)
+            .map(|i| {
+                scope.spawn(move || {
+                    let pair = format!("K{i}=value-{i}");
+                    dev.run(&["secrets", "set", "-a", "web", "--stage", &pair], None)
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    for (i, out) in outputs.iter().enumerate() {
+        assert_eq!(code(out), 0, "writer {i} failed: {}", stderr(out));
+    }
+    assert_eq!(
+        version_of(&dev, "web"),
+        WRITERS as i64,
+        "one version per write"
+    );
+    let rows = list(&dev, "web");
+    let mut names: Vec<&str> = rows.iter().map(|r| r["name"].as_str().unwrap()).collect();
+    names.sort_unstable();
+    let mut expected: Vec<String> = (0..WRITERS).map(|i| format!("K{i}")).collect();
+    expected.sort_unstable();
+    assert_eq!(
+        names, expected,
+        "every write's secret is in the latest version"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sqlite_parallel_writes_to_one_app_all_land() {
+    parallel_writes_to_one_app_all_land(Engine::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn postgres_parallel_writes_to_one_app_all_land() {
+    parallel_writes_to_one_app_all_land(Engine::Postgres).await;
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn sqlite_secrets_path() {
     secrets_path(Engine::Sqlite).await;
