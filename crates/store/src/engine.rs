@@ -460,6 +460,10 @@ const POSTGRES_MIGRATIONS: &[Migration] = &[
         version: 4,
         sql: include_str!("migrations/postgres/0004_listing.sql"),
     },
+    Migration {
+        version: 5,
+        sql: include_str!("migrations/postgres/0005_no_row_checks_on_secrets.sql"),
+    },
 ];
 
 pub(crate) fn migrations(engine: Engine) -> &'static [Migration] {
