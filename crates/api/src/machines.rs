@@ -271,13 +271,17 @@ pub struct LogsQuery {
 
 /// Streams the machine's output from its host. The API holds no logs: it asks the agent, with
 /// a one-minute grant signed by the control-plane key that the agent verifies.
+///
+/// Needs `deploy`, not `read`: a workload's output is whatever it prints, its secrets included
+/// (a start-up banner, a crash dump of its environment), and a `read` token may see names and
+/// digests only (PRODUCT.md §5.6).
 pub async fn logs(
     caller: Caller,
     State(s): State<ApiState>,
     Path((app, id)): Path<(String, String)>,
     Query(q): Query<LogsQuery>,
 ) -> ApiResult<Response> {
-    let app = authorized_app(&s, &caller, Action::Read, &app).await?;
+    let app = authorized_app(&s, &caller, Action::Deploy, &app).await?;
     let m = machine_of(&s, &app, &id).await?;
     let host = s.store.host(&m.host_id).await?;
     let grant = mint_logs_grant(

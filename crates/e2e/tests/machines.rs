@@ -6,7 +6,7 @@ mod common;
 
 use coffer_core::wire::agent::{BootGrant, DecryptRequest, DecryptResponse};
 use coffer_crypto::machine_token::{self, HostKey};
-use common::{pids_with, unique_sleep, wait_for, Dev, Engine};
+use common::{code, pids_with, stderr, stdout, unique_sleep, wait_for, Dev, Engine};
 use serde_json::Value;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -132,6 +132,21 @@ async fn boot_env_and_lifecycle(engine: Engine) {
     // The logs, through the API and the agent.
     let logs = dev.ok(&["machines", "logs", "-a", "web", &id]);
     assert!(logs.contains("DATABASE_URL=postgres://db/web"), "{logs}");
+    // ...which is why a `read` token, which may see names and digests only, gets no logs,
+    // while a `deploy` token of the app does.
+    let token = |scope: &str| {
+        let out = dev.ok(&["tokens", "create", "--app", "web", "--scope", scope]);
+        out.trim().to_string()
+    };
+    let reader = token("read");
+    let out = dev.run_as(&reader, &["machines", "logs", "-a", "web", &id], None);
+    assert_eq!(code(&out), 4, "{}", stderr(&out));
+    assert!(!stdout(&out).contains("postgres://db/web"));
+    assert!(!stderr(&out).contains("postgres://db/web"));
+    let deployer = token("deploy");
+    let out = dev.run_as(&deployer, &["machines", "logs", "-a", "web", &id], None);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert!(stdout(&out).contains("DATABASE_URL=postgres://db/web"));
 
     // A long-running workload: stop, start, destroy, with the real process checked in /proc.
     let marker = unique_sleep();
