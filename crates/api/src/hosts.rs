@@ -36,10 +36,23 @@ const _: () = assert!(
 /// replica are seen without a shared notification channel.
 const POLL_STORE_EVERY: Duration = Duration::from_millis(1000);
 
+/// A host's address is the origin of its agent (scheme, host, port) and nothing more. The API
+/// builds the URLs it calls from it (the logs proxy), so a path, query, fragment or credentials
+/// in it, which the host itself sets, could point those calls elsewhere.
 fn valid_address(a: &str) -> bool {
-    (a.starts_with("http://") || a.starts_with("https://"))
-        && a.len() <= 256
-        && !a.chars().any(char::is_whitespace)
+    if a.len() > 256 || a.chars().any(char::is_whitespace) {
+        return false;
+    }
+    let Ok(url) = reqwest::Url::parse(a) else {
+        return false;
+    };
+    matches!(url.scheme(), "http" | "https")
+        && url.host_str().is_some_and(|h| !h.is_empty())
+        && url.username().is_empty()
+        && url.password().is_none()
+        && url.path() == "/"
+        && url.query().is_none()
+        && url.fragment().is_none()
 }
 
 pub async fn register(
@@ -62,7 +75,7 @@ pub async fn register(
     }
     if !valid_address(&body.address) {
         return Err(ApiError::invalid(
-            "host address must be an http:// or https:// URL",
+            "host address must be the agent's http:// or https:// origin (scheme, host and port only)",
         ));
     }
     if body.public_key.len() != 64 || !body.public_key.bytes().all(|b| b.is_ascii_hexdigit()) {
@@ -102,7 +115,7 @@ pub async fn heartbeat(
     let Json(body) = body?;
     if !valid_address(&body.address) {
         return Err(ApiError::invalid(
-            "host address must be an http:// or https:// URL",
+            "host address must be the agent's http:// or https:// origin (scheme, host and port only)",
         ));
     }
     s.store.touch_host(&host_id, &body.address).await?;
@@ -266,4 +279,41 @@ pub fn is_down(state: MachineState) -> bool {
         state,
         MachineState::Stopped | MachineState::Exited | MachineState::Destroyed
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::valid_address;
+
+    #[test]
+    fn a_host_address_is_an_origin_only() {
+        for ok in [
+            "http://127.0.0.1:4003",
+            "http://127.0.0.1:4003/",
+            "https://host-1.internal:8443",
+            "http://[::1]:4003",
+        ] {
+            assert!(valid_address(ok), "{ok}");
+        }
+        for bad in [
+            "",
+            "127.0.0.1:4003",
+            "ftp://host:21",
+            "file:///etc/passwd",
+            "http://",
+            "http://169.254.169.254/latest/meta-data/?x=",
+            "http://host:4003/prefix",
+            "http://host:4003?x=1",
+            "http://host:4003#frag",
+            "http://user:pw@host:4003",
+            "http://user@host:4003",
+            "http://host :4003",
+        ] {
+            assert!(!valid_address(bad), "{bad}");
+        }
+        assert!(!valid_address(&format!(
+            "http://{}.example",
+            "a".repeat(250)
+        )));
+    }
 }

@@ -72,8 +72,11 @@ impl ApiState {
             signing_key: Arc::new(signing_key),
             host_changes: Arc::new(tokio::sync::watch::channel(0).0),
             machine_events: Arc::new(tokio::sync::watch::channel(0).0),
+            // Never follows a redirect: the agent's address is set by the host, and the logs
+            // proxy must not be turned into a fetch of another URL.
             agent_http: reqwest::Client::builder()
                 .connect_timeout(std::time::Duration::from_secs(5))
+                .redirect(reqwest::redirect::Policy::none())
                 .build()
                 .expect("HTTP client builds"),
             write_turns: Arc::default(),
