@@ -64,14 +64,80 @@ pub(crate) async fn track(State(m): State<Metrics>, req: Request, next: Next) ->
         .get::<MatchedPath>()
         .map(|p| p.as_str().to_string())
         .unwrap_or_else(|| "unmatched".into());
-    let method = req.method().as_str().to_string();
+    let method = method_label(req.method());
     let resp = next.run(req).await;
     m.requests
         .get_or_create(&RequestLabels {
             route,
-            method,
+            method: method.to_string(),
             status: resp.status().as_u16(),
         })
         .inc();
     resp
+}
+
+/// The request's method as a label: one of the standard methods, else `OTHER`. HTTP lets a
+/// client send any token as a method, so the raw method as a label would let anyone add a
+/// counter per request, without end, to every daemon's memory and `/metrics`.
+fn method_label(method: &http::Method) -> &'static str {
+    use http::Method;
+    match *method {
+        Method::GET => "GET",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::PATCH => "PATCH",
+        Method::DELETE => "DELETE",
+        Method::HEAD => "HEAD",
+        Method::OPTIONS => "OPTIONS",
+        Method::CONNECT => "CONNECT",
+        Method::TRACE => "TRACE",
+        _ => "OTHER",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::body::Body;
+    use axum::Router;
+    use tower::ServiceExt;
+
+    #[tokio::test]
+    async fn methods_nobody_uses_share_one_label() {
+        let metrics = Metrics::new("test");
+        let app = crate::with_common_layers(
+            Router::new().route("/x", axum::routing::get(|| async { "x" })),
+            metrics.clone(),
+        );
+        for i in 0..50 {
+            let req = Request::builder()
+                .method(format!("FOO{i}").as_str())
+                .uri("/x")
+                .body(Body::empty())
+                .unwrap();
+            app.clone().oneshot(req).await.unwrap();
+        }
+        let req = Request::builder().uri("/x").body(Body::empty()).unwrap();
+        app.clone().oneshot(req).await.unwrap();
+
+        let text = metrics.render();
+        let series: Vec<&str> = text
+            .lines()
+            .filter(|l| l.starts_with("test_http_requests_total{"))
+            .collect();
+        assert!(!text.contains("FOO"), "{text}");
+        assert_eq!(series.len(), 2, "{text}");
+        assert!(
+            series
+                .iter()
+                .any(|l| l.contains("method=\"OTHER\"") && l.ends_with(" 50")),
+            "{text}"
+        );
+        assert!(
+            series
+                .iter()
+                .any(|l| l.contains("method=\"GET\"") && l.contains("status=\"200\"")),
+            "{text}"
+        );
+    }
 }
