@@ -118,10 +118,14 @@ fn looks_like_env_name(s: &[u8]) -> bool {
 
 /// Is the part before the first `=` plausibly a value rather than a mistyped name? (A URL
 /// with a query string, `postgres://u:pw@h/db?a=b`, has an `=` too.) Such a part is not
-/// quoted in errors.
+/// quoted in errors. Anything up to the longest name a secret may have (256 bytes) without
+/// those characters is taken as a name, so that every valid name can be set here too.
 fn looks_like_value(name: &[u8]) -> bool {
-    name.len() > 64 || name.iter().any(|b| b":/@ \t\n".contains(b))
+    name.len() > MAX_NAME_BYTES || name.iter().any(|b| b":/@ \t\n".contains(b))
 }
+
+/// The longest secret name (`SecretName`).
+const MAX_NAME_BYTES: usize = 256;
 
 /// The name of the pair whose value comes from stdin, if any.
 pub fn stdin_name(pairs: &[PairArg]) -> Option<&str> {
@@ -399,6 +403,24 @@ mod tests {
         let e = parse_check(Some(&long), None).unwrap_err();
         assert!(e.message.contains("at most 512 bytes"), "{}", e.message);
         assert!(e.message.len() < 200, "input is clipped: {}", e.message);
+    }
+
+    #[test]
+    fn every_valid_name_length_is_accepted() {
+        let name = "N".repeat(MAX_NAME_BYTES);
+        let pairs = parse_pairs(&[format!("{name}=v").into()]).unwrap();
+        assert_eq!(pairs[0].name, name);
+        assert!(SecretName::parse(&name).is_ok(), "the limits agree");
+        let env = parse_env(&[format!("{name}=v")]).unwrap();
+        assert_eq!(env[&name], "v");
+        // One byte longer is not quoted back: it may be a value typed before its `=`.
+        let longer = format!("{}=v", "N".repeat(MAX_NAME_BYTES + 1));
+        let e = parse_pairs(&[longer.clone().into()]).unwrap_err();
+        assert!(
+            !e.render().contains(&longer[..MAX_NAME_BYTES]),
+            "{}",
+            e.render()
+        );
     }
 
     #[test]
