@@ -559,23 +559,38 @@ impl LogStream<'_> {
     }
 }
 
-/// Builds the wire form of one `NAME=VALUE` pair: the value as text when it is valid UTF-8,
-/// else as standard base64.
+/// Builds the wire form of one `NAME=VALUE` pair: the value as text when it is valid UTF-8 and
+/// no longer as a JSON string than in base64, else as standard base64. (JSON writes a control
+/// byte as six, `\u0001`: an app's 512 KiB of such values would be 3 MiB of text, over the
+/// daemons' 2 MiB body limit, where base64 keeps any value to 4/3 of its size.)
 pub fn secret_pair(name: String, value: &SecretValue) -> SecretPair {
-    match std::str::from_utf8(value.expose_bytes()) {
-        Ok(s) => SecretPair {
+    let bytes = value.expose_bytes();
+    let as_text = std::str::from_utf8(bytes)
+        .ok()
+        .filter(|s| json_string_len(s) <= bytes.len().div_ceil(3) * 4);
+    match as_text {
+        Some(s) => SecretPair {
             name,
             value: Some(s.to_string()),
             value_base64: None,
         },
-        Err(_) => SecretPair {
+        None => SecretPair {
             name,
             value: None,
-            value_base64: Some(
-                base64::engine::general_purpose::STANDARD.encode(value.expose_bytes()),
-            ),
+            value_base64: Some(base64::engine::general_purpose::STANDARD.encode(bytes)),
         },
     }
+}
+
+/// How many bytes `s` takes inside a JSON string, as serde_json writes it.
+fn json_string_len(s: &str) -> usize {
+    s.bytes()
+        .map(|b| match b {
+            b'"' | b'\\' | b'\n' | b'\r' | b'\t' | 0x08 | 0x0c => 2,
+            0x00..=0x1f => 6,
+            _ => 1,
+        })
+        .sum()
 }
 
 /// The request for a validated change: its sets and unsets, staged or deployed.
@@ -693,6 +708,26 @@ mod tests {
         assert_eq!(p.value_base64.as_deref(), Some("//5h"));
         let p = secret_pair("C".into(), &SecretValue::new(vec![]));
         assert_eq!(p.value.as_deref(), Some(""));
+        let p = secret_pair("D".into(), &SecretValue::new(b"a\nb\"c".to_vec()));
+        assert_eq!(
+            p.value.as_deref(),
+            Some("a\nb\"c"),
+            "a few escapes stay text"
+        );
+    }
+
+    #[test]
+    fn control_heavy_text_goes_as_base64() {
+        // 60 KiB of control bytes: 360 KiB as a JSON string, 80 KiB in base64.
+        let value = SecretValue::new(vec![0x01; 60 * 1024]);
+        let p = secret_pair("CTRL".into(), &value);
+        assert!(p.value.is_none());
+        let wire = serde_json::to_string(&p).unwrap();
+        assert!(wire.len() < 60 * 1024 * 4 / 3 + 100, "{}", wire.len());
+        for s in ["plain", "\u{1}\u{2}", "tab\there", "\"\"\"", "é\u{7f}"] {
+            let expected = serde_json::to_string(s).unwrap().len() - 2;
+            assert_eq!(json_string_len(s), expected, "{s:?}");
+        }
     }
 
     #[test]

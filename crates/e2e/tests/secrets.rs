@@ -357,6 +357,25 @@ async fn postgres_secrets_path() {
     secrets_path(Engine::Postgres).await;
 }
 
+/// Nearly an app's whole budget (480 of 512 KiB) in values made of control bytes: as JSON strings they would
+/// be six times as long, over the daemons' 2 MiB body limit; the CLI sends them in base64.
+#[tokio::test(flavor = "multi_thread")]
+async fn sqlite_values_of_control_bytes_fill_the_budget() {
+    let Some(db) = common::database_url(Engine::Sqlite).await else {
+        return;
+    };
+    let dev = Dev::start(db);
+    dev.ok(&["apps", "create", "web"]);
+    let chunk = "\u{1}".repeat(60 * 1024);
+    let pairs: Vec<String> = (0..8).map(|i| format!("CTRL{i}={chunk}")).collect();
+    let mut args = vec!["secrets", "set", "-a", "web", "--stage"];
+    args.extend(pairs.iter().map(String::as_str));
+    // Not `dev.ok`: its message would quote the 480 KiB of arguments.
+    let out = dev.run(&args, None);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert_eq!(list(&dev, "web").len(), 8);
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn sqlite_bad_input_changes_nothing() {
     bad_input_changes_nothing(Engine::Sqlite).await;
