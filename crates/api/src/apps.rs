@@ -90,6 +90,12 @@ pub async fn destroy(
     Path(app): Path<String>,
 ) -> ApiResult<StatusCode> {
     let app = authorized_app(&s, &caller, Action::Admin, &app).await?;
+    // The app's write turn, held to the end: a write of this process either finishes before
+    // (with the keys as they were) or starts after and finds no app. Between the keys' delete
+    // and the app's, a write would find no keys and make new ones for the dying app, which
+    // would then outlive it and keep its last ciphertexts readable. (A write through another
+    // API replica can still race; see ARCHITECTURE.md.)
+    let _turn = s.write_turns.take(&app.name).await;
     // Keys first: once they are gone every ciphertext of the app is unreadable, even in
     // backups. If the vault is down nothing is deleted and the caller can retry.
     s.keys.vault().delete_keys(&app.id).await?;

@@ -347,6 +347,66 @@ async fn postgres_parallel_writes_to_one_app_all_land() {
     parallel_writes_to_one_app_all_land(Engine::Postgres).await;
 }
 
+/// `apps destroy` while writes of the app are under way: the destroy deletes the app's keys
+/// (crypto-shredding its ciphertexts, backups included), and no write may make new keys for
+/// the app behind it. Over raw HTTP, to race many requests.
+async fn destroy_racing_writes_leaves_no_keys(engine: Engine) {
+    let Some(db) = common::database_url(engine).await else {
+        return;
+    };
+    let dev = Dev::start(db);
+    let token = dev.admin_token();
+    let http = reqwest::Client::new();
+    const ROUNDS: usize = 12;
+    const WRITERS: usize = 6;
+    for round in 0..ROUNDS {
+        let app = format!("doomed-{round}");
+        dev.ok(&["apps", "create", &app]);
+        dev.ok(&["secrets", "set", "-a", &app, "--stage", "FIRST=1"]);
+        let url = format!("{}/v1/apps/{app}", dev.api_url);
+        let writes: Vec<_> = (0..WRITERS)
+            .map(|i| {
+                let req = http
+                    .post(format!("{url}/secrets"))
+                    .bearer_auth(&token)
+                    .json(&serde_json::json!({
+                        "set": [{"name": format!("K{i}"), "value": "v"}],
+                        "stage": true,
+                    }));
+                tokio::spawn(async move { req.send().await.map(|r| r.status().as_u16()) })
+            })
+            .collect();
+        let destroyed = http.delete(&url).bearer_auth(&token).send().await.unwrap();
+        assert_eq!(destroyed.status().as_u16(), 204, "round {round}");
+        for w in writes {
+            // Each write landed before the destroy, or found no app: never a server error.
+            let status = w.await.unwrap().unwrap();
+            assert!(
+                status == 200 || status == 404,
+                "round {round}: a racing write got {status}"
+            );
+        }
+    }
+    let pool = dev.raw_pool().await;
+    let orphans: i64 = sqlx::query_scalar(
+        "SELECT COUNT(*) FROM vault_app_keys WHERE app_id NOT IN (SELECT id FROM apps)",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(orphans, 0, "keys were made for a destroyed app");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sqlite_destroy_racing_writes_leaves_no_keys() {
+    destroy_racing_writes_leaves_no_keys(Engine::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn postgres_destroy_racing_writes_leaves_no_keys() {
+    destroy_racing_writes_leaves_no_keys(Engine::Postgres).await;
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn sqlite_secrets_path() {
     secrets_path(Engine::Sqlite).await;
