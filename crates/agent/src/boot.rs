@@ -34,6 +34,8 @@ pub enum BootError {
     Spawn(#[from] SpawnError),
     #[error("cannot prepare the machine's directory: {0}")]
     Io(#[from] std::io::Error),
+    #[error("{0}")]
+    User(#[from] crate::users::UsersError),
 }
 
 impl BootError {
@@ -111,6 +113,11 @@ pub(crate) async fn boot(
     log: &MachineLog,
 ) -> Result<Booted, BootError> {
     let started = Instant::now();
+    // The app's user first: a host out of user ids asks nobody for secrets.
+    let user = match &shared.users {
+        Some(users) => Some(users.uid_of(&a.app_id)?),
+        None => None,
+    };
     let mut grant = shared
         .control_plane
         .boot(&a.machine_id)
@@ -123,6 +130,9 @@ pub(crate) async fn boot(
 
     let home = machine_dir.join("home");
     crate::identity::ensure_private_dir(&home)?;
+    if let Some(uid) = user {
+        crate::users::hand_over_home(machine_dir, &home, uid)?;
+    }
     let env = environment::build(
         secrets,
         &a.env,
@@ -137,6 +147,7 @@ pub(crate) async fn boot(
     let workload = supervisor::spawn(
         &a.command,
         env,
+        user,
         &home,
         machine_dir,
         log,

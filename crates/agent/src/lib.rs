@@ -25,14 +25,19 @@
 //! # State directory
 //!
 //! ```text
-//! STATE_DIR/                 0700
+//! STATE_DIR/                 0700 (0711 with workload users)
 //!   host.key host.token host.json        the host's identity (see `identity`)
-//!   machines/<machine id>/   0700, deleted with the machine
-//!     output.log output.log.1            workload output + `[coffer]` lines (see `logs`)
-//!     process.json                       {pid, start_time, generation, secrets_version} while running
-//!     exit.json                          {generation, status} of the last exit
-//!     home/                              the workload's HOME and working directory
+//!   workload-users.json                  with workload users: each app's user id (see `users`)
+//!   machines/                0700 (0711)
+//!     <machine id>/          0700 (0711), deleted with the machine
+//!       output.log output.log.1          workload output + `[coffer]` lines (see `logs`)
+//!       process.json                     {pid, start_time, generation, secrets_version} while running
+//!       exit.json                        {generation, status} of the last exit
+//!       home/                0700        the workload's HOME and working directory (owned by
+//!                                        the app's user with workload users)
 //! ```
+//!
+//! Every file is 0600.
 //!
 //! Nothing here holds a secret value or a machine token: those live in memory for the
 //! length of one boot. The host key and host token are the agent's own credentials.
@@ -72,12 +77,14 @@
 //!   registers again with the join token (if it has one), gets a new host id, and — since
 //!   the new host has no machines yet — retires its old workloads.
 //!
-//! # Limits
+//! # Workload users
 //!
-//! Workloads run with the agent's user id. Their environment holds nothing of the agent's,
-//! but on a host where the agent's state directory is readable by that user, a hostile
-//! workload could read the host key and token; run untrusted workloads under another user
-//! (not yet supported) or on hosts of their own.
+//! Without `--workload-uids`, workloads run with the agent's user id: their environment holds
+//! nothing of the agent's, but a hostile workload could read what that user can, the host's
+//! key and token and the environment (`/proc/PID/environ`) of every other workload on the
+//! host. That is fine where one team runs everything (`cofferd dev`, a host per app); where
+//! apps on one host must not read each other, give the agent a range of user ids and run it as
+//! root: each app's workloads then run under a user id of their own ([`users`]).
 
 #![forbid(unsafe_code)]
 
@@ -90,6 +97,7 @@ pub mod logs;
 mod machine;
 pub mod reconcile;
 pub mod supervisor;
+pub mod users;
 
 use anyhow::{bail, Context as _};
 use api::{CallError, ControlPlane, Session, Vault};
@@ -130,6 +138,9 @@ pub struct AgentConfig {
     pub stop_timeout: Duration,
     /// A boot still under way after this long is reported `starting` ([`STARTING_AFTER`]).
     pub starting_after: Duration,
+    /// Run each app's workloads under a user id of their own from this range ([`users`]);
+    /// `None`: under the agent's.
+    pub workload_uids: Option<users::UidRange>,
 }
 
 /// A boot still under way after this long is reported `starting`; a quicker one goes straight
@@ -146,6 +157,8 @@ pub(crate) struct Shared {
     pub machines_dir: PathBuf,
     pub stop_timeout: Duration,
     pub starting_after: Duration,
+    /// `Some` with `--workload-uids`.
+    pub users: Option<users::WorkloadUsers>,
     pub metrics: AgentMetrics,
 }
 
@@ -329,6 +342,7 @@ impl Agent {
             join_token,
             stop_timeout,
             starting_after,
+            workload_uids,
         } = config;
         identity::ensure_private_dir(&state_dir).with_context(|| {
             format!("cannot create the state directory {}", state_dir.display())
@@ -336,6 +350,14 @@ impl Agent {
         let machines_dir = state_dir.join("machines");
         identity::ensure_private_dir(&machines_dir)
             .with_context(|| format!("cannot create {}", machines_dir.display()))?;
+        let users = match workload_uids {
+            Some(range) => {
+                users::prepare_state_dir(&state_dir, &machines_dir)?;
+                tracing::info!(%range, "workloads run under a user id of their app's");
+                Some(users::WorkloadUsers::open(&state_dir, range)?)
+            }
+            None => None,
+        };
         let host_key = identity::load_or_create_key(&state_dir)?;
 
         let killed = kill_leftovers(&machines_dir, stop_timeout).await;
@@ -420,6 +442,7 @@ impl Agent {
             machines_dir,
             stop_timeout,
             starting_after,
+            users,
             metrics: AgentMetrics::new(&metrics),
         });
         Ok(Agent {

@@ -28,7 +28,7 @@ use coffer_http::{ApiError, Metrics};
 use serde::Deserialize;
 use std::fs::{self, File, OpenOptions};
 use std::io::Write as _;
-use std::os::unix::fs::{MetadataExt as _, OpenOptionsExt as _};
+use std::os::unix::fs::{DirBuilderExt as _, MetadataExt as _, OpenOptionsExt as _};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
@@ -110,7 +110,12 @@ impl LogInner {
             return Ok(());
         }
         if self.file.is_none() {
-            crate::identity::ensure_private_dir(&self.dir)?;
+            // Created 0700 if missing, never tightened: with workload users the machine's
+            // directory is pass-through (`users`), and the log is 0600 either way.
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(&self.dir)?;
             let f = open_append(&self.dir.join(LOG_FILE))?;
             self.size = f.metadata()?.len();
             self.file = Some(f);

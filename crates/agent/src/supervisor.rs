@@ -147,11 +147,14 @@ fn program_path(program: &str, path: Option<&[u8]>, home: &Path) -> Option<PathB
     })
 }
 
-/// Spawns `command` with exactly `env` (consumed and wiped), in `home`, output to `log`.
+/// Spawns `command` with exactly `env` (consumed and wiped), in `home`, output to `log`,
+/// under `user` (user and group id, no supplementary groups) or the agent's own user.
 /// Writes `process.json` into `machine_dir`.
+#[allow(clippy::too_many_arguments)]
 pub fn spawn(
     command: &[String],
     env: WorkloadEnv,
+    user: Option<u32>,
     home: &Path,
     machine_dir: &Path,
     log: &MachineLog,
@@ -170,6 +173,11 @@ pub fn spawn(
             .stderr(Stdio::piped())
             .process_group(0)
             .kill_on_drop(false);
+        if let Some(uid) = user {
+            // std drops the supplementary groups when it changes the user. (It then starts
+            // the child with fork rather than posix_spawn: slower, see `program_path`.)
+            cmd.uid(uid).gid(uid);
+        }
         cmd
     };
     let found = program_path(program, env.expose("PATH"), home);
@@ -425,6 +433,7 @@ mod tests {
         let mut w = spawn(
             &sh("echo $X; echo err >&2; echo \"[$AGENT_SIDE_SENTINEL]\"; pwd; exit 3"),
             env_for(&home, vec![("X", "hello from a secret")]),
+            None,
             &home,
             dir.path(),
             &log,
@@ -506,6 +515,7 @@ mod tests {
             let mut w = spawn(
                 &[program.to_string()],
                 env_for(dir.path(), vec![("PATH", &path)]),
+                None,
                 dir.path(),
                 dir.path(),
                 &log,
@@ -523,6 +533,7 @@ mod tests {
         let missing = spawn(
             &["no-such-program-here".to_string()],
             env_for(dir.path(), vec![("PATH", &path)]),
+            None,
             dir.path(),
             dir.path(),
             &log,
@@ -540,6 +551,7 @@ mod tests {
         let mut w = spawn(
             &["env".to_string()],
             env_for(dir.path(), vec![("API_KEY", "k")]),
+            None,
             dir.path(),
             dir.path(),
             &log,
@@ -578,6 +590,7 @@ mod tests {
         let w = spawn(
             &sh("trap '' TERM; sleep 1000 & echo $! > child.pid; wait"),
             env_for(dir.path(), vec![]),
+            None,
             dir.path(),
             dir.path(),
             &log,
@@ -617,6 +630,7 @@ mod tests {
         let w = spawn(
             &["sleep".into(), "1000".into()],
             env_for(dir.path(), vec![]),
+            None,
             dir.path(),
             dir.path(),
             &log,

@@ -428,6 +428,7 @@ async fn start_agent_reporting_starting_after(
             join_token: Some(SecretToken::new(JOIN.into())),
             stop_timeout: Duration::from_secs(2),
             starting_after,
+            workload_uids: None,
         },
         listener,
     )

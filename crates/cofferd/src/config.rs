@@ -74,6 +74,10 @@ pub struct DevArgs {
     /// Do not write the CLI's config file.
     #[arg(long)]
     pub no_cli_config: bool,
+    /// Run each app's workloads under a user id of their own from FIRST-LAST, as `cofferd
+    /// agent --workload-uids` does; needs root.
+    #[arg(long, env = "COFFER_WORKLOAD_UIDS", value_name = "FIRST-LAST")]
+    pub workload_uids: Option<coffer_agent::users::UidRange>,
 }
 
 #[derive(Args, Debug)]
@@ -154,6 +158,10 @@ pub struct AgentArgs {
     /// File holding an admin API token, used once to register this host.
     #[arg(long, env = "COFFER_JOIN_TOKEN_FILE")]
     pub join_token_file: Option<PathBuf>,
+    /// Run each app's workloads under a user id of their own from FIRST-LAST (ids no account
+    /// of the host uses); needs root [default: workloads run as the agent's user].
+    #[arg(long, env = "COFFER_WORKLOAD_UIDS", value_name = "FIRST-LAST")]
+    pub workload_uids: Option<coffer_agent::users::UidRange>,
 }
 
 /// The config file's keys. Unknown keys are an error, so a typo is not silently ignored.
@@ -173,6 +181,7 @@ pub struct FileConfig {
     pub state_dir: Option<PathBuf>,
     pub name: Option<String>,
     pub join_token_file: Option<PathBuf>,
+    pub workload_uids: Option<String>,
 }
 
 impl FileConfig {

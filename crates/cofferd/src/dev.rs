@@ -42,7 +42,14 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     let data_dir = pick(args.data_dir, file.data_dir).unwrap_or_else(default_data_dir);
     std::fs::create_dir_all(&data_dir)
         .with_context(|| format!("cannot create the data dir {}", data_dir.display()))?;
-    std::fs::set_permissions(&data_dir, std::fs::Permissions::from_mode(0o700))?;
+    let workload_uids = roles::workload_uids(args.workload_uids, file.workload_uids)?;
+    // With workload users, the workloads pass through the data dir to their homes in the
+    // agent's state dir below it (`coffer_agent::users`); every file in it stays 0600.
+    let data_dir_mode = match workload_uids {
+        Some(_) => coffer_agent::users::PASS_THROUGH,
+        None => 0o700,
+    };
+    std::fs::set_permissions(&data_dir, std::fs::Permissions::from_mode(data_dir_mode))?;
     crate::logging::init(
         pick(args.common.log, file.log).as_deref(),
         Some(&data_dir.join("cofferd.log")),
@@ -115,6 +122,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
             join_token: Some(SecretToken::new(admin.expose().to_string())),
             stop_timeout: std::time::Duration::from_secs(5),
             starting_after: coffer_agent::STARTING_AFTER,
+            workload_uids,
         },
         agent_listener,
     )

@@ -301,6 +301,7 @@ pub async fn agent(args: AgentArgs) -> anyhow::Result<()> {
         None => None,
     };
     let name = pick(args.name, file.name).unwrap_or_else(system_host_name);
+    let workload_uids = workload_uids(args.workload_uids, file.workload_uids)?;
     let listener = bind(listen, "agent").await?;
     let agent = coffer_agent::Agent::start(
         coffer_agent::AgentConfig {
@@ -311,6 +312,7 @@ pub async fn agent(args: AgentArgs) -> anyhow::Result<()> {
             join_token,
             stop_timeout: std::time::Duration::from_secs(10),
             starting_after: coffer_agent::STARTING_AFTER,
+            workload_uids,
         },
         listener,
     )
@@ -319,10 +321,48 @@ pub async fn agent(args: AgentArgs) -> anyhow::Result<()> {
     agent.run(coffer_http::shutdown_signal()).await
 }
 
+/// `--workload-uids`, else the config file's `workload_uids`.
+pub fn workload_uids(
+    flag: Option<coffer_agent::users::UidRange>,
+    file: Option<String>,
+) -> anyhow::Result<Option<coffer_agent::users::UidRange>> {
+    match (flag, file) {
+        (Some(range), _) => Ok(Some(range)),
+        (None, Some(text)) => {
+            Ok(Some(text.parse().map_err(|e: String| {
+                anyhow::anyhow!("config file: {e}")
+            })?))
+        }
+        (None, None) => Ok(None),
+    }
+}
+
 pub fn system_host_name() -> String {
     std::fs::read_to_string("/etc/hostname")
         .ok()
         .map(|s| s.trim().to_string())
         .filter(|s| !s.is_empty())
         .unwrap_or_else(|| "host".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::workload_uids;
+
+    #[test]
+    fn workload_uids_come_from_the_flag_else_the_config_file() {
+        let flag = Some("100-199".parse().unwrap());
+        assert_eq!(
+            workload_uids(flag, Some("300-399".into())).unwrap(),
+            flag,
+            "the flag wins"
+        );
+        assert_eq!(
+            workload_uids(None, Some("300-399".into())).unwrap(),
+            Some("300-399".parse().unwrap())
+        );
+        assert_eq!(workload_uids(None, None).unwrap(), None);
+        let e = workload_uids(None, Some("0-10".into())).unwrap_err();
+        assert!(e.to_string().starts_with("config file: "), "{e}");
+    }
 }

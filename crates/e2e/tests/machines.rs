@@ -9,6 +9,7 @@ use coffer_crypto::machine_token::{self, HostKey};
 use common::{code, pids_with, stderr, stdout, unique_sleep, wait_for, Dev, Engine};
 use serde_json::Value;
 use std::collections::BTreeMap;
+use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -844,4 +845,141 @@ async fn sqlite_long_polls_record_only_stale_hosts() {
 #[tokio::test(flavor = "multi_thread")]
 async fn postgres_long_polls_record_only_stale_hosts() {
     long_polls_record_only_stale_hosts(Engine::Postgres).await;
+}
+
+/// The user id a process runs under, from `/proc/PID/status` (`Uid: real effective …`).
+fn uid_of(pid: u32) -> u32 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status.lines().find(|l| l.starts_with("Uid:")).unwrap();
+    line.split_whitespace().nth(2).unwrap().parse().unwrap()
+}
+
+/// With `--workload-uids` (the agent as root), each app's workloads run under a user id of
+/// their own: a workload of one app reads neither another app's workload environment (its
+/// secrets) nor the agent's credentials nor `cofferd dev`'s keys, and has its home to itself.
+#[tokio::test(flavor = "multi_thread")]
+async fn sqlite_workload_users_keep_apps_apart() {
+    if uid_of(std::process::id()) != 0 {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI runs as root, so that workload users are tested"
+        );
+        eprintln!("skipped: workload users need root");
+        return;
+    }
+    let Some(db) = common::database_url(Engine::Sqlite).await else {
+        return;
+    };
+    const RANGE: &str = "3900000-3900009";
+    let dev = Dev::start_with_env(db, &[("COFFER_WORKLOAD_UIDS", RANGE)]);
+    let data_mode = std::fs::metadata(&dev.data_dir)
+        .unwrap()
+        .permissions()
+        .mode()
+        & 0o777;
+    assert_eq!(data_mode, 0o711, "pass-through, not listable");
+    for app in ["alpha", "beta"] {
+        dev.ok(&["apps", "create", app]);
+    }
+    dev.ok(&[
+        "secrets",
+        "set",
+        "-a",
+        "alpha",
+        "ALPHA_KEY=alpha-secret-sentinel",
+    ]);
+    dev.ok(&["secrets", "set", "-a", "beta", "BETA_KEY=beta-value"]);
+
+    // alpha's workload runs and holds its secret in its environment.
+    let marker = unique_sleep();
+    let alpha = run_machine(&dev, "alpha", &[], &["sleep", &marker]);
+    wait_state(&dev, "alpha", &alpha, "started");
+    let alpha_pid = wait_for(10, "alpha's workload", || {
+        pids_with(&marker).first().copied()
+    });
+    let alpha_uid = uid_of(alpha_pid);
+    assert_ne!(alpha_uid, 0);
+    assert!((3900000..=3900009).contains(&alpha_uid), "{alpha_uid}");
+
+    // beta's workload tries to read what it must not.
+    let agent_dir = dev.data_dir.join("agent");
+    let script = format!(
+        "echo uid=$(id -u) gid=$(id -g) groups=$(id -G); \
+         cat /proc/{alpha_pid}/environ >/dev/null 2>&1 && echo READ-ALPHA-ENV || echo no-alpha-env; \
+         cat {agent}/host.key >/dev/null 2>&1 && echo READ-HOST-KEY || echo no-host-key; \
+         cat {agent}/host.token >/dev/null 2>&1 && echo READ-HOST-TOKEN || echo no-host-token; \
+         cat {data}/unseal.key >/dev/null 2>&1 && echo READ-UNSEAL-KEY || echo no-unseal-key; \
+         cat {data}/coffer.db >/dev/null 2>&1 && echo READ-DB || echo no-db; \
+         ls {agent}/machines >/dev/null 2>&1 && echo LISTED-MACHINES || echo no-listing; \
+         cat {alpha_dir}/output.log >/dev/null 2>&1 && echo READ-ALPHA-LOG || echo no-alpha-log; \
+         ls {alpha_dir}/home >/dev/null 2>&1 && echo LISTED-ALPHA-HOME || echo no-alpha-home; \
+         touch \"$HOME/mine\" && echo home-writable; \
+         echo \"beta=$BETA_KEY\"",
+        agent = agent_dir.display(),
+        data = dev.data_dir.display(),
+        alpha_dir = machine_dir(&dev, &alpha).display(),
+    );
+    let beta = run_machine(&dev, "beta", &[], &["sh", "-c", &script]);
+    let m = wait_state(&dev, "beta", &beta, "exited");
+    let logs = dev.ok(&["machines", "logs", "-a", "beta", &beta]);
+    assert_eq!(m["exit_status"], 0, "{m}\n{logs}");
+    for line in [
+        "no-alpha-env",
+        "no-host-key",
+        "no-host-token",
+        "no-unseal-key",
+        "no-db",
+        "no-listing",
+        "no-alpha-log",
+        "no-alpha-home",
+        "home-writable",
+        "beta=beta-value",
+    ] {
+        assert!(
+            logs.lines().any(|l| l == line),
+            "{line} missing from:\n{logs}"
+        );
+    }
+    assert!(!logs.contains("alpha-secret-sentinel"), "{logs}");
+    let ids = logs
+        .lines()
+        .find(|l| l.starts_with("uid="))
+        .unwrap_or_else(|| panic!("{logs}"));
+    let beta_uid: u32 = ids["uid=".len()..]
+        .split(' ')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert_ne!(beta_uid, alpha_uid, "two apps share a user id");
+    assert!((3900000..=3900009).contains(&beta_uid), "{ids}");
+    assert_eq!(
+        ids,
+        format!("uid={beta_uid} gid={beta_uid} groups={beta_uid}"),
+        "no supplementary group, the group of the same number"
+    );
+    // The home belongs to the app's user; the agent's files stay root's and 0600.
+    let home = std::fs::metadata(machine_dir(&dev, &beta).join("home")).unwrap();
+    assert_eq!(
+        (home.uid(), home.permissions().mode() & 0o777),
+        (beta_uid, 0o700)
+    );
+    let users = agent_dir.join("workload-users.json");
+    assert_eq!(common::mode_of(&users), 0o600);
+    let recorded: BTreeMap<String, u32> =
+        serde_json::from_slice(&std::fs::read(&users).unwrap()).unwrap();
+    let mut uids: Vec<u32> = recorded.values().copied().collect();
+    uids.sort_unstable();
+    let mut expected = vec![alpha_uid, beta_uid];
+    expected.sort_unstable();
+    assert_eq!(uids, expected);
+
+    // A second machine of alpha runs under alpha's user id.
+    let marker2 = unique_sleep();
+    let alpha2 = run_machine(&dev, "alpha", &[], &["sleep", &marker2]);
+    wait_state(&dev, "alpha", &alpha2, "started");
+    let pid2 = wait_for(10, "alpha's second workload", || {
+        pids_with(&marker2).first().copied()
+    });
+    assert_eq!(uid_of(pid2), alpha_uid);
 }

@@ -54,11 +54,17 @@ pub struct Dev {
     pub vault_url: String,
     child: Option<Child>,
     starts: usize,
+    env: Vec<(String, String)>,
 }
 
 impl Dev {
     /// Starts `cofferd dev` at the most verbose log level.
     pub fn start(database_url: Option<String>) -> Dev {
+        Self::start_with_env(database_url, &[])
+    }
+
+    /// [`Dev::start`] with more environment for `cofferd dev` (kept for restarts).
+    pub fn start_with_env(database_url: Option<String>, env: &[(&str, &str)]) -> Dev {
         let root = tempfile::tempdir().expect("tempdir");
         let data_dir = root.path().join("data");
         let config_home = root.path().join("config");
@@ -78,6 +84,10 @@ impl Dev {
             vault_url: String::new(),
             child: None,
             starts: 0,
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
         };
         dev.spawn();
         dev
@@ -106,6 +116,7 @@ impl Dev {
         if let Some(url) = &self.database_url {
             cmd.arg("--database-url").arg(url);
         }
+        cmd.envs(self.env.iter().map(|(k, v)| (k, v)));
         self.child = Some(cmd.spawn().expect("spawn cofferd dev"));
         self.api_url = wait_for_api_url(&out, &err, self.child.as_mut().unwrap());
         self.vault_url = printed_url(&out, "vault:").expect("cofferd dev prints the vault URL");
