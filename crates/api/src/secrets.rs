@@ -10,12 +10,13 @@ use axum::Json;
 use base64::Engine as _;
 use coffer_core::wire::{
     ChangeKind, DeployResult, NameChange, SecretInfo, SecretList, SecretPair, SecretStatus,
-    VersionInfo, VersionOutcome, WriteResult, WriteSecrets,
+    VersionInfo, VersionOutcome, VersionRelease, WriteResult, WriteSecrets,
 };
 use coffer_core::{Action, ChangeSet, SecretName, SecretValue};
 use coffer_crypto::{digest_hex, seal_values};
 use coffer_http::{ApiError, ApiResult};
 use coffer_store::{NewRelease, NewValue, NewVersion, StoreError};
+use std::collections::HashMap;
 
 /// How often a write is recomputed when another write to the same app won the race (with
 /// [`WriteTurns`], only a write through another API process can win it).
@@ -282,6 +283,16 @@ pub async fn history(
         SecretName::parse(n).map_err(|e| ApiError::invalid(e.to_string()))?;
     }
     let versions = s.store.versions(&app.id).await?;
+    // Each version's release: the newest one that rolled it out (releases come newest first).
+    let mut releases: HashMap<i64, VersionRelease> = HashMap::new();
+    for r in s.store.releases(&app.id).await? {
+        releases
+            .entry(r.secrets_version)
+            .or_insert_with(|| VersionRelease {
+                version: r.version,
+                status: r.status.as_str().to_string(),
+            });
+    }
     let out = versions
         .into_iter()
         .filter(|v| {
@@ -310,6 +321,7 @@ pub async fn history(
                 std::cmp::Ordering::Greater => VersionOutcome::Staged,
                 std::cmp::Ordering::Less => VersionOutcome::Superseded,
             },
+            release: releases.remove(&v.version),
         })
         .collect();
     Ok(Json(out))

@@ -205,9 +205,13 @@ pub fn outcome_str(o: VersionOutcome) -> &'static str {
     }
 }
 
-/// `secrets history`: VERSION | CHANGES | ACTOR | DATE | OUTCOME, newest first.
+/// `secrets history`: VERSION | CHANGES | ACTOR | DATE | OUTCOME | RELEASE, newest first.
+/// RELEASE is the release that rolled the version out and how it ended (`v7 failed`), or `-`.
 pub fn history_table(versions: &[VersionInfo], now: Timestamp, tty: bool) -> String {
-    let mut t = table(&["VERSION", "CHANGES", "ACTOR", "DATE", "OUTCOME"], tty);
+    let mut t = table(
+        &["VERSION", "CHANGES", "ACTOR", "DATE", "OUTCOME", "RELEASE"],
+        tty,
+    );
     for v in versions {
         t.add_row(vec![
             v.version.to_string(),
@@ -215,6 +219,9 @@ pub fn history_table(versions: &[VersionInfo], now: Timestamp, tty: bool) -> Str
             v.actor.clone(),
             ago(&v.created_at, now),
             outcome_str(v.outcome).to_string(),
+            v.release
+                .as_ref()
+                .map_or_else(|| "-".into(), |r| format!("v{} {}", r.version, r.status)),
         ]);
     }
     finish(&t)
@@ -421,7 +428,7 @@ pub fn write_sentence(description: &str, result: &WriteResult) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use coffer_core::wire::{NameChange, SecretStatus};
+    use coffer_core::wire::{NameChange, SecretStatus, VersionRelease};
     use coffer_core::Action;
 
     fn now() -> Timestamp {
@@ -551,6 +558,7 @@ mod tests {
                 actor: "token:ci-deploy".into(),
                 created_at: "2026-11-05T11:59:43Z".into(),
                 outcome: VersionOutcome::Staged,
+                release: None,
             },
             VersionInfo {
                 version: 3,
@@ -562,6 +570,10 @@ mod tests {
                 actor: "admin".into(),
                 created_at: "2026-11-05T09:00:00Z".into(),
                 outcome: VersionOutcome::Deployed,
+                release: Some(VersionRelease {
+                    version: 3,
+                    status: "complete".into(),
+                }),
             },
             VersionInfo {
                 version: 2,
@@ -569,6 +581,10 @@ mod tests {
                 actor: "admin".into(),
                 created_at: "2026-11-01T12:00:00Z".into(),
                 outcome: VersionOutcome::Superseded,
+                release: Some(VersionRelease {
+                    version: 2,
+                    status: "rolled_back".into(),
+                }),
             },
         ];
         insta::assert_snapshot!(history_table(&versions, now(), false));

@@ -195,6 +195,18 @@ pub struct VersionInfo {
     pub actor: String,
     pub created_at: String,
     pub outcome: VersionOutcome,
+    /// The release that rolled this version out, and how it ended; absent for a version that
+    /// was only staged (or written before any machine ran).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub release: Option<VersionRelease>,
+}
+
+/// A release as `secrets history` shows it next to its version.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VersionRelease {
+    pub version: i64,
+    /// `running`, `complete`, `failed` or `rolled_back`.
+    pub status: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -112,6 +112,24 @@ async fn bad_secret_rolls_back(engine: Engine) {
         history[0]["actor"].as_str().unwrap().contains("rollback"),
         "{history}"
     );
+    // History tells how each version's release ended: the bad one failed, the restored one
+    // is the rollback's.
+    assert_eq!(history[1]["release"]["status"], "failed", "{history}");
+    assert_eq!(
+        history[1]["release"]["version"], rs[1]["version"],
+        "{history}"
+    );
+    assert_eq!(history[0]["release"]["status"], "rolled_back", "{history}");
+    assert_eq!(
+        history[0]["release"]["version"], rs[0]["version"],
+        "{history}"
+    );
+    let table = dev.ok(&["secrets", "history", "-a", "web"]);
+    assert!(table.lines().next().unwrap().contains("RELEASE"), "{table}");
+    assert!(
+        table.contains(&format!("v{} failed", rs[1]["version"])),
+        "{table}"
+    );
     let list = json(&dev.ok(&["secrets", "list", "-a", "web", "--json"]));
     assert_eq!(list[0]["status"], "Deployed");
 
