@@ -66,6 +66,8 @@ pub async fn create(
 }
 
 pub async fn list(caller: Caller, State(s): State<ApiState>) -> ApiResult<Json<Vec<App>>> {
+    // Any token that reads (an app's token sees its own app below); not a join token.
+    caller.require(Action::Read, None)?;
     let apps = s.store.list_apps().await?;
     Ok(Json(
         apps.iter()

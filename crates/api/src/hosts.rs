@@ -60,7 +60,8 @@ pub async fn register(
     State(s): State<ApiState>,
     body: Result<Json<RegisterHost>, JsonRejection>,
 ) -> ApiResult<(StatusCode, Json<RegisteredHost>)> {
-    caller.require(Action::Admin, None)?;
+    // A join token (or a global admin's).
+    caller.require(Action::Join, None)?;
     let Json(body) = body?;
     if body.name.is_empty()
         || body.name.len() > 63

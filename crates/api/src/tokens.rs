@@ -44,6 +44,11 @@ pub async fn create(
     }
     // A token without --app reaches every app (read-only auditors, an organisation's deploy
     // bot); with --app it reaches that app only and dies with it.
+    if body.scope == Action::Join && body.app.is_some() {
+        return Err(ApiError::invalid(
+            "a join token registers hosts, which belong to no app: create it without --app",
+        ));
+    }
     let app_id = match &body.app {
         Some(name) => Some(
             crate::apps::authorized_app(&s, &caller, Action::Admin, name)

@@ -276,7 +276,7 @@ pub enum TokensCommand {
         /// Limit the token to this app (default: every app; never taken from COFFER_APP)
         #[arg(short = 'a', long, value_name = "APP")]
         app: Option<String>,
-        /// What the token may do: read lists names and digests only
+        /// What the token may do: read lists names and digests only; join registers hosts only
         #[arg(long, value_enum, default_value_t = ScopeArg::Deploy)]
         scope: ScopeArg,
         /// Lifetime, e.g. 30m, 24h, 7d (default: the server's, 24h)
@@ -297,6 +297,8 @@ pub enum ScopeArg {
     Read,
     Deploy,
     Admin,
+    /// Registers hosts (`cofferd agent --join-token-file`) and nothing else
+    Join,
 }
 
 impl From<ScopeArg> for Action {
@@ -305,6 +307,7 @@ impl From<ScopeArg> for Action {
             ScopeArg::Read => Action::Read,
             ScopeArg::Deploy => Action::Deploy,
             ScopeArg::Admin => Action::Admin,
+            ScopeArg::Join => Action::Join,
         }
     }
 }

@@ -19,7 +19,7 @@
 //!   machines [-a APP] start ID
 //!   machines [-a APP] destroy ID                           (no confirmation: one machine)
 //!   machines [-a APP] logs ID [--follow]
-//!   tokens create [-a/--app APP] [--scope read|deploy|admin] [--expires 24h] [--description TEXT]
+//!   tokens create [-a/--app APP] [--scope read|deploy|admin|join] [--expires 24h] [--description TEXT]
 //!   tokens list
 //!   tokens revoke ID
 //! ```

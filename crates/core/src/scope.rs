@@ -4,16 +4,20 @@
 use crate::AppName;
 use serde::{Deserialize, Serialize};
 
-/// Ordered: an `Admin` token may do what a `Deploy` token may, which may do what `Read` may.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+/// What a token may do. `Read` < `Deploy` < `Admin`: each may do what the one before it may.
+/// `Join` stands apart: it registers hosts (what an agent needs to join the cluster) and does
+/// nothing else, so that the token an agent keeps for re-registering is not an admin token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Action {
     /// List names and digests, history, releases.
     Read,
     /// Everything on one app's secrets and machines: set, unset, import, deploy.
     Deploy,
-    /// Create and destroy apps, manage tokens.
+    /// Create and destroy apps, manage tokens, register hosts.
     Admin,
+    /// Register hosts, nothing else.
+    Join,
 }
 
 impl Action {
@@ -22,6 +26,7 @@ impl Action {
             Action::Read => "read",
             Action::Deploy => "deploy",
             Action::Admin => "admin",
+            Action::Join => "join",
         }
     }
 
@@ -30,7 +35,20 @@ impl Action {
             "read" => Some(Action::Read),
             "deploy" => Some(Action::Deploy),
             "admin" => Some(Action::Admin),
+            "join" => Some(Action::Join),
             _ => None,
+        }
+    }
+
+    /// Does a token of this action cover `wanted`?
+    fn covers(self, wanted: Action) -> bool {
+        use Action::*;
+        match (self, wanted) {
+            (Join, w) => w == Join,
+            (Admin, _) => true,
+            (_, Join | Admin) => false,
+            (Deploy, _) => true,
+            (Read, w) => w == Read,
         }
     }
 }
@@ -46,7 +64,7 @@ impl Scope {
     /// May this token perform `action` on `app` (`None` = an operation on no single app,
     /// such as listing or creating apps)?
     pub fn allows(&self, action: Action, app: Option<&AppName>) -> bool {
-        if action > self.action {
+        if !self.action.covers(action) {
             return false;
         }
         match (&self.app, app) {
@@ -87,6 +105,38 @@ mod tests {
         assert!(s.allows(Action::Deploy, Some(&app("a"))));
         assert!(!s.allows(Action::Read, Some(&app("b"))));
         assert!(!s.allows(Action::Admin, None));
+    }
+
+    #[test]
+    fn a_join_token_registers_hosts_and_nothing_else() {
+        let join = Scope {
+            app: None,
+            action: Action::Join,
+        };
+        assert!(join.allows(Action::Join, None));
+        for action in [Action::Read, Action::Deploy, Action::Admin] {
+            assert!(!join.allows(action, None), "{action:?}");
+            assert!(!join.allows(action, Some(&app("a"))), "{action:?}");
+        }
+        // Only a global admin may register hosts besides; app tokens never.
+        let admin = Scope {
+            app: None,
+            action: Action::Admin,
+        };
+        assert!(admin.allows(Action::Join, None));
+        for action in [Action::Read, Action::Deploy, Action::Admin] {
+            for app_scope in [None, Some(app("a"))] {
+                let s = Scope {
+                    app: app_scope.clone(),
+                    action,
+                };
+                assert_eq!(
+                    s.allows(Action::Join, None),
+                    action == Action::Admin && app_scope.is_none(),
+                    "{s:?}"
+                );
+            }
+        }
     }
 
     #[test]

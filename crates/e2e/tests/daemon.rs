@@ -791,9 +791,52 @@ async fn production_roles(engine: Engine) {
         false,
     );
 
-    // A host agent of its own, registered with an admin token as join token.
+    // A host agent of its own, registered with a join token: it registers hosts, and can do
+    // nothing else.
+    let join_token = ok(
+        &[
+            "tokens",
+            "create",
+            "--scope",
+            "join",
+            "--description",
+            "agents",
+        ],
+        false,
+    )
+    .trim()
+    .to_string();
+    let as_join = |args: &[&str]| {
+        let mut c = assert_cmd::Command::new(bin("coffer"));
+        c.current_dir(&home)
+            .env("HOME", &home)
+            .env("XDG_CONFIG_HOME", home.join(".config"))
+            .env_remove("COFFER_APP")
+            .args(["--api-url", &api_url, "--token", &join_token])
+            .args(args)
+            .timeout(std::time::Duration::from_secs(60))
+            .output()
+            .unwrap()
+    };
+    for args in [
+        &["apps", "list"][..],
+        &["secrets", "list", "-a", "prod-app"],
+        &["secrets", "set", "-a", "prod-app", "X=1"],
+        &["tokens", "list"],
+        &["tokens", "create", "--scope", "admin"],
+        &["machines", "list", "-a", "prod-app"],
+    ] {
+        let out = as_join(args);
+        assert_eq!(code(&out), 4, "a join token did {args:?}: {}", stderr(&out));
+    }
+    let out = coffer(
+        &["tokens", "create", "--scope", "join", "--app", "prod-app"],
+        false,
+    );
+    assert_eq!(code(&out), 7, "an app's join token: {}", stderr(&out));
+    assert!(stderr(&out).contains("without --app"), "{}", stderr(&out));
     let join = d.join("join.token");
-    private_file(&join, &format!("{admin}\n"));
+    private_file(&join, &format!("{join_token}\n"));
     let gport = std::iter::repeat_with(common::free_port)
         .find(|p| *p != vport && *p != aport)
         .unwrap();
