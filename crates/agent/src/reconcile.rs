@@ -30,11 +30,9 @@ pub fn backoff_delay(failures: u32) -> Duration {
 
 /// Does `policy` restart a workload that exited with `status` (a signal counts as 128+n)?
 pub fn should_restart(policy: RestartPolicy, status: i32) -> bool {
-    match policy {
-        RestartPolicy::No => false,
-        RestartPolicy::OnFailure => status != 0,
-        RestartPolicy::Always => true,
-    }
+    // One definition, shared with the control plane's releases (which must know which exited
+    // machines are coming back).
+    policy.restarts_after(status)
 }
 
 /// Machine ids become directory names and URL segments: only short runs of

@@ -32,35 +32,86 @@ const BOOT_TIMEOUT: Duration = Duration::from_secs(60);
 /// Re-read the store at least this often while waiting (reports from other replicas).
 const TICK: Duration = Duration::from_millis(250);
 
-/// The machines a release restarts: those meant to run and running (or about to) — an
-/// `unhealthy` machine runs too. A stopped or exited machine is not restarted by a release;
-/// `machines start` boots it with the deployed secrets.
-fn is_running(m: &MachineRecord) -> bool {
-    m.desired == DesiredState::Running
-        && m.destroyed_at.is_none()
-        && matches!(
-            m.state,
-            MachineState::Pending
-                | MachineState::Starting
-                | MachineState::Started
-                | MachineState::Unhealthy
-        )
+/// How a machine takes part in a release, if it does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Part {
+    /// Running, or about to (an `unhealthy` machine runs too): restarted with the new secrets
+    /// and watched; a crash or a failed check inside the window fails the release.
+    Running,
+    /// Meant to run and down only for now: it exited and its restart policy restarts it, or
+    /// its boot failed and its host retries it, or the user just started it and its host has
+    /// not said so yet. Its next boot would read the machine's secrets version, so it is
+    /// moved to the new one (and restarted at once: a new generation skips the backoff) and
+    /// watched like the others, after them. But a crash of it does not fail the release.
+    ///
+    /// Why: such a machine was already failing on the previous secrets, so its crash is no
+    /// evidence against the new ones, and rolling back would put it back on secrets it also
+    /// crashed with. Counting it would fail every release of the app for as long as one
+    /// machine is broken — including the release that would fix it, when what it lacks is a
+    /// secret (the crash-looping machine waiting for its `DATABASE_URL`). Its failure is
+    /// recorded in the release's progress and the log instead; if the release fails because
+    /// of another machine, it goes back to the previous secrets with the others.
+    Retrying,
 }
 
-/// Starts a release: completes it at once when the app has no running machine (so that the
+/// The part `m` takes in a release. Stopped machines, and machines that exited for good
+/// (restart policy `no`, or `on-failure` after a clean exit), take none: `machines start`
+/// boots them with the deployed secrets.
+fn part(m: &MachineRecord) -> Option<Part> {
+    if m.desired != DesiredState::Running || m.destroyed_at.is_some() {
+        return None;
+    }
+    match m.state {
+        MachineState::Pending
+        | MachineState::Starting
+        | MachineState::Started
+        | MachineState::Unhealthy => Some(Part::Running),
+        // A report about an older generation: the host has not acted on the latest change
+        // (a `machines start`) yet, and will boot it.
+        MachineState::Exited | MachineState::Stopped | MachineState::Failed
+            if m.state_generation < m.generation =>
+        {
+            Some(Part::Retrying)
+        }
+        // The agent retries a failed boot with a backoff, whatever the restart policy.
+        MachineState::Failed => Some(Part::Retrying),
+        MachineState::Exited => {
+            let restarts = match m.exit_status {
+                Some(status) => m.config.restart.restarts_after(status),
+                None => m.config.restart != coffer_core::wire::machines::RestartPolicy::No,
+            };
+            restarts.then_some(Part::Retrying)
+        }
+        MachineState::Stopped | MachineState::Destroyed => None,
+    }
+}
+
+/// The machines a release updates, in order: those running first (the canary is one of
+/// them when there is any), then those retrying.
+fn rollout(machines: Vec<MachineRecord>) -> Vec<(MachineRecord, Part)> {
+    let mut out: Vec<(MachineRecord, Part)> = machines
+        .into_iter()
+        .filter_map(|m| part(&m).map(|p| (m, p)))
+        .collect();
+    // Stable: oldest first within each part.
+    out.sort_by_key(|(_, p)| *p == Part::Retrying);
+    out
+}
+
+/// Starts a release: completes it at once when no machine of the app takes part (so that the
 /// next write is not refused), else orchestrates it in the background.
 pub async fn start(s: &ApiState, release: ReleaseRecord) -> Result<(), StoreError> {
     // An app without machines: the store recorded the release complete with the write.
     if release.status != coffer_store::ReleaseStatus::Running {
         return Ok(());
     }
-    let any_running = s
+    let any_part = s
         .store
         .app_machines(&release.app_id)
         .await?
         .iter()
-        .any(is_running);
-    if !any_running {
+        .any(|m| part(m).is_some());
+    if !any_part {
         match s
             .store
             .complete_release(&release.app_id, release.version)
@@ -121,17 +172,11 @@ async fn progress(s: &ApiState, rel: &ReleaseRecord, line: &str) {
 async fn run(s: &ApiState, rel: ReleaseRecord) -> Result<(), StoreError> {
     let app = s.store.app_by_id(&rel.app_id).await?;
     let window = Duration::from_millis(app.crash_window_ms.max(1000) as u64);
-    let machines: Vec<MachineRecord> = s
-        .store
-        .app_machines(&rel.app_id)
-        .await?
-        .into_iter()
-        .filter(is_running)
-        .collect();
+    let machines = rollout(s.store.app_machines(&rel.app_id).await?);
     tracing::info!(app = %app.name, release = rel.version, secrets_version = rel.secrets_version, machines = machines.len(), "release started");
     let total = machines.len();
     let mut updated: Vec<String> = Vec::with_capacity(total);
-    for (i, m) in machines.iter().enumerate() {
+    for (i, (m, part)) in machines.iter().enumerate() {
         let label = if i == 0 {
             format!("{} (canary)", m.name)
         } else {
@@ -150,6 +195,17 @@ async fn run(s: &ApiState, rel: ReleaseRecord) -> Result<(), StoreError> {
         updated.push(m.id.clone());
         s.notify_hosts();
         if let Err(reason) = watch(s, &rel, &m, &label, window).await? {
+            if *part == Part::Retrying {
+                // See [`Part::Retrying`]: it failed before the release too.
+                tracing::warn!(app = %app.name, release = rel.version, machine = %m.id, reason, "a machine that was failing before the release still fails; not counted against the release");
+                progress(
+                    s,
+                    &rel,
+                    &format!("{reason}; it was failing before the release, so it does not fail it"),
+                )
+                .await;
+                continue;
+            }
             roll_back(s, &rel, &reason).await?;
             return Ok(());
         }
@@ -370,17 +426,63 @@ mod tests {
     }
 
     #[test]
-    fn unhealthy_machines_are_running_for_a_release() {
-        for (state, running) in [
-            (MachineState::Pending, true),
-            (MachineState::Starting, true),
-            (MachineState::Started, true),
-            (MachineState::Unhealthy, true),
-            (MachineState::Stopped, false),
-            (MachineState::Exited, false),
-            (MachineState::Failed, false),
+    fn which_machines_a_release_updates() {
+        use coffer_core::wire::machines::RestartPolicy;
+        for (state, part_of) in [
+            (MachineState::Pending, Some(Part::Running)),
+            (MachineState::Starting, Some(Part::Running)),
+            (MachineState::Started, Some(Part::Running)),
+            (MachineState::Unhealthy, Some(Part::Running)),
+            (MachineState::Stopped, None),
+            // A failed boot is retried by the host whatever the restart policy.
+            (MachineState::Failed, Some(Part::Retrying)),
         ] {
-            assert_eq!(is_running(&machine(state, None, 0)), running, "{state:?}");
+            assert_eq!(part(&machine(state, None, 0)), part_of, "{state:?}");
         }
+        // Exited: it depends on whether the restart policy brings it back.
+        for (policy, status, part_of) in [
+            (RestartPolicy::No, Some(1), None),
+            (RestartPolicy::OnFailure, Some(0), None),
+            (RestartPolicy::OnFailure, Some(1), Some(Part::Retrying)),
+            (RestartPolicy::OnFailure, Some(137), Some(Part::Retrying)),
+            (RestartPolicy::Always, Some(0), Some(Part::Retrying)),
+            (RestartPolicy::Always, None, Some(Part::Retrying)),
+        ] {
+            let mut m = machine(MachineState::Exited, None, 0);
+            m.config.restart = policy;
+            m.exit_status = status;
+            assert_eq!(part(&m), part_of, "{policy:?} {status:?}");
+        }
+        // Started again by the user, not yet booted by its host.
+        let mut m = machine(MachineState::Exited, None, 0);
+        m.state_generation = m.generation - 1;
+        assert_eq!(part(&m), Some(Part::Retrying));
+        // Not meant to run.
+        let mut m = machine(MachineState::Failed, None, 0);
+        m.desired = DesiredState::Stopped;
+        assert_eq!(part(&m), None);
+        let mut m = machine(MachineState::Started, None, 0);
+        m.destroyed_at = Some(1);
+        assert_eq!(part(&m), None);
+    }
+
+    #[test]
+    fn the_canary_is_a_running_machine() {
+        let mut crashing = machine(MachineState::Failed, None, 0);
+        crashing.id = "crashing".into();
+        let mut running = machine(MachineState::Started, None, 0);
+        running.id = "running".into();
+        let stopped = machine(MachineState::Stopped, None, 0);
+        let order: Vec<(String, Part)> = rollout(vec![crashing, stopped, running])
+            .into_iter()
+            .map(|(m, p)| (m.id, p))
+            .collect();
+        assert_eq!(
+            order,
+            [
+                ("running".to_string(), Part::Running),
+                ("crashing".to_string(), Part::Retrying)
+            ]
+        );
     }
 }

@@ -314,6 +314,15 @@ pub mod machines {
                 RestartPolicy::Always => "always",
             }
         }
+        /// Whether a workload that exited with `status` (a signal counts as 128+n) is
+        /// restarted.
+        pub fn restarts_after(self, status: i32) -> bool {
+            match self {
+                RestartPolicy::No => false,
+                RestartPolicy::OnFailure => status != 0,
+                RestartPolicy::Always => true,
+            }
+        }
         pub fn parse(s: &str) -> Option<Self> {
             match s {
                 "no" => Some(RestartPolicy::No),

@@ -271,6 +271,121 @@ async fn kill_9_mid_release(engine: Engine) {
     );
 }
 
+fn machine_by_id(dev: &Dev, id: &str) -> Option<Value> {
+    machines(dev).into_iter().find(|m| m["id"] == id)
+}
+
+/// Issue: a release skipped machines that were down only for now (crash-looping, retrying a
+/// failed boot), so their next restart kept booting the old secrets. The machine that
+/// crash-loops for want of DATABASE_URL is fixed by the release that sets it; one that stays
+/// broken is moved along and does not fail the release (see `Part::Retrying`).
+async fn crash_looping_machines(engine: Engine) {
+    let Some(db) = common::database_url(engine).await else {
+        return;
+    };
+    let dev = Dev::start(db);
+    dev.ok(&["apps", "create", "web"]);
+    dev.ok(&["apps", "update", "web", "--crash-window", "2s"]);
+    dev.ok(&["secrets", "set", "-a", "web", "MODE=good"]);
+    let healthy_mark = unique_sleep();
+    run_worker(&dev, &healthy_mark);
+    let mark = unique_sleep();
+    let script = format!(r#"[ -n "$DATABASE_URL" ] || exit 1; exec sleep {mark}"#);
+    let looping = json(&dev.ok(&[
+        "machines",
+        "run",
+        "-a",
+        "web",
+        "--json",
+        "--restart",
+        "on-failure",
+        "--",
+        "sh",
+        "-c",
+        &script,
+    ]))["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    wait_for(30, "the machine to crash-loop", || {
+        let m = machine_by_id(&dev, &looping)?;
+        (m["state"] == "exited" && m["exit_status"] == 1).then_some(())
+    });
+    single_pid(&healthy_mark);
+
+    let out = dev.run(
+        &[
+            "secrets",
+            "set",
+            "-a",
+            "web",
+            "DATABASE_URL=postgres://db/web",
+        ],
+        None,
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(releases(&dev)[0]["status"], "complete");
+    // The release reached the crash-looping machine: it now runs, with the secret.
+    single_pid(&mark);
+    let app_version = json(&dev.ok(&["apps", "list", "--json"]))[0]["deployed_version"].clone();
+    let ms = wait_for(30, "both machines started", || all_started(&dev));
+    for m in &ms {
+        assert_eq!(m["secrets_version"], app_version, "{ms:?}");
+    }
+
+    // A machine that keeps crashing whatever the secrets: it is moved to the new version
+    // (its next boot reads it) but does not fail the release.
+    let broken = json(&dev.ok(&[
+        "machines",
+        "run",
+        "-a",
+        "web",
+        "--json",
+        "--restart",
+        "on-failure",
+        "--",
+        "sh",
+        "-c",
+        "exit 3",
+    ]))["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    wait_for(30, "the broken machine to crash", || {
+        let m = machine_by_id(&dev, &broken)?;
+        (m["state"] == "exited" && m["exit_status"] == 3).then_some(())
+    });
+    let out = dev.run(&["secrets", "set", "-a", "web", "OTHER=1"], None);
+    assert!(
+        out.status.success(),
+        "a machine broken before the release does not fail it: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(releases(&dev)[0]["status"], "complete");
+    let app_version = json(&dev.ok(&["apps", "list", "--json"]))[0]["deployed_version"].clone();
+    let ms = machines(&dev);
+    for m in &ms {
+        assert_eq!(
+            m["secrets_version"], app_version,
+            "one secrets version: {ms:?}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sqlite_crash_looping_machines_get_the_release() {
+    crash_looping_machines(Engine::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn postgres_crash_looping_machines_get_the_release() {
+    crash_looping_machines(Engine::Postgres).await;
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn sqlite_bad_secret_rolls_back() {
     bad_secret_rolls_back(Engine::Sqlite).await;
