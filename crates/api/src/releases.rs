@@ -100,45 +100,74 @@ fn rollout(machines: Vec<MachineRecord>) -> Vec<(MachineRecord, Part)> {
 
 /// Starts a release: completes it at once when no machine of the app takes part (so that the
 /// next write is not refused), else orchestrates it in the background.
-pub async fn start(s: &ApiState, release: ReleaseRecord) -> Result<(), StoreError> {
+///
+/// Infallible on purpose: the caller's write is committed, and its release exists, so the
+/// write must be answered as done. Any failure here hands the release to the background
+/// orchestration, which retries until the release is settled.
+pub async fn start(s: &ApiState, release: ReleaseRecord) {
     // An app without machines: the store recorded the release complete with the write.
     if release.status != coffer_store::ReleaseStatus::Running {
-        return Ok(());
+        return;
     }
-    let any_part = s
-        .store
-        .app_machines(&release.app_id)
-        .await?
-        .iter()
-        .any(|m| part(m).is_some());
-    if !any_part {
-        match s
-            .store
-            .complete_release(&release.app_id, release.version)
-            .await
-        {
-            Ok(_) | Err(StoreError::Conflict(_)) => return Ok(()),
-            Err(e) => return Err(e),
+    match complete_if_nothing_to_do(s, &release).await {
+        Ok(true) => return,
+        Ok(false) => {}
+        Err(e) => {
+            tracing::warn!(app_id = %release.app_id, version = release.version, error = %e, "could not start the release; the background orchestration takes it over");
         }
     }
     spawn(s.clone(), release);
-    Ok(())
 }
 
-/// Orchestrates a release in the background.
+/// `Ok(true)` when no machine takes part in the release and it is now settled.
+async fn complete_if_nothing_to_do(
+    s: &ApiState,
+    release: &ReleaseRecord,
+) -> Result<bool, StoreError> {
+    let machines = s.store.app_machines(&release.app_id).await?;
+    if machines.iter().any(|m| part(m).is_some()) {
+        return Ok(false);
+    }
+    match s
+        .store
+        .complete_release(&release.app_id, release.version)
+        .await
+    {
+        Ok(_) | Err(StoreError::Conflict(_)) => Ok(true),
+        Err(e) => Err(e),
+    }
+}
+
+/// The first wait before the background orchestration retries after a store failure; it
+/// doubles up to [`RETRY_MAX`].
+const RETRY_FIRST: Duration = Duration::from_secs(1);
+const RETRY_MAX: Duration = Duration::from_secs(30);
+
+/// Orchestrates a release in the background, until it is settled.
+///
+/// A store failure mid-release leaves it `running`; the task then rolls it back (machines to
+/// the previous secrets, release failed), retrying with a backoff of [`RETRY_FIRST`] doubling
+/// to [`RETRY_MAX`] until the release is no longer `running` (settled by this task, by
+/// another replica, or gone with its app). Recovery at the next start covers a process that
+/// dies meanwhile. A release whose start failed before any machine was touched is simply run
+/// here from the beginning.
 pub fn spawn(s: ApiState, release: ReleaseRecord) {
     tokio::spawn(async move {
         let (app_id, version) = (release.app_id.clone(), release.version);
-        if let Err(e) = run(&s, release).await {
-            // A store failure mid-release: leave it `running`; recovery at the next start, or
-            // the next attempt below, settles it.
-            tracing::error!(app_id, version, error = %e, "release orchestration failed; retrying the rollback");
-            if let Ok(rel) = s.store.release(&app_id, version).await {
-                if rel.status == coffer_store::ReleaseStatus::Running {
-                    let _ =
-                        roll_back(&s, &rel, "the control plane could not finish the release").await;
+        let mut outcome = run(&s, release).await;
+        let mut delay = RETRY_FIRST;
+        while let Err(e) = outcome {
+            tracing::error!(app_id, version, error = %e, retry_in_secs = delay.as_secs(), "release orchestration failed; rolling the release back");
+            tokio::time::sleep(delay).await;
+            delay = (delay * 2).min(RETRY_MAX);
+            outcome = match s.store.release(&app_id, version).await {
+                Ok(rel) if rel.status == coffer_store::ReleaseStatus::Running => {
+                    roll_back(&s, &rel, "the control plane could not finish the release").await
                 }
-            }
+                // Settled, or gone with its app.
+                Ok(_) | Err(StoreError::NotFound(_)) => Ok(()),
+                Err(e) => Err(e),
+            };
         }
     });
 }

@@ -181,7 +181,9 @@ async fn write_and_release(
                 tracing::info!(app = %app.name, version, staged = stage, "secrets version written");
                 let release = outcome.release.as_ref().map(|r| r.version);
                 if let Some(rel) = outcome.release {
-                    crate::releases::start(&s, rel).await?;
+                    // Never an error from here on: the write is committed and its release exists;
+                    // what could not be done now, the release's background task retries.
+                    crate::releases::start(&s, rel).await;
                 }
                 return Ok(Json(WriteResult {
                     version,
@@ -261,7 +263,8 @@ pub async fn deploy(
             changed: true,
             release: Some(release.version),
         };
-        crate::releases::start(&s, release).await?;
+        // As for writes: committed, so never an error from here on.
+        crate::releases::start(&s, release).await;
         Ok(Json(out))
     })
     .await

@@ -376,6 +376,57 @@ async fn crash_looping_machines(engine: Engine) {
     }
 }
 
+/// Issue: a write committed with its release answered 5xx when starting the release failed,
+/// and left the release `running` until the API restarted. A trigger makes every change of a
+/// release's status fail (as a store failure would) while the write goes through.
+async fn release_start_failure(dev: &Dev) {
+    dev.ok(&["apps", "create", "web"]);
+    dev.ok(&["secrets", "set", "-a", "web", "MODE=good"]);
+    // A machine, stopped: the write's release is `running` until the orchestration finds
+    // nothing to update and completes it — the step that fails here.
+    let id = run_worker(dev, &unique_sleep());
+    dev.ok(&["machines", "stop", "-a", "web", &id]);
+    let pool = dev.raw_pool().await;
+    sqlx::query(
+        "CREATE TRIGGER coffer_test_settle_fails BEFORE UPDATE OF status ON releases \
+         BEGIN SELECT RAISE(ABORT, 'injected store failure'); END",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    let out = dev.run(
+        &["secrets", "set", "-a", "web", "MODE=new", "--detach"],
+        None,
+    );
+    assert!(
+        out.status.success(),
+        "a committed write is answered as done: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let apps = json(&dev.ok(&["apps", "list", "--json"]));
+    assert_eq!(apps[0]["secrets_version"], 2, "the write is stored: {apps}");
+    assert_eq!(releases(dev)[0]["status"], "running");
+    // While the failure lasts, the orchestration fails and keeps trying: the run, then a
+    // rollback (a retry, a second later) — a single try would leave the release stuck.
+    wait_for(20, "two failed attempts in the daemon's log", || {
+        let log = std::fs::read_to_string(dev.capture_dir.join("cofferd-1.stderr")).ok()?;
+        (log.matches("release orchestration failed").count() >= 2).then_some(())
+    });
+    assert_eq!(releases(dev)[0]["status"], "running");
+    // The store recovers: the next retry settles the release.
+    sqlx::query("DROP TRIGGER coffer_test_settle_fails")
+        .execute(&pool)
+        .await
+        .unwrap();
+    pool.close().await;
+    wait_for(20, "the release to settle", || {
+        let rs = releases(dev);
+        rs.iter().all(|r| r["status"] != "running").then_some(())
+    });
+    // And the next write is not refused as "a release is already running".
+    dev.ok(&["secrets", "set", "-a", "web", "MODE=next"]);
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn sqlite_crash_looping_machines_get_the_release() {
     crash_looping_machines(Engine::Sqlite).await;
@@ -384,6 +435,15 @@ async fn sqlite_crash_looping_machines_get_the_release() {
 #[tokio::test(flavor = "multi_thread")]
 async fn postgres_crash_looping_machines_get_the_release() {
     crash_looping_machines(Engine::Postgres).await;
+}
+
+/// SQLite only: the injected failure is a SQLite trigger.
+#[tokio::test(flavor = "multi_thread")]
+async fn sqlite_release_start_failure_is_retried_in_the_background() {
+    let Some(db) = common::database_url(Engine::Sqlite).await else {
+        return;
+    };
+    release_start_failure(&Dev::start(db)).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
