@@ -103,6 +103,9 @@ pub async fn destroy(
     s.keys.vault().delete_keys(&app.id).await?;
     s.keys.evict(&app.id);
     s.store.delete_app(&app.id).await?;
+    // The store bumped the generation of the hosts that ran the app's machines: wake their
+    // long-polls, so that the workloads stop now.
+    s.notify_hosts();
     s.tokens.clear();
     tracing::info!(app = %app.name, "app destroyed");
     Ok(StatusCode::NO_CONTENT)

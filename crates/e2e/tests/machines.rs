@@ -797,6 +797,43 @@ mod sha2_like {
     }
 }
 
+/// Issue: after `apps destroy` the app's workloads ran on until the agent's long-poll reached
+/// its 15 s deadline, because the hosts were not told. Destroyed right after its machine
+/// started (the agent's long-poll began at the machine's creation), the workload must be
+/// gone well before that deadline.
+async fn app_destroy_stops_workloads(engine: Engine) {
+    let Some(db) = common::database_url(engine).await else {
+        return;
+    };
+    let dev = Dev::start(db);
+    dev.ok(&["apps", "create", "web"]);
+    dev.ok(&["secrets", "set", "-a", "web", "A=1"]);
+    let mark = unique_sleep();
+    let id = run_machine(&dev, "web", &[], &["sleep", &mark]);
+    wait_state(&dev, "web", &id, "started");
+    wait_for(10, "the workload to run", || {
+        (!pids_with(&mark).is_empty()).then_some(())
+    });
+    dev.ok(&["apps", "destroy", "web", "--yes"]);
+    // Generous, yet under the long-poll's 15 s: the host is woken, not left to time out.
+    wait_for(10, "the destroyed app's workload to stop", || {
+        pids_with(&mark).is_empty().then_some(())
+    });
+    wait_for(10, "the machine's directory to be removed", || {
+        (!machine_dir(&dev, &id).exists()).then_some(())
+    });
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sqlite_app_destroy_stops_workloads() {
+    app_destroy_stops_workloads(Engine::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn postgres_app_destroy_stops_workloads() {
+    app_destroy_stops_workloads(Engine::Postgres).await;
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn sqlite_boot_env_and_lifecycle() {
     boot_env_and_lifecycle(Engine::Sqlite).await;

@@ -314,19 +314,33 @@ impl Store {
         Ok(apps)
     }
 
-    /// Deletes the app with its versions, values and app-scoped tokens. The vault's keys for
-    /// it are the vault's to delete.
+    /// Deletes the app with its versions, values and app-scoped tokens, and tells the hosts
+    /// that ran its machines (generation bump), so that their agents stop the workloads at
+    /// once rather than at their long-poll's deadline. The vault's keys for it are the
+    /// vault's to delete.
     pub async fn delete_app(&self, id: &str) -> Result<()> {
         let id = id.to_string();
         self.write_tx(move |tx| {
-            // The app's row first: on PostgreSQL that waits for a write of the app still under
+            // The hosts first, while the app's machines still name them (the cascade below
+            // removes them), and in the order of the writes that change a machine (host, then
+            // machine: `set_machine_version`, `set_machine_desired`), so that a release or a
+            // stop of one of the app's machines cannot deadlock with this on PostgreSQL. An
+            // app that does not exist has no machines: nothing is changed before the refusal
+            // below.
+            tx.execute(
+                "UPDATE hosts SET generation = generation + 1 \
+                 WHERE id IN (SELECT host_id FROM machines WHERE app_id = $1)",
+                args![&id],
+            )
+            .map_err(BodyError::before_changes)?;
+            // Then the app's row: on PostgreSQL that waits for a write of the app still under
             // way, whose members and values the deletes below then see. Versions, tokens,
             // machines and releases go with it by foreign-key cascade; members and values have
             // no foreign keys on PostgreSQL (schema v5: checking them row by row was half of a
             // write's time), so they are deleted here, on both engines alike.
             let deleted = tx
                 .execute("DELETE FROM apps WHERE id = $1", args![&id])
-                .map_err(BodyError::before_changes)?;
+                .map_err(BodyError::Failed)?;
             found_if(deleted > 0, "app")?;
             tx.execute("DELETE FROM secret_members WHERE app_id = $1", args![&id])
                 .map_err(BodyError::Failed)?;

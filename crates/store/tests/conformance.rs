@@ -1397,10 +1397,13 @@ mod machine_scenarios {
         assert!(store.machine("m1").await.unwrap().destroyed_at.is_some());
         assert_eq!(store.app_machines(&app.id).await.unwrap().len(), 2);
 
-        // Destroying the app removes its machines.
+        // Destroying the app removes its machines, and tells their host (a new generation
+        // ends its agent's long-poll).
         store.delete_app(&app.id).await.unwrap();
         assert_not_found(store.machine("m2").await, "machine");
-        assert!(store.host_assignments("h1").await.unwrap().1.is_empty());
+        let (gen, assigned) = store.host_assignments("h1").await.unwrap();
+        assert!(assigned.is_empty());
+        assert_eq!(gen, 6, "the host's generation is bumped");
     }
 }
 
