@@ -103,7 +103,10 @@ pub struct ApiArgs {
 }
 
 #[derive(Args, Debug)]
+#[command(args_conflicts_with_subcommands = true)]
 pub struct VaultArgs {
+    #[command(subcommand)]
+    pub command: Option<VaultCommand>,
     #[command(flatten)]
     pub common: Common,
     /// Address to listen on [default: 127.0.0.1:7374].
@@ -112,7 +115,8 @@ pub struct VaultArgs {
     /// Store URL: sqlite://PATH (must exist) or postgres://…
     #[arg(long, env = "COFFER_DATABASE_URL", hide_env_values = true)]
     pub database_url: Option<String>,
-    /// File holding the root (unseal) key, 64 hex characters, mode 0600.
+    /// File holding the root (unseal) key, 64 hex characters, mode 0600. Without it the vault
+    /// starts sealed and waits for unseal shares (`cofferd vault operator init`).
     #[arg(long, env = "COFFER_UNSEAL_KEY_FILE")]
     pub unseal_key_file: Option<PathBuf>,
     /// File holding the service token shared with the API.
@@ -122,6 +126,44 @@ pub struct VaultArgs {
     /// decrypts nothing.
     #[arg(long, env = "COFFER_CONTROL_PLANE_PUBLIC_KEY")]
     pub control_plane_public_key: Option<String>,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum VaultCommand {
+    /// Operator tasks: split a new store's root key into shares, unseal a vault with them.
+    #[command(subcommand)]
+    Operator(OperatorCommand),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum OperatorCommand {
+    /// Makes a new store's root key and prints it split into Shamir shares, once: give each
+    /// to a different person. The vault then starts sealed until enough of them unseal it.
+    Init(OperatorInitArgs),
+    /// Gives one share to a sealed vault (read from stdin, never from the command line).
+    Unseal(OperatorUnsealArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct OperatorInitArgs {
+    #[command(flatten)]
+    pub common: Common,
+    /// Store URL: sqlite://PATH (must exist; see `cofferd init`) or postgres://…
+    #[arg(long, env = "COFFER_DATABASE_URL", hide_env_values = true)]
+    pub database_url: Option<String>,
+    /// How many shares to make (1 to 255).
+    #[arg(long, default_value_t = 5)]
+    pub key_shares: usize,
+    /// How many shares unseal the vault (1 to --key-shares).
+    #[arg(long, default_value_t = 3)]
+    pub key_threshold: usize,
+}
+
+#[derive(Args, Debug)]
+pub struct OperatorUnsealArgs {
+    /// Base URL of the vault to unseal.
+    #[arg(long, env = "COFFER_VAULT_URL")]
+    pub vault_url: String,
 }
 
 #[derive(Args, Debug)]

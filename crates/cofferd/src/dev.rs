@@ -91,7 +91,11 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
 
     let (signing_key, _) = roles::signing_key(&data_dir.join(SIGNING_KEY_FILE), true)?;
     let cp_public = signing_key.public_key();
-    let vault_router = roles::vault_router(vault, &service_token, Some(cp_public));
+    let vault_router = roles::vault_router(
+        coffer_vault::seal::Custody::unsealed(vault),
+        &service_token,
+        Some(cp_public),
+    );
     let api_router =
         roles::api_router(store.clone(), &vault_url, service_token, signing_key).await?;
 

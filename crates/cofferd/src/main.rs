@@ -5,6 +5,7 @@
 mod config;
 mod dev;
 mod logging;
+mod operator;
 mod roles;
 
 use clap::Parser;
@@ -34,7 +35,10 @@ async fn run(cli: config::Cli) -> anyhow::Result<()> {
     match cli.command {
         config::Command::Dev(args) => dev::run(args).await,
         config::Command::Api(args) => roles::api(args).await,
-        config::Command::Vault(args) => roles::vault(args).await,
+        config::Command::Vault(args) => match args.command {
+            Some(config::VaultCommand::Operator(op)) => operator::run(op).await,
+            None => roles::vault(args).await,
+        },
         config::Command::Init(args) => roles::init(args).await,
         config::Command::Agent(args) => roles::agent(args).await,
     }

@@ -70,12 +70,12 @@ pub async fn bind(addr: SocketAddr, what: &str) -> anyhow::Result<TcpListener> {
 }
 
 pub fn vault_router(
-    vault: Vault,
+    custody: coffer_vault::seal::Custody,
     service_token: &SecretToken,
     control_plane_key: Option<ControlPlanePublicKey>,
 ) -> axum::Router {
     coffer_vault::routes::router(
-        VaultState::new(vault, service_token.expose(), control_plane_key),
+        VaultState::new(custody, service_token.expose(), control_plane_key),
         Metrics::new("coffer_vault"),
     )
 }
@@ -207,11 +207,7 @@ pub async fn vault(args: VaultArgs) -> anyhow::Result<()> {
         "database-url",
         "COFFER_DATABASE_URL",
     )?;
-    let key_file = required(
-        pick(args.unseal_key_file, file.unseal_key_file),
-        "unseal-key-file",
-        "COFFER_UNSEAL_KEY_FILE",
-    )?;
+    let key_file = pick(args.unseal_key_file, file.unseal_key_file);
     let token_file = required(
         pick(args.service_token_file, file.service_token_file),
         "service-token-file",
@@ -219,9 +215,32 @@ pub async fn vault(args: VaultArgs) -> anyhow::Result<()> {
     )?;
     let listen = pick(args.listen, file.listen)
         .unwrap_or_else(|| DEFAULT_VAULT_ADDR.parse().expect("valid default"));
-    let root = coffer_vault::unseal::read_key_file(&key_file).map_err(key_file_error)?;
     let store = open_store(&url, OpenMode::MustExist).await?;
-    let vault = open_vault(store, root, &key_file).await?;
+    // A key file, or the store's root key split into shares (the vault starts sealed).
+    let custody = match key_file {
+        Some(key_file) => {
+            let root = coffer_vault::unseal::read_key_file(&key_file).map_err(key_file_error)?;
+            coffer_vault::seal::Custody::unsealed(open_vault(store, root, &key_file).await?)
+        }
+        None => {
+            let custody = coffer_vault::seal::Custody::sealed(store)
+                .await?
+                .ok_or_else(|| {
+                    anyhow::Error::new(hint(
+                        "pass --unseal-key-file, or split a new store's root key into shares with \
+                     `cofferd vault operator init --database-url URL`",
+                    ))
+                    .context("no unseal method: the store's root key was not split into shares")
+                })?;
+            let status = custody.status().await;
+            tracing::warn!(
+                threshold = status.threshold,
+                "the vault is sealed: it serves nothing until share holders run \
+                 `cofferd vault operator unseal`"
+            );
+            custody
+        }
+    };
     let cp_key = match pick(args.control_plane_public_key, file.control_plane_public_key) {
         Some(hex) => Some(ControlPlanePublicKey::from_hex(&hex).map_err(|_| {
             anyhow::Error::new(hint(
@@ -235,7 +254,7 @@ pub async fn vault(args: VaultArgs) -> anyhow::Result<()> {
         }
     };
     let router = vault_router(
-        vault,
+        custody,
         &config::read_secret_file(&token_file, "service token")?,
         cp_key,
     );

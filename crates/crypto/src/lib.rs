@@ -22,6 +22,7 @@ pub mod digest;
 pub mod envelope;
 pub mod keys;
 pub mod machine_token;
+pub mod shamir;
 pub mod token;
 pub mod wrap;
 

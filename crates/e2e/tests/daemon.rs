@@ -929,3 +929,230 @@ async fn sqlite_production_roles_serve_the_cli() {
 async fn postgres_production_roles_serve_the_cli() {
     production_roles(Engine::Postgres).await;
 }
+
+/// `cofferd vault operator init` on `url`: the shares it printed, once each.
+fn operator_init(url: &str, shares: usize, threshold: usize) -> Vec<String> {
+    let out = cofferd(&[
+        "vault",
+        "operator",
+        "init",
+        "--database-url",
+        url,
+        "--key-shares",
+        &shares.to_string(),
+        "--key-threshold",
+        &threshold.to_string(),
+    ])
+    .output()
+    .unwrap();
+    assert!(out.status.success(), "operator init: {}", stderr(&out));
+    let text = stdout(&out);
+    let printed: Vec<String> = text
+        .lines()
+        .filter_map(|l| l.split_once(": cofferus1_"))
+        .map(|(_, rest)| format!("cofferus1_{rest}"))
+        .collect();
+    assert_eq!(printed.len(), shares, "{text}");
+    printed
+}
+
+/// `cofferd vault operator unseal` with `share` on stdin: (exit code, stdout, stderr).
+fn operator_unseal(vault_url: &str, share: &str) -> (i32, String, String) {
+    use std::io::Write as _;
+    let mut child = cofferd(&["vault", "operator", "unseal", "--vault-url", vault_url])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(format!("{share}\n").as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    (code(&out), stdout(&out), stderr(&out))
+}
+
+/// PRODUCT.md §5.7: the root key split into Shamir shares. The vault starts sealed and serves
+/// nothing until `threshold` holders have given their shares; wrong shares start it over; a
+/// restart seals it again; the shares are never written anywhere by the daemons.
+async fn shamir_unseal(engine: Engine) {
+    let Some(db) = common::database_url(engine).await else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let url = db.unwrap_or_else(|| format!("sqlite://{}", d.join("prod.db").display()));
+    let files = RoleFiles::create(d);
+    let admin = init(&url);
+    let shares = operator_init(&url, 3, 2);
+    // Made once: a second init is refused and changes nothing.
+    let again = cofferd(&["vault", "operator", "init", "--database-url", &url])
+        .output()
+        .unwrap();
+    assert!(!again.status.success());
+    assert!(
+        stderr(&again).contains("root key already"),
+        "{}",
+        stderr(&again)
+    );
+    // Shares of another store, to present by mistake.
+    let other_url = format!("sqlite://{}", d.join("other.db").display());
+    init(&other_url);
+    let foreign = operator_init(&other_url, 2, 2);
+
+    let vport = common::free_port();
+    let aport = std::iter::repeat_with(common::free_port)
+        .find(|p| *p != vport)
+        .unwrap();
+    let vault_url = format!("http://127.0.0.1:{vport}");
+    let api_url = format!("http://127.0.0.1:{aport}");
+    let (vlisten, alisten) = (format!("127.0.0.1:{vport}"), format!("127.0.0.1:{aport}"));
+    let vault_args = [
+        "vault",
+        "--database-url",
+        &url,
+        "--service-token-file",
+        &files.service_token,
+        "--listen",
+        &vlisten,
+    ];
+    let mut vault = Daemon::spawn(&vault_args, d.join("vault.log"));
+    let http = reqwest::Client::new();
+    let seal_status = || async {
+        let v: Value = http
+            .get(format!("{vault_url}/v1/sys/seal-status"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        v
+    };
+    common::wait_for(30, "the sealed vault to answer", || {
+        std::net::TcpStream::connect(&vlisten).ok()
+    });
+    assert_eq!(
+        seal_status().await,
+        serde_json::json!({"sealed": true, "threshold": 2, "progress": 0})
+    );
+    // Sealed: not ready, and refuses the API's calls.
+    assert_eq!(get(&format!("{vault_url}/readyz")).await.0, 503);
+    assert_eq!(get(&format!("{vault_url}/healthz")).await.0, 200);
+    let service = std::fs::read_to_string(&files.service_token).unwrap();
+    let keys = http
+        .post(format!("{vault_url}/v1/apps/{}/keys", "0".repeat(32)))
+        .bearer_auth(service.trim())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(keys.status().as_u16(), 503);
+    assert!(keys.text().await.unwrap().contains("sealed"));
+
+    // One share: still sealed. The same share again, or garbage, changes nothing.
+    let (c, out, err) = operator_unseal(&vault_url, &shares[0]);
+    assert_eq!(c, 0, "{err}");
+    assert!(out.contains("1 of 2 shares"), "{out}");
+    let (c, _, err) = operator_unseal(&vault_url, &shares[0]);
+    assert_ne!(c, 0);
+    assert!(err.contains("already given"), "{err}");
+    let (c, _, err) = operator_unseal(&vault_url, "cofferus1_not-a-share");
+    assert_ne!(c, 0);
+    assert!(err.contains("not an unseal share"), "{err}");
+    assert!(
+        !err.contains("not-a-share"),
+        "a refused share is echoed: {err}"
+    );
+    assert_eq!(seal_status().await["progress"], 1);
+    // A share of another store completes the set with the wrong key: all dropped.
+    let (c, _, err) = operator_unseal(&vault_url, &foreign[1]);
+    assert_ne!(c, 0);
+    assert!(err.contains("starts over"), "{err}");
+    assert_eq!(
+        seal_status().await,
+        serde_json::json!({"sealed": true, "threshold": 2, "progress": 0})
+    );
+    // Two of this store's shares unseal it.
+    operator_unseal(&vault_url, &shares[2]);
+    let (c, out, err) = operator_unseal(&vault_url, &shares[0]);
+    assert_eq!(c, 0, "{err}");
+    assert!(out.contains("unsealed"), "{out}");
+    assert_eq!(seal_status().await["sealed"], false);
+    assert_eq!(get(&format!("{vault_url}/readyz")).await.0, 200);
+
+    // The control plane works against it.
+    let mut api = Daemon::spawn(&files.api(&url, &vault_url, &alisten), d.join("api.log"));
+    common::wait_ready_child(&api_url, &mut api.child, &api.log);
+    let coffer = |args: &[&str]| {
+        let out = std::process::Command::new(bin("coffer"))
+            .args(["--api-url", &api_url, "--token", &admin])
+            .args(args)
+            .env("XDG_CONFIG_HOME", d.join("cli"))
+            .env_remove("COFFER_APP")
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "coffer {args:?}: {}", stderr(&out));
+        stdout(&out)
+    };
+    coffer(&["apps", "create", "sealed-app"]);
+    coffer(&["secrets", "set", "-a", "sealed-app", "--stage", "A=1"]);
+
+    // A restart seals it again: the key lived in memory only. Two other shares unseal it,
+    // and the app's keys made before still unwrap.
+    assert!(vault.terminate().is_some_and(|s| s.success()));
+    let mut vault = Daemon::spawn(&vault_args, d.join("vault-2.log"));
+    common::wait_for(30, "the vault to start again", || {
+        std::net::TcpStream::connect(&vlisten).ok()
+    });
+    assert_eq!(seal_status().await["sealed"], true);
+    operator_unseal(&vault_url, &shares[1]);
+    let (c, out, err) = operator_unseal(&vault_url, &shares[2]);
+    assert_eq!(c, 0, "{err}");
+    assert!(out.contains("unsealed"), "{out}");
+    // The API's key cache would hide the vault: a new API process asks it afresh.
+    assert!(api.terminate().is_some_and(|s| s.success()));
+    let mut api = Daemon::spawn(&files.api(&url, &vault_url, &alisten), d.join("api-2.log"));
+    common::wait_ready_child(&api_url, &mut api.child, &api.log);
+    coffer(&["secrets", "set", "-a", "sealed-app", "--stage", "B=2"]);
+    let listed = coffer(&["secrets", "list", "-a", "sealed-app"]);
+    assert!(listed.contains('A') && listed.contains('B'), "{listed}");
+    assert!(api.terminate().is_some_and(|s| s.success()));
+    assert!(vault.terminate().is_some_and(|s| s.success()));
+
+    // No share, nor the key, in anything the daemons wrote.
+    let mut logs = String::new();
+    for f in ["vault.log", "vault-2.log", "api.log", "api-2.log"] {
+        logs.push_str(&std::fs::read_to_string(d.join(f)).unwrap_or_default());
+    }
+    assert!(
+        logs.contains("unseal"),
+        "the vault's log says nothing of unsealing"
+    );
+    for share in shares.iter().chain(&foreign) {
+        let hex_part = &share["cofferus1_".len()..];
+        assert!(!logs.contains(hex_part), "a share is in a log");
+    }
+    if engine == Engine::Sqlite {
+        let db = std::fs::read(d.join("prod.db")).unwrap();
+        for share in &shares {
+            let bytes = hex::decode(&share["cofferus1_".len()..]).unwrap();
+            assert!(
+                !db.windows(bytes.len()).any(|w| w == bytes.as_slice()),
+                "a share is in the store"
+            );
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sqlite_shamir_unseal() {
+    shamir_unseal(Engine::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn postgres_shamir_unseal() {
+    shamir_unseal(Engine::Postgres).await;
+}

@@ -50,6 +50,7 @@ pub async fn decrypt(
 }
 
 async fn decrypt_checked(s: &VaultState, req: &DecryptRequest) -> ApiResult<Json<DecryptResponse>> {
+    let vault = s.vault()?;
     let key = s.control_plane_key.as_ref().ok_or_else(|| {
         ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -94,7 +95,7 @@ async fn decrypt_checked(s: &VaultState, req: &DecryptRequest) -> ApiResult<Json
         .map_err(|_| refused("the request is not signed by the token's host"))?;
 
     // The machine, its host's current key and its version's members, in one read.
-    let facts = match s.vault.store().boot_facts(&claims.machine_id).await {
+    let facts = match vault.store().boot_facts(&claims.machine_id).await {
         Ok(f) => f,
         Err(StoreError::NotFound(_)) => return Err(refused("the machine does not exist")),
         Err(e) => return Err(e.into()),
@@ -107,7 +108,7 @@ async fn decrypt_checked(s: &VaultState, req: &DecryptRequest) -> ApiResult<Json
         return Err(refused("the machine token does not match the machine"));
     }
     let Some(app_public_key) = &facts.app_public_key else {
-        s.vault.forget_app_keys(&machine.app_id);
+        vault.forget_app_keys(&machine.app_id);
         return Err(refused("the app's keys have been destroyed"));
     };
     if facts.host_public_key != claims.host_key {
@@ -141,8 +142,7 @@ async fn decrypt_checked(s: &VaultState, req: &DecryptRequest) -> ApiResult<Json
         machine.id.as_bytes(),
         version.as_bytes(),
     ];
-    let bundle = s
-        .vault
+    let bundle = vault
         .decrypt_to_recipient(
             &machine.app_id,
             app_public_key,

@@ -12,6 +12,7 @@
 
 pub mod decrypt;
 pub mod routes;
+pub mod seal;
 pub mod unseal;
 pub mod wire;
 
@@ -26,7 +27,7 @@ use std::sync::{Arc, Mutex};
 
 const PURPOSE_PRIVATE: &str = "app-private-key";
 const PURPOSE_DIGEST: &str = "app-digest-key";
-const ROOT_FINGERPRINT_KEY: &str = "vault.root_fingerprint";
+pub(crate) const ROOT_FINGERPRINT_KEY: &str = "vault.root_fingerprint";
 
 #[derive(Debug, thiserror::Error)]
 pub enum VaultError {

@@ -6,8 +6,13 @@
 //! | `GET /v1/apps/{app_id}/keys` | API (service token) | the same, for an existing app |
 //! | `DELETE /v1/apps/{app_id}/keys` | API (service token) | destroy the app's keys |
 //! | `POST /v1/decrypt` | a host (machine token + host signature) | values of one boot, sealed to the host's one-time key (see [`crate::decrypt`]) |
-//! | `GET /healthz`, `GET /readyz`, `GET /metrics` | anyone | liveness, readiness (store reachable), metrics |
+//! | `GET /v1/sys/seal-status` | anyone | `{sealed, threshold, progress}` |
+//! | `POST /v1/sys/unseal` | anyone (a share is its own credential) | one holder's share `{share}`; unseals once enough make the store's key (see [`crate::seal`]) |
+//! | `GET /healthz`, `GET /readyz`, `GET /metrics` | anyone | liveness, readiness (unsealed, store reachable), metrics |
+//!
+//! While the vault is sealed every other route answers 503 `sealed`.
 
+use crate::seal::{Custody, SealStatus, UnsealRefusal};
 use crate::wire::SealingKeysBody;
 use crate::{Vault, VaultError};
 use axum::extract::{FromRequestParts, Path, State};
@@ -26,7 +31,8 @@ use std::sync::Arc;
 
 #[derive(Clone)]
 pub struct VaultState {
-    pub vault: Vault,
+    /// The vault once unsealed (see [`crate::seal`]).
+    custody: Custody,
     /// SHA-256 of the service token shared with the API.
     pub service_token_hash: Arc<[u8; 32]>,
     /// Verifies machine tokens; without it the vault decrypts nothing.
@@ -41,16 +47,30 @@ struct OutcomeLabel {
 
 impl VaultState {
     pub fn new(
-        vault: Vault,
+        custody: Custody,
         service_token: &str,
         control_plane_key: Option<ControlPlanePublicKey>,
     ) -> Self {
         Self {
-            vault,
+            custody,
             service_token_hash: Arc::new(service_token_hash(service_token)),
             control_plane_key,
             decrypts: Family::default(),
         }
+    }
+
+    /// The vault, or 503 while it is sealed.
+    pub(crate) fn vault(&self) -> ApiResult<&Vault> {
+        self.custody.vault().ok_or_else(|| {
+            ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "sealed",
+                "the vault is sealed",
+            )
+            .with_hint(
+                "unseal it: `cofferd vault operator unseal --vault-url URL` by each share holder",
+            )
+        })
     }
 
     pub(crate) fn count_decrypt(&self, outcome: &'static str) {
@@ -68,6 +88,8 @@ pub fn router(state: VaultState, metrics: Metrics) -> Router {
         .route("/v1/decrypt", post(crate::decrypt::decrypt))
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
+        .route("/v1/sys/seal-status", get(seal_status))
+        .route("/v1/sys/unseal", post(unseal))
         .route(
             "/v1/apps/{app_id}/keys",
             post(create_keys).get(get_keys).delete(delete_keys),
@@ -96,7 +118,7 @@ impl FromRequestParts<VaultState> for Service {
 }
 
 async fn readyz(State(s): State<VaultState>) -> ApiResult<&'static str> {
-    s.vault
+    s.vault()?
         .store()
         .ping()
         .await
@@ -139,7 +161,7 @@ async fn create_keys(
     Path(app_id): Path<String>,
 ) -> ApiResult<Json<SealingKeysBody>> {
     check_app_id(&app_id)?;
-    Ok(body(s.vault.ensure_app_keys(&app_id).await?))
+    Ok(body(s.vault()?.ensure_app_keys(&app_id).await?))
 }
 
 async fn get_keys(
@@ -148,7 +170,7 @@ async fn get_keys(
     Path(app_id): Path<String>,
 ) -> ApiResult<Json<SealingKeysBody>> {
     check_app_id(&app_id)?;
-    Ok(body(s.vault.sealing_keys(&app_id).await?))
+    Ok(body(s.vault()?.sealing_keys(&app_id).await?))
 }
 
 async fn delete_keys(
@@ -157,8 +179,38 @@ async fn delete_keys(
     Path(app_id): Path<String>,
 ) -> ApiResult<StatusCode> {
     check_app_id(&app_id)?;
-    s.vault.destroy_app_keys(&app_id).await?;
+    s.vault()?.destroy_app_keys(&app_id).await?;
     Ok(StatusCode::NO_CONTENT)
+}
+
+async fn seal_status(State(s): State<VaultState>) -> Json<SealStatus> {
+    Json(s.custody.status().await)
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct UnsealBody {
+    share: String,
+}
+
+/// Open to anyone, as Vault's is: a share is its own credential. Nothing of a share is ever
+/// logged or echoed.
+async fn unseal(
+    State(s): State<VaultState>,
+    body: Result<Json<UnsealBody>, axum::extract::rejection::JsonRejection>,
+) -> ApiResult<Json<SealStatus>> {
+    let Json(body) = body?;
+    let share = zeroize::Zeroizing::new(body.share);
+    match s.custody.unseal(&share).await {
+        Ok(status) => Ok(Json(status)),
+        Err(UnsealRefusal::Vault(e)) => Err(e.into()),
+        Err(UnsealRefusal::NotShamir) => Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "not_shamir",
+            UnsealRefusal::NotShamir.to_string(),
+        )),
+        Err(refusal) => Err(ApiError::bad_request(refusal.to_string())),
+    }
 }
 
 mod sha2_compat {

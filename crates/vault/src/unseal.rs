@@ -1,5 +1,6 @@
-//! Where the root key comes from. Today: a key file (what `cofferd dev` uses, 0600 in its data
-//! dir). Shamir shares, PKCS#11 and transit unseal plug in here.
+//! Where the root key comes from: a key file (what `cofferd dev` uses, 0600 in its data dir),
+//! read here, or Shamir shares given to a sealed vault (`crate::seal`). PKCS#11 and transit
+//! unseal are not built yet.
 
 use coffer_core::SecretBytes;
 use coffer_crypto::RootKey;

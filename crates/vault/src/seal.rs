@@ -1,0 +1,192 @@
+//! Shamir unseal: a vault whose store was initialised with `cofferd vault operator init`
+//! starts sealed, holding no root key, and refuses everything but its seal status until
+//! `threshold` holders have each given their share (`cofferd vault operator unseal`).
+//!
+//! * The shares given so far are kept in memory only, and dropped (wiped) once the vault is
+//!   unsealed or a set of shares fails.
+//! * Shares are checked together, once there are `threshold` of them: the key they make must
+//!   have the fingerprint the store recorded at `operator init`. A wrong or mistyped share
+//!   makes another key; then every share given is dropped and unsealing starts over, as with
+//!   Vault's `operator unseal`.
+//! * Each replica of the vault is unsealed on its own, and again after every restart.
+
+use crate::{Vault, VaultError, ROOT_FINGERPRINT_KEY};
+use coffer_crypto::shamir::{self, ShareError, UnsealShare};
+use coffer_crypto::RootKey;
+use coffer_store::Store;
+use std::sync::{Arc, OnceLock};
+
+/// Where a store records that its root key was split, and how: `THRESHOLD/SHARES`.
+pub(crate) const SHAMIR_KEY: &str = "vault.shamir";
+
+/// The vault's root-key custody: the vault once unsealed, and what unsealing needs until then.
+#[derive(Clone)]
+pub struct Custody {
+    vault: Arc<OnceLock<Vault>>,
+    unsealer: Option<Arc<Unsealer>>,
+}
+
+/// What `GET /v1/sys/seal-status` and `POST /v1/sys/unseal` answer.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct SealStatus {
+    pub sealed: bool,
+    /// Shares needed; absent for a vault that unseals from a key file.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub threshold: Option<usize>,
+    /// Shares given so far.
+    pub progress: usize,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum UnsealRefusal {
+    #[error("this vault unseals from its key file, not from shares")]
+    NotShamir,
+    #[error("{0}")]
+    Share(ShareError),
+    #[error("this share was already given")]
+    Repeated,
+    #[error(
+        "the {0} shares given do not make this store's root key (a wrong or mistyped share, or a share of another store); they were dropped: unsealing starts over"
+    )]
+    WrongKey(usize),
+    #[error(transparent)]
+    Vault(VaultError),
+}
+
+pub struct Unsealer {
+    store: Store,
+    threshold: usize,
+    shares: tokio::sync::Mutex<Vec<UnsealShare>>,
+}
+
+impl Custody {
+    /// A vault unsealed from the start (a key file).
+    pub fn unsealed(vault: Vault) -> Self {
+        Self {
+            vault: Arc::new(OnceLock::from(vault)),
+            unsealer: None,
+        }
+    }
+
+    /// A sealed vault over `store`, if the store's root key was split into shares; `None` if
+    /// it was not (it unseals from a key file, or has no root key yet).
+    pub async fn sealed(store: Store) -> Result<Option<Self>, VaultError> {
+        let Some(recorded) = store.meta_get(SHAMIR_KEY).await? else {
+            return Ok(None);
+        };
+        let threshold = recorded
+            .split_once('/')
+            .and_then(|(t, _)| t.parse::<usize>().ok())
+            .filter(|t| *t >= 1)
+            .ok_or_else(|| VaultError::Malformed(format!("{SHAMIR_KEY} is {recorded:?}")))?;
+        Ok(Some(Self {
+            vault: Arc::default(),
+            unsealer: Some(Arc::new(Unsealer {
+                store,
+                threshold,
+                shares: tokio::sync::Mutex::default(),
+            })),
+        }))
+    }
+
+    /// The vault, if it is unsealed.
+    pub fn vault(&self) -> Option<&Vault> {
+        self.vault.get()
+    }
+
+    pub async fn status(&self) -> SealStatus {
+        SealStatus {
+            sealed: self.vault.get().is_none(),
+            threshold: self.unsealer.as_ref().map(|u| u.threshold),
+            progress: match &self.unsealer {
+                Some(u) if self.vault.get().is_none() => u.shares.lock().await.len(),
+                _ => 0,
+            },
+        }
+    }
+
+    /// Takes one holder's share; unseals once there are enough that make the store's key.
+    pub async fn unseal(&self, share: &str) -> Result<SealStatus, UnsealRefusal> {
+        let unsealer = self.unsealer.as_ref().ok_or(UnsealRefusal::NotShamir)?;
+        let share = UnsealShare::parse(share).map_err(UnsealRefusal::Share)?;
+        let mut shares = unsealer.shares.lock().await;
+        if self.vault.get().is_some() {
+            return Ok(self.unsealed_status(unsealer));
+        }
+        if shares.iter().any(|s| s.id() == share.id()) {
+            return Err(UnsealRefusal::Repeated);
+        }
+        shares.push(share);
+        if shares.len() < unsealer.threshold {
+            return Ok(SealStatus {
+                sealed: true,
+                threshold: Some(unsealer.threshold),
+                progress: shares.len(),
+            });
+        }
+        let given = shares.len();
+        let root = shamir::combine(&shares);
+        shares.clear();
+        let root: RootKey = root.map_err(UnsealRefusal::Share)?;
+        match Vault::open(unsealer.store.clone(), root).await {
+            Ok(vault) => {
+                let _ = self.vault.set(vault);
+                tracing::info!("vault unsealed");
+                Ok(self.unsealed_status(unsealer))
+            }
+            Err(VaultError::WrongRootKey { .. }) => {
+                tracing::warn!(
+                    shares = given,
+                    "unseal shares made the wrong key; starting over"
+                );
+                Err(UnsealRefusal::WrongKey(given))
+            }
+            Err(e) => Err(UnsealRefusal::Vault(e)),
+        }
+    }
+
+    fn unsealed_status(&self, unsealer: &Unsealer) -> SealStatus {
+        SealStatus {
+            sealed: false,
+            threshold: Some(unsealer.threshold),
+            progress: 0,
+        }
+    }
+}
+
+/// `cofferd vault operator init`: makes the store's root key, records its fingerprint and
+/// how it was split, and returns the shares (the only copies of the key). Refused if the
+/// store has a root key already.
+pub async fn init_shamir(
+    store: &Store,
+    threshold: usize,
+    shares: usize,
+) -> Result<Vec<UnsealShare>, InitError> {
+    if store.meta_get(ROOT_FINGERPRINT_KEY).await?.is_some() {
+        return Err(InitError::HasRootKey);
+    }
+    let root = RootKey::generate();
+    let split = shamir::split(&root, threshold, shares).map_err(InitError::Parameters)?;
+    let ours = root.fingerprint();
+    if store
+        .meta_set_if_absent(ROOT_FINGERPRINT_KEY, &ours)
+        .await?
+        != ours
+    {
+        return Err(InitError::HasRootKey);
+    }
+    store
+        .meta_set_if_absent(SHAMIR_KEY, &format!("{threshold}/{shares}"))
+        .await?;
+    Ok(split)
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum InitError {
+    #[error("this store has a root key already; operator init makes a store's first one")]
+    HasRootKey,
+    #[error("{0}")]
+    Parameters(ShareError),
+    #[error(transparent)]
+    Store(#[from] coffer_store::StoreError),
+}
