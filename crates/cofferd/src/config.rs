@@ -126,6 +126,13 @@ pub struct VaultArgs {
     /// decrypts nothing.
     #[arg(long, env = "COFFER_CONTROL_PLANE_PUBLIC_KEY")]
     pub control_plane_public_key: Option<String>,
+    /// For a store whose root key a transit engine keeps (`operator init --transit-url`): a
+    /// file holding the token for it.
+    #[arg(long, env = "COFFER_TRANSIT_TOKEN_FILE")]
+    pub transit_token_file: Option<PathBuf>,
+    /// The transit engine's URL, if it moved since `operator init` [default: the recorded one].
+    #[arg(long, env = "COFFER_TRANSIT_URL")]
+    pub transit_url: Option<String>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -138,7 +145,9 @@ pub enum VaultCommand {
 #[derive(Subcommand, Debug)]
 pub enum OperatorCommand {
     /// Makes a new store's root key and prints it split into Shamir shares, once: give each
-    /// to a different person. The vault then starts sealed until enough of them unseal it.
+    /// to a different person; the vault then starts sealed until enough of them unseal it.
+    /// With --transit-url, the key is encrypted by an OpenBao / Vault transit key instead,
+    /// and the vault opens by itself.
     Init(OperatorInitArgs),
     /// Gives one share to a sealed vault (read from stdin, never from the command line).
     Unseal(OperatorUnsealArgs),
@@ -157,6 +166,19 @@ pub struct OperatorInitArgs {
     /// How many shares unseal the vault (1 to --key-shares).
     #[arg(long, default_value_t = 3)]
     pub key_threshold: usize,
+    /// Keep the root key encrypted by this OpenBao / Vault transit engine instead of splitting
+    /// it into shares: the vault then opens by itself at every start.
+    #[arg(long, env = "COFFER_TRANSIT_URL", conflicts_with_all = ["key_shares", "key_threshold"])]
+    pub transit_url: Option<String>,
+    /// The transit engine's mount path.
+    #[arg(long, default_value = "transit", requires = "transit_url")]
+    pub transit_mount: String,
+    /// The transit key that encrypts the root key.
+    #[arg(long, default_value = "coffer-root", requires = "transit_url")]
+    pub transit_key: String,
+    /// File holding a token allowed to encrypt with that key.
+    #[arg(long, env = "COFFER_TRANSIT_TOKEN_FILE", requires = "transit_url")]
+    pub transit_token_file: Option<PathBuf>,
 }
 
 #[derive(Args, Debug)]
@@ -224,6 +246,8 @@ pub struct FileConfig {
     pub name: Option<String>,
     pub join_token_file: Option<PathBuf>,
     pub workload_uids: Option<String>,
+    pub transit_token_file: Option<PathBuf>,
+    pub transit_url: Option<String>,
 }
 
 impl FileConfig {

@@ -2,12 +2,14 @@
 //! `coffer_vault::seal`).
 
 use crate::config::{
-    hint, pick, required, FileConfig, OperatorCommand, OperatorInitArgs, OperatorUnsealArgs,
+    hint, pick, read_secret_file, required, FileConfig, OperatorCommand, OperatorInitArgs,
+    OperatorUnsealArgs,
 };
 use crate::roles::open_store;
 use anyhow::Context as _;
 use coffer_store::OpenMode;
 use coffer_vault::seal::{init_shamir, InitError, SealStatus};
+use coffer_vault::transit::{init_transit, Transit};
 use std::io::BufRead as _;
 use zeroize::Zeroizing;
 
@@ -27,15 +29,30 @@ async fn init(args: OperatorInitArgs) -> anyhow::Result<()> {
         "COFFER_DATABASE_URL",
     )?;
     let store = open_store(&url, OpenMode::MustExist).await?;
+    if let Some(transit_url) = args.transit_url {
+        let token_file = required(
+            args.transit_token_file,
+            "transit-token-file",
+            "COFFER_TRANSIT_TOKEN_FILE",
+        )?;
+        let token = read_secret_file(&token_file, "transit token")?;
+        let transit = Transit::new(&transit_url, Zeroizing::new(token.expose().to_string()))?;
+        let seal = init_transit(&store, &transit, &args.transit_mount, &args.transit_key)
+            .await
+            .map_err(init_error)?;
+        store.close().await;
+        println!(
+            "The store's root key was made and encrypted by the transit key {}/{} at {}; only \
+             its ciphertext is kept, in the store.\nStart the vault with \
+             --transit-token-file (a token allowed to decrypt with that key) and without \
+             --unseal-key-file: it opens by itself at every start.",
+            seal.mount, seal.key, seal.url
+        );
+        return Ok(());
+    }
     let shares = init_shamir(&store, args.key_threshold, args.key_shares)
         .await
-        .map_err(|e| match e {
-            InitError::HasRootKey => anyhow::Error::new(hint(
-                "a store's root key is made once; keep unsealing it the way it was set up",
-            ))
-            .context(e.to_string()),
-            other => anyhow::Error::new(other),
-        })?;
+        .map_err(init_error)?;
     store.close().await;
     let mut out = String::new();
     for (i, share) in shares.iter().enumerate() {
@@ -51,6 +68,16 @@ async fn init(args: OperatorInitArgs) -> anyhow::Result<()> {
         args.key_shares, args.key_threshold
     );
     Ok(())
+}
+
+fn init_error(e: InitError) -> anyhow::Error {
+    match e {
+        InitError::HasRootKey => anyhow::Error::new(hint(
+            "a store's root key is made once; keep unsealing it the way it was set up",
+        ))
+        .context(e.to_string()),
+        other => anyhow::Error::new(other),
+    }
 }
 
 async fn unseal(args: OperatorUnsealArgs) -> anyhow::Result<()> {

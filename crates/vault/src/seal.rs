@@ -71,6 +71,10 @@ impl Custody {
     /// A sealed vault over `store`, if the store's root key was split into shares; `None` if
     /// it was not (it unseals from a key file, or has no root key yet).
     pub async fn sealed(store: Store) -> Result<Option<Self>, VaultError> {
+        if store.meta_get(crate::transit::TRANSIT_KEY).await?.is_some() {
+            // Kept by a transit engine: opened at start (`transit`), never by shares.
+            return Ok(None);
+        }
         let Some(recorded) = store.meta_get(SHAMIR_KEY).await? else {
             return Ok(None);
         };
@@ -187,6 +191,8 @@ pub enum InitError {
     HasRootKey,
     #[error("{0}")]
     Parameters(ShareError),
+    #[error("{0}")]
+    Transit(crate::transit::TransitError),
     #[error(transparent)]
     Store(#[from] coffer_store::StoreError),
 }
