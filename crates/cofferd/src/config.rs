@@ -41,7 +41,7 @@ pub enum Command {
     /// The control plane (encrypt-only API).
     Api(ApiArgs),
     /// Key custody: decrypts only for a valid machine token, only re-encrypted to the host.
-    Vault(VaultArgs),
+    Vault(Box<VaultArgs>),
     /// Creates a store (runs migrations) and mints the first admin API token.
     Init(InitArgs),
     /// Host agent: runs this host's machines and injects their secrets at boot.
@@ -133,6 +133,13 @@ pub struct VaultArgs {
     /// The transit engine's URL, if it moved since `operator init` [default: the recorded one].
     #[arg(long, env = "COFFER_TRANSIT_URL")]
     pub transit_url: Option<String>,
+    /// For a store whose root key an HSM keeps (`operator init --pkcs11-module`): the PKCS#11
+    /// module (shared library) of that HSM on this host.
+    #[arg(long, env = "COFFER_PKCS11_MODULE")]
+    pub pkcs11_module: Option<PathBuf>,
+    /// File holding the PIN of the HSM token's user.
+    #[arg(long, env = "COFFER_PKCS11_PIN_FILE")]
+    pub pkcs11_pin_file: Option<PathBuf>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -146,9 +153,9 @@ pub enum VaultCommand {
 pub enum OperatorCommand {
     /// Makes a new store's root key and prints it split into Shamir shares, once: give each
     /// to a different person; the vault then starts sealed until enough of them unseal it.
-    /// With --transit-url, the key is encrypted by an OpenBao / Vault transit key instead,
-    /// and the vault opens by itself.
-    Init(OperatorInitArgs),
+    /// With --transit-url (an OpenBao / Vault transit key) or --pkcs11-module (an HSM's AES
+    /// key), the key is encrypted by that key instead, and the vault opens by itself.
+    Init(Box<OperatorInitArgs>),
     /// Gives one share to a sealed vault (read from stdin, never from the command line).
     Unseal(OperatorUnsealArgs),
 }
@@ -179,6 +186,24 @@ pub struct OperatorInitArgs {
     /// File holding a token allowed to encrypt with that key.
     #[arg(long, env = "COFFER_TRANSIT_TOKEN_FILE", requires = "transit_url")]
     pub transit_token_file: Option<PathBuf>,
+    /// Keep the root key encrypted by an AES key in an HSM, through this PKCS#11 module,
+    /// instead of splitting it into shares: the vault then opens by itself at every start.
+    #[arg(
+        long,
+        env = "COFFER_PKCS11_MODULE",
+        conflicts_with_all = ["key_shares", "key_threshold", "transit_url"],
+        requires = "pkcs11_token_label"
+    )]
+    pub pkcs11_module: Option<PathBuf>,
+    /// The label of the HSM token to use.
+    #[arg(long, requires = "pkcs11_module")]
+    pub pkcs11_token_label: Option<String>,
+    /// The label of the AES key on the token (made if missing: sensitive, not extractable).
+    #[arg(long, default_value = "coffer-root", requires = "pkcs11_module")]
+    pub pkcs11_key_label: String,
+    /// File holding the PIN of the token's user.
+    #[arg(long, env = "COFFER_PKCS11_PIN_FILE", requires = "pkcs11_module")]
+    pub pkcs11_pin_file: Option<PathBuf>,
 }
 
 #[derive(Args, Debug)]
@@ -248,6 +273,8 @@ pub struct FileConfig {
     pub workload_uids: Option<String>,
     pub transit_token_file: Option<PathBuf>,
     pub transit_url: Option<String>,
+    pub pkcs11_module: Option<PathBuf>,
+    pub pkcs11_pin_file: Option<PathBuf>,
 }
 
 impl FileConfig {

@@ -35,9 +35,9 @@ async fn run(cli: config::Cli) -> anyhow::Result<()> {
     match cli.command {
         config::Command::Dev(args) => dev::run(args).await,
         config::Command::Api(args) => roles::api(args).await,
-        config::Command::Vault(args) => match args.command {
+        config::Command::Vault(mut args) => match args.command.take() {
             Some(config::VaultCommand::Operator(op)) => operator::run(op).await,
-            None => roles::vault(args).await,
+            None => roles::vault(*args).await,
         },
         config::Command::Init(args) => roles::init(args).await,
         config::Command::Agent(args) => roles::agent(args).await,

@@ -8,6 +8,7 @@ use crate::config::{
 use crate::roles::open_store;
 use anyhow::Context as _;
 use coffer_store::OpenMode;
+use coffer_vault::pkcs11::{init_pkcs11, Hsm};
 use coffer_vault::seal::{init_shamir, InitError, SealStatus};
 use coffer_vault::transit::{init_transit, Transit};
 use std::io::BufRead as _;
@@ -15,7 +16,7 @@ use zeroize::Zeroizing;
 
 pub async fn run(op: OperatorCommand) -> anyhow::Result<()> {
     match op {
-        OperatorCommand::Init(args) => init(args).await,
+        OperatorCommand::Init(args) => init(*args).await,
         OperatorCommand::Unseal(args) => unseal(args).await,
     }
 }
@@ -47,6 +48,31 @@ async fn init(args: OperatorInitArgs) -> anyhow::Result<()> {
              --transit-token-file (a token allowed to decrypt with that key) and without \
              --unseal-key-file: it opens by itself at every start.",
             seal.mount, seal.key, seal.url
+        );
+        return Ok(());
+    }
+    if let Some(module) = args.pkcs11_module {
+        let token_label = required(
+            args.pkcs11_token_label,
+            "pkcs11-token-label",
+            "(no environment variable)",
+        )?;
+        let pin_file = required(
+            args.pkcs11_pin_file,
+            "pkcs11-pin-file",
+            "COFFER_PKCS11_PIN_FILE",
+        )?;
+        let pin = read_secret_file(&pin_file, "PKCS#11 PIN")?;
+        let hsm = Hsm::login(&module, &token_label, pin.expose())?;
+        let seal = init_pkcs11(&store, &hsm, &token_label, &args.pkcs11_key_label)
+            .await
+            .map_err(init_error)?;
+        store.close().await;
+        println!(
+            "The store's root key was made and encrypted by the HSM key {:?} on token {:?}; only \
+             its ciphertext is kept, in the store.\nStart the vault with --pkcs11-module and \
+             --pkcs11-pin-file, without --unseal-key-file: it opens by itself at every start.",
+            seal.key_label, seal.token_label
         );
         return Ok(());
     }

@@ -219,6 +219,7 @@ pub async fn vault(args: VaultArgs) -> anyhow::Result<()> {
     // A key file, the store's root key kept by a transit engine, or split into shares (the
     // vault starts sealed).
     let transit_seal = coffer_vault::transit::recorded(&store).await?;
+    let hsm_seal = coffer_vault::pkcs11::recorded(&store).await?;
     let custody = match (key_file, transit_seal) {
         (Some(key_file), _) => {
             let root = coffer_vault::unseal::read_key_file(&key_file).map_err(key_file_error)?;
@@ -248,6 +249,31 @@ pub async fn vault(args: VaultArgs) -> anyhow::Result<()> {
             tracing::info!(url = %seal.url, mount = %seal.mount, key = %seal.key, "root key opened by the transit engine");
             let vault = Vault::open(store, root).await?;
             coffer_vault::seal::Custody::unsealed(vault)
+        }
+        (None, None) if hsm_seal.is_some() => {
+            let seal = hsm_seal.expect("checked");
+            let module = required(
+                pick(args.pkcs11_module, file.pkcs11_module),
+                "pkcs11-module",
+                "COFFER_PKCS11_MODULE",
+            )?;
+            let pin_file = required(
+                pick(args.pkcs11_pin_file, file.pkcs11_pin_file),
+                "pkcs11-pin-file",
+                "COFFER_PKCS11_PIN_FILE",
+            )?;
+            let pin = config::read_secret_file(&pin_file, "PKCS#11 PIN")?;
+            let root = coffer_vault::pkcs11::Hsm::login(&module, &seal.token_label, pin.expose())
+                .and_then(|hsm| hsm.open_root(&seal))
+                .map_err(|e| {
+                    anyhow::Error::new(hint(
+                        "the vault opens only with the HSM's help: check the module, the token, \
+                         the PIN, and that the key is still on the token",
+                    ))
+                    .context(e.to_string())
+                })?;
+            tracing::info!(token = %seal.token_label, key = %seal.key_label, "root key opened by the HSM");
+            coffer_vault::seal::Custody::unsealed(Vault::open(store, root).await?)
         }
         (None, None) => {
             let custody = coffer_vault::seal::Custody::sealed(store)

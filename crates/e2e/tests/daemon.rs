@@ -1399,3 +1399,187 @@ path "transit/decrypt/coffer-root" { capabilities = ["update"] }"#;
         "the transit token is in a log"
     );
 }
+
+/// The SoftHSM2 PKCS#11 module: `SOFTHSM2_MODULE`, or where Debian puts it. `.ci/run`
+/// installs the package; outside CI a machine without it skips the test that needs it.
+fn find_softhsm() -> Option<PathBuf> {
+    std::env::var_os("SOFTHSM2_MODULE")
+        .map(PathBuf::from)
+        .or_else(|| Some(PathBuf::from("/usr/lib/softhsm/libsofthsm2.so")))
+        .filter(|p| p.is_file())
+}
+
+/// PRODUCT.md §5.7: the root key kept encrypted by a key in an HSM, over PKCS#11 (a real
+/// SoftHSM2 token). The vault opens by itself at every start with the token's PIN, and not
+/// at all with a wrong PIN or once the key is gone from the token.
+#[tokio::test(flavor = "multi_thread")]
+async fn sqlite_pkcs11_unseal() {
+    let Some(module) = find_softhsm() else {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI installs softhsm2 (.ci/run), so that PKCS#11 unseal is tested"
+        );
+        eprintln!("skipped: no SoftHSM2 (apt install softhsm2)");
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    // A token of this test's own: SoftHSM2 reads its token directory from its config file.
+    std::fs::create_dir(d.join("tokens")).unwrap();
+    let conf = d.join("softhsm2.conf");
+    std::fs::write(
+        &conf,
+        format!("directories.tokendir = {}\n", d.join("tokens").display()),
+    )
+    .unwrap();
+    let pin = random_hex(8);
+    let out = Command::new("softhsm2-util")
+        .args(["--init-token", "--free", "--label", "coffer-test"])
+        .args(["--pin", &pin, "--so-pin", &random_hex(8)])
+        .env("SOFTHSM2_CONF", &conf)
+        .output()
+        .expect("softhsm2-util");
+    assert!(out.status.success(), "{}", stderr(&out));
+    let pin_file = d.join("hsm.pin");
+    private_file(&pin_file, &format!("{pin}\n"));
+    let wrong_pin_file = d.join("wrong.pin");
+    private_file(&wrong_pin_file, "0000\n");
+    let module_s = module.to_str().unwrap().to_string();
+    let pin_s = pin_file.to_str().unwrap().to_string();
+
+    let url = format!("sqlite://{}", d.join("prod.db").display());
+    let files = RoleFiles::create(d);
+    let admin = init(&url);
+    let hsm_init = |pin: &str| {
+        cofferd(&[
+            "vault",
+            "operator",
+            "init",
+            "--database-url",
+            &url,
+            "--pkcs11-module",
+            &module_s,
+            "--pkcs11-token-label",
+            "coffer-test",
+            "--pkcs11-pin-file",
+            pin,
+        ])
+        .env("SOFTHSM2_CONF", &conf)
+        .output()
+        .unwrap()
+    };
+    let out = hsm_init(wrong_pin_file.to_str().unwrap());
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("refused the PIN"), "{}", stderr(&out));
+    let out = hsm_init(&pin_s);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stdout(&out).contains("HSM key \"coffer-root\""),
+        "{}",
+        stdout(&out)
+    );
+    let again = hsm_init(&pin_s);
+    assert!(!again.status.success());
+    assert!(
+        stderr(&again).contains("root key already"),
+        "{}",
+        stderr(&again)
+    );
+
+    let vport = common::free_port();
+    let aport = std::iter::repeat_with(common::free_port)
+        .find(|p| *p != vport)
+        .unwrap();
+    let vault_url = format!("http://127.0.0.1:{vport}");
+    let api_url = format!("http://127.0.0.1:{aport}");
+    let (vlisten, alisten) = (format!("127.0.0.1:{vport}"), format!("127.0.0.1:{aport}"));
+    let vault_args = |pin: &str| -> Vec<String> {
+        [
+            "vault",
+            "--database-url",
+            &url,
+            "--service-token-file",
+            &files.service_token,
+            "--pkcs11-module",
+            &module_s,
+            "--pkcs11-pin-file",
+            pin,
+            "--listen",
+            &vlisten,
+        ]
+        .map(str::to_string)
+        .to_vec()
+    };
+    let coffer = |args: &[&str]| {
+        let out = std::process::Command::new(bin("coffer"))
+            .args(["--api-url", &api_url, "--token", &admin])
+            .args(args)
+            .env("XDG_CONFIG_HOME", d.join("cli"))
+            .env_remove("COFFER_APP")
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "coffer {args:?}: {}", stderr(&out));
+        stdout(&out)
+    };
+    for round in 1..=2 {
+        let args = vault_args(&pin_s);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let child = cofferd(&args)
+            .env("SOFTHSM2_CONF", &conf)
+            .env("COFFER_LOG", "debug")
+            .stderr(std::fs::File::create(d.join(format!("vault-{round}.log"))).unwrap())
+            .spawn()
+            .unwrap();
+        let mut vault = Daemon {
+            child,
+            log: d.join(format!("vault-{round}.log")),
+        };
+        common::wait_ready_child(&vault_url, &mut vault.child, &vault.log);
+        let mut api = Daemon::spawn(
+            &files.api(&url, &vault_url, &alisten),
+            d.join(format!("api-{round}.log")),
+        );
+        common::wait_ready_child(&api_url, &mut api.child, &api.log);
+        if round == 1 {
+            coffer(&["apps", "create", "hsm-app"]);
+        }
+        coffer(&[
+            "secrets",
+            "set",
+            "-a",
+            "hsm-app",
+            "--stage",
+            &format!("R{round}=x"),
+        ]);
+        assert!(api.terminate().is_some_and(|s| s.success()));
+        assert!(vault.terminate().is_some_and(|s| s.success()));
+    }
+    // A wrong PIN: the vault does not start.
+    let args = vault_args(wrong_pin_file.to_str().unwrap());
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let out = cofferd(&args).env("SOFTHSM2_CONF", &conf).output().unwrap();
+    assert!(!out.status.success(), "the vault started with a wrong PIN");
+    assert!(stderr(&out).contains("refused the PIN"), "{}", stderr(&out));
+    // The key gone from the token (here: the whole token): the vault does not start.
+    let out = Command::new("softhsm2-util")
+        .args(["--delete-token", "--token", "coffer-test"])
+        .env("SOFTHSM2_CONF", &conf)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let args = vault_args(&pin_s);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let out = cofferd(&args).env("SOFTHSM2_CONF", &conf).output().unwrap();
+    assert!(
+        !out.status.success(),
+        "the vault started without its HSM key"
+    );
+    assert!(stderr(&out).contains("coffer-test"), "{}", stderr(&out));
+
+    let mut logs = String::new();
+    for f in ["vault-1.log", "vault-2.log", "api-1.log", "api-2.log"] {
+        logs.push_str(&std::fs::read_to_string(d.join(f)).unwrap_or_default());
+    }
+    assert!(logs.contains("opened by the HSM"), "{logs}");
+    assert!(!logs.contains(&pin), "the PIN is in a log");
+}

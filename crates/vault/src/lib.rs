@@ -11,6 +11,7 @@
 //! Invariant: no route returns a plaintext value, a private key or the root key.
 
 pub mod decrypt;
+pub mod pkcs11;
 pub mod routes;
 pub mod seal;
 pub mod transit;

@@ -71,9 +71,11 @@ impl Custody {
     /// A sealed vault over `store`, if the store's root key was split into shares; `None` if
     /// it was not (it unseals from a key file, or has no root key yet).
     pub async fn sealed(store: Store) -> Result<Option<Self>, VaultError> {
-        if store.meta_get(crate::transit::TRANSIT_KEY).await?.is_some() {
-            // Kept by a transit engine: opened at start (`transit`), never by shares.
-            return Ok(None);
+        for kept_elsewhere in [crate::transit::TRANSIT_KEY, crate::pkcs11::PKCS11_KEY] {
+            if store.meta_get(kept_elsewhere).await?.is_some() {
+                // Kept by a transit engine or an HSM: opened at start, never by shares.
+                return Ok(None);
+            }
         }
         let Some(recorded) = store.meta_get(SHAMIR_KEY).await? else {
             return Ok(None);
@@ -193,6 +195,8 @@ pub enum InitError {
     Parameters(ShareError),
     #[error("{0}")]
     Transit(crate::transit::TransitError),
+    #[error("{0}")]
+    Hsm(crate::pkcs11::HsmError),
     #[error(transparent)]
     Store(#[from] coffer_store::StoreError),
 }

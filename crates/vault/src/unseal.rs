@@ -1,6 +1,6 @@
 //! Where the root key comes from: a key file (what `cofferd dev` uses, 0600 in its data dir),
-//! read here, or Shamir shares given to a sealed vault (`crate::seal`). PKCS#11 and transit
-//! unseal are not built yet.
+//! read here; Shamir shares given to a sealed vault (`crate::seal`); an OpenBao / Vault
+//! transit key (`crate::transit`); or an HSM's key over PKCS#11 (`crate::pkcs11`).
 
 use coffer_core::SecretBytes;
 use coffer_crypto::RootKey;
