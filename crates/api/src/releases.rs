@@ -14,18 +14,90 @@
 //! Crash safety: every step is a committed store change, and the orchestrator keeps no state
 //! of its own. The order of the rollback matters — machines are moved back *before* the
 //! release is marked failed — so that a crash at any point leaves either a `running` release
-//! (which [`recover`] rolls back at the next start) or a settled one with every machine on one
-//! secrets version. A release interrupted by a restart is failed and rolled back rather than
-//! resumed: the crash window of the machine it was watching cannot be trusted any more.
+//! (which a live API process takes over and rolls back, see below) or a settled one with every
+//! machine on one secrets version. A release interrupted by a crash is failed and rolled back
+//! rather than resumed: the crash window of the machine it was watching cannot be trusted any
+//! more.
 //!
-//! Known limit: with several API replicas, recovery at one replica's start would also take over
-//! a release another live replica is running; run one orchestrating replica until releases
-//! carry a fenced owner lease.
+//! Several API replicas: one owner per release, fenced. A release is created owned by the
+//! process that wrote it, under a fencing token of its own (a random id of the process and a
+//! counter, [`Owners`]), with a lease of [`coffer_store::RELEASE_LEASE`] that the owner's writes renew
+//! (progress about every second while watching, [`RENEW_EVERY`] at least while it waits for a
+//! boot). Every store change made for the release — moving a machine, progress, completing,
+//! failing — carries the token and applies only while the release is `running` under it, in
+//! the same transaction (`coffer_store`'s releases module says how). When a change is refused
+//! ([`StoreError::Fenced`]), the orchestration stops touching the release: it was settled or
+//! taken over by someone else. Taking over: every API process sweeps the store every
+//! [`SWEEP_EVERY`] (and once at start, [`recover`]) and takes over each `running` release whose
+//! lease has passed — its owner died or lost the store — under a fresh token, in one
+//! statement, then rolls it back, fenced like any orchestration: of two replicas that sweep at
+//! once one takes it, and an owner that comes back after its lease was taken finds its next
+//! write refused. A live owner's release is never touched. So a release whose owner is
+//! killed is settled by some live replica (or the restarted one) within about
+//! `RELEASE_LEASE + SWEEP_EVERY` (20 s).
 
 use crate::ApiState;
 use coffer_core::wire::machines::{DesiredState, MachineState};
-use coffer_store::{now_micros, MachineRecord, ReleaseRecord, StoreError};
+use coffer_store::{now_micros, MachineRecord, ReleaseLease, ReleaseRecord, StoreError};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
+
+/// How often an orchestration renews its lease while it writes nothing else (waiting for a
+/// boot): well within [`coffer_store::RELEASE_LEASE`].
+pub const RENEW_EVERY: Duration = Duration::from_secs(3);
+/// How often each API process looks for releases whose owner stopped renewing them.
+pub const SWEEP_EVERY: Duration = Duration::from_secs(5);
+
+/// Fencing tokens for the releases this process orchestrates: a random id of the process and
+/// a counter, so that every claim (a new release, a take-over) has a token of its own — two
+/// tasks of one process never pass each other's fence either.
+pub struct Owners {
+    process: String,
+    next: AtomicU64,
+}
+
+impl Owners {
+    pub fn new() -> Self {
+        Self {
+            process: hex::encode(coffer_crypto::random_array::<8>()),
+            next: AtomicU64::new(1),
+        }
+    }
+
+    /// A token not given out before.
+    pub fn next(&self) -> String {
+        format!(
+            "{}-{}",
+            self.process,
+            self.next.fetch_add(1, Ordering::Relaxed)
+        )
+    }
+}
+
+impl Default for Owners {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Why an orchestration stopped before the release was settled by it.
+#[derive(Debug)]
+enum Halt {
+    /// The release is no longer running under this orchestration's token: settled or taken
+    /// over elsewhere. Nothing more to do here.
+    Fenced,
+    /// The store failed; the release is still ours to settle.
+    Store(StoreError),
+}
+
+impl From<StoreError> for Halt {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::Fenced => Halt::Fenced,
+            e => Halt::Store(e),
+        }
+    }
+}
 
 /// How long a restarted machine may take to report `started` before the release fails.
 const BOOT_TIMEOUT: Duration = Duration::from_secs(60);
@@ -109,31 +181,34 @@ pub async fn start(s: &ApiState, release: ReleaseRecord) {
     if release.status != coffer_store::ReleaseStatus::Running {
         return;
     }
-    match complete_if_nothing_to_do(s, &release).await {
+    let Some(lease) = release.lease() else {
+        // Never so for a release this process just created running.
+        tracing::error!(app_id = %release.app_id, version = release.version, "a running release without an owner; the sweep takes it over");
+        return;
+    };
+    match complete_if_nothing_to_do(s, &release, &lease).await {
         Ok(true) => return,
         Ok(false) => {}
         Err(e) => {
             tracing::warn!(app_id = %release.app_id, version = release.version, error = %e, "could not start the release; the background orchestration takes it over");
         }
     }
-    spawn(s.clone(), release);
+    spawn(s.clone(), release, lease, Task::Run);
 }
 
-/// `Ok(true)` when no machine takes part in the release and it is now settled.
+/// `Ok(true)` when no machine takes part in the release and it is now settled (by this
+/// orchestration, or by another that took it over).
 async fn complete_if_nothing_to_do(
     s: &ApiState,
     release: &ReleaseRecord,
+    lease: &ReleaseLease,
 ) -> Result<bool, StoreError> {
     let machines = s.store.app_machines(&release.app_id).await?;
     if machines.iter().any(|m| part(m).is_some()) {
         return Ok(false);
     }
-    match s
-        .store
-        .complete_release(&release.app_id, release.version)
-        .await
-    {
-        Ok(_) | Err(StoreError::Conflict(_)) => Ok(true),
+    match s.store.complete_release(lease).await {
+        Ok(_) | Err(StoreError::Fenced) => Ok(true),
         Err(e) => Err(e),
     }
 }
@@ -143,62 +218,163 @@ async fn complete_if_nothing_to_do(
 const RETRY_FIRST: Duration = Duration::from_secs(1);
 const RETRY_MAX: Duration = Duration::from_secs(30);
 
-/// Orchestrates a release in the background, until it is settled.
+/// What a background orchestration does first.
+#[derive(Debug, Clone, Copy)]
+pub enum Task {
+    /// Roll the release out.
+    Run,
+    /// Roll it back (a release taken over from an owner that stopped), for this reason.
+    RollBack(&'static str),
+}
+
+/// The reason of a release taken over from an owner that stopped renewing its lease.
+const INTERRUPTED: &str =
+    "interrupted: the control plane orchestrating the release stopped during it";
+
+/// Orchestrates a release in the background under `lease`, until it is settled or this
+/// orchestration is fenced out.
 ///
 /// A store failure mid-release leaves it `running`; the task then rolls it back (machines to
 /// the previous secrets, release failed), retrying with a backoff of [`RETRY_FIRST`] doubling
-/// to [`RETRY_MAX`] until the release is no longer `running` (settled by this task, by
-/// another replica, or gone with its app). Recovery at the next start covers a process that
-/// dies meanwhile. A release whose start failed before any machine was touched is simply run
-/// here from the beginning.
-pub fn spawn(s: ApiState, release: ReleaseRecord) {
+/// to [`RETRY_MAX`] until the release is no longer `running` under its lease (settled by this
+/// task, taken over by a sweep once the lease passed, or gone with its app). The sweep also
+/// covers a process that dies meanwhile. A release whose start failed before any machine was
+/// touched is simply run here from the beginning.
+pub fn spawn(s: ApiState, release: ReleaseRecord, lease: ReleaseLease, task: Task) {
     tokio::spawn(async move {
         let (app_id, version) = (release.app_id.clone(), release.version);
-        let mut outcome = run(&s, release).await;
+        let mut outcome = match task {
+            Task::Run => run(&s, release, &lease).await,
+            Task::RollBack(reason) => roll_back(&s, &release, &lease, reason).await,
+        };
         let mut delay = RETRY_FIRST;
-        while let Err(e) = outcome {
-            tracing::error!(app_id, version, error = %e, retry_in_secs = delay.as_secs(), "release orchestration failed; rolling the release back");
+        loop {
+            match outcome {
+                Ok(()) => return,
+                Err(Halt::Fenced) => {
+                    tracing::warn!(app_id, version, "the release is no longer this orchestration's (settled or taken over elsewhere); leaving it");
+                    return;
+                }
+                Err(Halt::Store(e)) => {
+                    tracing::error!(app_id, version, error = %e, retry_in_secs = delay.as_secs(), "release orchestration failed; rolling the release back");
+                }
+            }
             tokio::time::sleep(delay).await;
             delay = (delay * 2).min(RETRY_MAX);
             outcome = match s.store.release(&app_id, version).await {
                 Ok(rel) if rel.status == coffer_store::ReleaseStatus::Running => {
-                    roll_back(&s, &rel, "the control plane could not finish the release").await
+                    roll_back(
+                        &s,
+                        &rel,
+                        &lease,
+                        "the control plane could not finish the release",
+                    )
+                    .await
                 }
                 // Settled, or gone with its app.
                 Ok(_) | Err(StoreError::NotFound(_)) => Ok(()),
-                Err(e) => Err(e),
+                Err(e) => Err(Halt::Store(e)),
             };
         }
     });
 }
 
-/// Settles every release a previous process left `running`: rolls it back.
+/// At start: takes over every release whose owner stopped renewing its lease (a previous
+/// process of this one, or a dead replica) and rolls it back, before the API serves. A
+/// release a live replica owns is left alone; one this store says nobody holds (from before
+/// owners, or whose lease passed) is taken. Returns how many were taken.
 pub async fn recover(s: &ApiState) -> Result<usize, StoreError> {
-    let running = s.store.running_releases().await?;
-    let n = running.len();
-    for rel in running {
-        tracing::warn!(app_id = %rel.app_id, version = rel.version, "release interrupted by a restart; rolling it back");
-        roll_back(
-            s,
-            &rel,
-            "interrupted: the control plane restarted during the release",
-        )
+    let owner = s.release_owners.next();
+    let taken = s
+        .store
+        .take_over_expired_releases(&owner, now_micros())
         .await?;
+    let n = taken.len();
+    for rel in taken {
+        let lease = ReleaseLease {
+            app_id: rel.app_id.clone(),
+            version: rel.version,
+            owner: owner.clone(),
+        };
+        tracing::warn!(app_id = %rel.app_id, version = rel.version, "release interrupted: its orchestration stopped; rolling it back");
+        match roll_back(s, &rel, &lease, INTERRUPTED).await {
+            Ok(()) | Err(Halt::Fenced) => {}
+            Err(Halt::Store(e)) => return Err(e),
+        }
     }
     Ok(n)
 }
 
-async fn progress(s: &ApiState, rel: &ReleaseRecord, line: &str) {
-    if let Err(e) = s
-        .store
-        .set_release_progress(&rel.app_id, rel.version, line)
-        .await
-    {
-        tracing::warn!(error = %e, "could not record release progress");
+/// Every [`SWEEP_EVERY`], for as long as the process runs: takes over the releases whose
+/// owner stopped renewing its lease, and rolls each back in the background (see [`spawn`]).
+pub fn spawn_sweeper(s: ApiState) {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(SWEEP_EVERY);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        tick.tick().await;
+        loop {
+            tick.tick().await;
+            let owner = s.release_owners.next();
+            match s
+                .store
+                .take_over_expired_releases(&owner, now_micros())
+                .await
+            {
+                Ok(taken) => {
+                    for rel in taken {
+                        tracing::warn!(app_id = %rel.app_id, version = rel.version, "release interrupted: its orchestration stopped renewing its lease; taking it over to roll it back");
+                        let lease = ReleaseLease {
+                            app_id: rel.app_id.clone(),
+                            version: rel.version,
+                            owner: owner.clone(),
+                        };
+                        spawn(s.clone(), rel, lease, Task::RollBack(INTERRUPTED));
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "could not look for releases to take over; trying again later");
+                }
+            }
+        }
+    });
+}
+
+/// Records a progress line (which renews the lease). `Halt::Fenced` once the release is no
+/// longer ours; a store failure is only logged, the next write will tell.
+async fn progress(s: &ApiState, lease: &ReleaseLease, line: &str) -> Result<(), Halt> {
+    match s.store.set_release_progress(lease, line).await {
+        Ok(()) => Ok(()),
+        Err(StoreError::Fenced) => Err(Halt::Fenced),
+        Err(e) => {
+            tracing::warn!(error = %e, "could not record release progress");
+            Ok(())
+        }
     }
 }
 
-async fn run(s: &ApiState, rel: ReleaseRecord) -> Result<(), StoreError> {
+/// Renews the lease when [`RENEW_EVERY`] has passed since `last`.
+async fn keep_lease(
+    s: &ApiState,
+    lease: &ReleaseLease,
+    last: &mut tokio::time::Instant,
+) -> Result<(), Halt> {
+    if last.elapsed() < RENEW_EVERY {
+        return Ok(());
+    }
+    match s.store.renew_release_lease(lease).await {
+        Ok(()) => {
+            *last = tokio::time::Instant::now();
+            Ok(())
+        }
+        Err(StoreError::Fenced) => Err(Halt::Fenced),
+        Err(e) => {
+            tracing::warn!(error = %e, "could not renew the release's lease");
+            Ok(())
+        }
+    }
+}
+
+async fn run(s: &ApiState, rel: ReleaseRecord, lease: &ReleaseLease) -> Result<(), Halt> {
     let app = s.store.app_by_id(&rel.app_id).await?;
     let window = Duration::from_millis(app.crash_window_ms.max(1000) as u64);
     let machines = rollout(s.store.app_machines(&rel.app_id).await?);
@@ -211,39 +387,35 @@ async fn run(s: &ApiState, rel: ReleaseRecord) -> Result<(), StoreError> {
         } else {
             format!("{} ({}/{total})", m.name, i + 1)
         };
-        progress(s, &rel, &format!("updating {label}")).await;
+        progress(s, lease, &format!("updating {label}")).await?;
         let m = match s
             .store
-            .set_machine_version(&m.id, rel.secrets_version, rel.version)
+            .move_machine_for_release(lease, &m.id, rel.secrets_version, rel.version)
             .await
         {
             Ok(m) => m,
             Err(StoreError::NotFound(_)) => continue,
-            Err(e) => return Err(e),
+            Err(e) => return Err(e.into()),
         };
         updated.push(m.id.clone());
         s.notify_hosts();
-        if let Err(reason) = watch(s, &rel, &m, &label, window).await? {
+        if let Err(reason) = watch(s, lease, &m, &label, window).await? {
             if *part == Part::Retrying {
                 // See [`Part::Retrying`]: it failed before the release too.
                 tracing::warn!(app = %app.name, release = rel.version, machine = %m.id, reason, "a machine that was failing before the release still fails; not counted against the release");
                 progress(
                     s,
-                    &rel,
+                    lease,
                     &format!("{reason}; it was failing before the release, so it does not fail it"),
                 )
-                .await;
+                .await?;
                 continue;
             }
-            roll_back(s, &rel, &reason).await?;
-            return Ok(());
+            return roll_back(s, &rel, lease, &reason).await;
         }
     }
-    match s.store.complete_release(&rel.app_id, rel.version).await {
-        Ok(_) => tracing::info!(app = %app.name, release = rel.version, "release complete"),
-        Err(StoreError::Conflict(_)) => {}
-        Err(e) => return Err(e),
-    }
+    s.store.complete_release(lease).await?;
+    tracing::info!(app = %app.name, release = rel.version, "release complete");
     Ok(())
 }
 
@@ -280,20 +452,23 @@ fn failure_reason(m: &MachineRecord, label: &str, started_at: Option<i64>) -> St
 /// `Ok(Err(reason))` when it crashed or could not boot.
 async fn watch(
     s: &ApiState,
-    rel: &ReleaseRecord,
+    lease: &ReleaseLease,
     updated: &MachineRecord,
     label: &str,
     window: Duration,
-) -> Result<Result<(), String>, StoreError> {
+) -> Result<Result<(), String>, Halt> {
     let generation = updated.generation;
+    // The move just renewed the lease.
+    let mut renewed = tokio::time::Instant::now();
     let mut events = s.machine_events.subscribe();
     let boot_deadline = tokio::time::Instant::now() + BOOT_TIMEOUT;
     // The store time of the `started` report, and the local instant it corresponds to.
     let (started_micros, started) = loop {
+        keep_lease(s, lease, &mut renewed).await?;
         let m = match s.store.machine(&updated.id).await {
             Ok(m) => m,
             Err(StoreError::NotFound(_)) => return Ok(Ok(())),
-            Err(e) => return Err(e),
+            Err(e) => return Err(e.into()),
         };
         if m.desired != DesiredState::Running || m.destroyed_at.is_some() {
             // Stopped or destroyed by a user meanwhile: not a crash of this release.
@@ -325,10 +500,11 @@ async fn watch(
     let end = started + window;
     let mut shown = u64::MAX;
     loop {
+        keep_lease(s, lease, &mut renewed).await?;
         let m = match s.store.machine(&updated.id).await {
             Ok(m) => m,
             Err(StoreError::NotFound(_)) => return Ok(Ok(())),
-            Err(e) => return Err(e),
+            Err(e) => return Err(e.into()),
         };
         if m.desired != DesiredState::Running || m.destroyed_at.is_some() {
             return Ok(Ok(()));
@@ -353,10 +529,11 @@ async fn watch(
             shown = left;
             progress(
                 s,
-                rel,
+                lease,
                 &format!("watching {label}: {left}s of {}s left", window.as_secs()),
             )
-            .await;
+            .await?;
+            renewed = tokio::time::Instant::now();
         }
         let _ = tokio::time::timeout((end - now).min(TICK), events.changed()).await;
     }
@@ -364,33 +541,41 @@ async fn watch(
 
 /// Puts every machine of the release back on the previous secrets, then fails the release
 /// and restores the app's secrets (a new version). Machines the release never reached are
-/// not touched.
-async fn roll_back(s: &ApiState, rel: &ReleaseRecord, reason: &str) -> Result<(), StoreError> {
+/// not touched. Every step is fenced by `lease`, so that one orchestration alone rolls a
+/// release back; the first refused step stops it (`Halt::Fenced`).
+async fn roll_back(
+    s: &ApiState,
+    rel: &ReleaseRecord,
+    lease: &ReleaseLease,
+    reason: &str,
+) -> Result<(), Halt> {
     tracing::warn!(app_id = %rel.app_id, release = rel.version, reason, "release failed; rolling back");
-    progress(s, rel, &format!("rolling back: {reason}")).await;
+    progress(s, lease, &format!("rolling back: {reason}")).await?;
     for m in s.store.app_machines(&rel.app_id).await? {
         if m.secrets_version == rel.secrets_version
             && m.release_version == rel.version
             && m.destroyed_at.is_none()
         {
-            s.store
-                .set_machine_version(
+            match s
+                .store
+                .move_machine_for_release(
+                    lease,
                     &m.id,
                     rel.previous_secrets_version,
                     rel.previous_release_version,
                 )
-                .await?;
+                .await
+            {
+                // Gone with its app meanwhile.
+                Ok(_) | Err(StoreError::NotFound(_)) => {}
+                Err(e) => return Err(e.into()),
+            }
         }
     }
     s.notify_hosts();
-    match s.store.fail_release(&rel.app_id, rel.version, reason).await {
-        Ok((_, rollback)) => {
-            tracing::info!(app_id = %rel.app_id, release = rel.version, rollback_release = rollback.version, "release rolled back");
-            Ok(())
-        }
-        Err(StoreError::Conflict(_)) => Ok(()),
-        Err(e) => Err(e),
-    }
+    let (_, rollback) = s.store.fail_release(lease, reason).await?;
+    tracing::info!(app_id = %rel.app_id, release = rel.version, rollback_release = rollback.version, "release rolled back");
+    Ok(())
 }
 
 #[cfg(test)]

@@ -171,6 +171,7 @@ async fn write_and_release(
             release: (!stage).then(|| NewRelease {
                 description: change.describe(),
                 actor: caller.actor.clone(),
+                owner: s.release_owners.next(),
             }),
         };
         match s.store.write_version(new).await {
@@ -254,6 +255,7 @@ pub async fn deploy(
                 &NewRelease {
                     description: format!("Deploy secrets version {}", app.secrets_version),
                     actor: caller.actor.clone(),
+                    owner: s.release_owners.next(),
                 },
             )
             .await?;

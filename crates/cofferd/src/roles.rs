@@ -80,7 +80,8 @@ pub fn vault_router(
     )
 }
 
-/// The API's router, after settling any release a previous process left running.
+/// The API's router, after settling any release a previous process left running (whose
+/// lease has passed), with the sweep that takes over releases whose owner stops later.
 pub async fn api_router(
     store: Store,
     vault_url: &str,
@@ -93,9 +94,10 @@ pub async fn api_router(
     if recovered > 0 {
         tracing::warn!(
             releases = recovered,
-            "rolled back releases interrupted by the last stop"
+            "rolled back releases whose orchestration had stopped"
         );
     }
+    coffer_api::releases::spawn_sweeper(state.clone());
     Ok(coffer_api::router(state, Metrics::new("coffer_api")))
 }
 

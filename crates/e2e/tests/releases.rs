@@ -253,7 +253,12 @@ async fn kill_9_mid_release(engine: Engine) {
     });
     dev.stop(true);
     dev.restart();
-    let rs = releases(&dev);
+    // The killed process's lease runs out (15 s after its last write), then the restarted one
+    // takes the release over at its next sweep (every 5 s) and rolls it back.
+    let rs = wait_for(60, "the interrupted release to be rolled back", || {
+        let rs = releases(&dev);
+        rs.iter().all(|r| r["status"] != "running").then_some(rs)
+    });
     let interrupted = rs.iter().find(|r| r["description"] == "Set MODE").unwrap();
     assert_eq!(interrupted["status"], "failed", "{rs:?}");
     assert!(

@@ -441,6 +441,12 @@ const SQLITE_MIGRATIONS: &[Migration] = &[
         version: 4,
         sql: include_str!("migrations/sqlite/0004_listing.sql"),
     },
+    // Version 5 is PostgreSQL's alone (foreign keys SQLite never checked row by row); the
+    // version numbers stay shared so that one number means one schema change.
+    Migration {
+        version: 6,
+        sql: include_str!("migrations/sqlite/0006_release_leases.sql"),
+    },
 ];
 
 const POSTGRES_MIGRATIONS: &[Migration] = &[
@@ -463,6 +469,10 @@ const POSTGRES_MIGRATIONS: &[Migration] = &[
     Migration {
         version: 5,
         sql: include_str!("migrations/postgres/0005_no_row_checks_on_secrets.sql"),
+    },
+    Migration {
+        version: 6,
+        sql: include_str!("migrations/postgres/0006_release_leases.sql"),
     },
 ];
 

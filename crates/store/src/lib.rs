@@ -29,7 +29,7 @@ mod write_tx;
 
 pub use engine::{DatabaseUrl, Engine, OpenMode};
 pub use machines::{BootFacts, HostRecord, MachineConfig, MachineRecord, NewMachine};
-pub use releases::{NewRelease, ReleaseRecord, ReleaseStatus};
+pub use releases::{NewRelease, ReleaseLease, ReleaseRecord, ReleaseStatus, RELEASE_LEASE};
 pub use store::Store;
 
 use coffer_core::{Action, AppName, SecretName};
@@ -50,6 +50,11 @@ pub enum StoreError {
     /// `group_commit`).
     #[error("database error: {0}")]
     Sqlite(#[from] rusqlite::Error),
+    /// A write on behalf of a release whose orchestration no longer holds it: the release is
+    /// not `running` any more, or another orchestration took it over (see
+    /// [`ReleaseLease`]). The caller must stop touching the release.
+    #[error("the release is no longer running under this orchestration")]
+    Fenced,
     #[error("stored data is corrupt: {0}")]
     Corrupt(String),
     /// A write that was not committed for a reason outside it (the database failed, the

@@ -2,7 +2,7 @@
 
 use crate::store::{found_if, BodyError};
 use crate::write_tx::{args, WriteTx};
-use crate::{Micros, Result, Store, StoreError, StoreRow};
+use crate::{Micros, ReleaseLease, Result, Store, StoreError, StoreRow};
 use coffer_core::wire::machines::{DesiredState, HealthCheck, MachineState, RestartPolicy};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -343,6 +343,58 @@ impl Store {
                     generation,
                     crate::now_micros(),
                     &id
+                ],
+                machine_from_row,
+            )
+            .and_then(|machine| machine.ok_or_else(returned_nothing))
+            .map_err(BodyError::Failed)
+        })
+        .await
+    }
+
+    /// Moves a machine of the lease's app to a secrets version on behalf of its release (the
+    /// rollout, or the rollback) and tells its host. Fenced (see [`ReleaseLease`]): `Fenced`,
+    /// with nothing changed, once the release is no longer running under the lease's owner.
+    /// `NotFound` if the app has no such machine.
+    pub async fn move_machine_for_release(
+        &self,
+        lease: &ReleaseLease,
+        id: &str,
+        secrets_version: i64,
+        release_version: i64,
+    ) -> Result<MachineRecord> {
+        let (lease, id) = (lease.clone(), id.to_string());
+        let sql = format!(
+            "UPDATE machines SET secrets_version = $1, release_version = $2, generation = $3, \
+             updated_at = $4 WHERE id = $5 AND app_id = $6 RETURNING {MACHINE_COLUMNS}"
+        );
+        self.write_tx(move |tx| {
+            let host_id = tx
+                .fetch_optional(
+                    "SELECT host_id FROM machines WHERE id = $1 AND app_id = $2",
+                    args![&id, &lease.app_id],
+                    |row| row.text("host_id"),
+                )
+                .map_err(BodyError::before_changes)?
+                .ok_or(BodyError::Refused(StoreError::NotFound("machine")))?;
+            // The host first, as every write that changes a machine does (see
+            // `Store::delete_app`), then the release's row: the fence, which holds the row
+            // until the commit, so a take-over cannot slip between the check and the move.
+            let generation = bump_host(tx, &host_id).map_err(BodyError::before_changes)?;
+            let now = crate::now_micros();
+            if !crate::releases::fence_in(tx, &lease, now).map_err(BodyError::Failed)? {
+                // The host's bump above is undone with the transaction.
+                return Err(BodyError::Failed(StoreError::Fenced));
+            }
+            tx.fetch_optional(
+                &sql,
+                args![
+                    secrets_version,
+                    release_version,
+                    generation,
+                    now,
+                    &id,
+                    &lease.app_id
                 ],
                 machine_from_row,
             )

@@ -2,6 +2,18 @@
 //! for crashes, and is rolled back by itself if a machine crashes. The store keeps the record
 //! and enforces one running release per app (a unique partial index), so the rule holds across
 //! API replicas.
+//!
+//! Ownership: a running release is orchestrated by one API process at a time, its **owner**,
+//! named by a fencing token (`releases.owner`) and holding a **lease** (`lease_until`) that
+//! its writes renew. Every change made on a release's behalf — moving a machine to a version,
+//! progress, completing, failing — takes a [`ReleaseLease`] and applies only if the release
+//! is still `running` under that owner, checked in the same transaction by an `UPDATE` of the
+//! release's row. That `UPDATE` also locks the row until the transaction ends: on PostgreSQL
+//! (READ COMMITTED) a mere `EXISTS (…)` in the statement reads a snapshot, so a take-over
+//! committing meanwhile would not stop it; the row lock makes the fenced write and a take-over
+//! (or a renewal) wait for each other, and the loser re-checks the row as it now is. Once a
+//! lease has passed, [`Store::take_over_expired_releases`] hands the release to a new owner,
+//! which fences the old one out.
 
 use crate::store::{listing_json, version_entries, BodyError, ListingEntry};
 use crate::write_tx::{args, WriteTx};
@@ -41,10 +53,32 @@ impl ReleaseStatus {
     }
 }
 
+/// How long a release's owner holds it without a renewal: each fenced write, and
+/// [`Store::renew_release_lease`], extends the lease to this long from then. Past it, another
+/// API replica may take the release over. Replicas' clocks must agree to well within this.
+pub const RELEASE_LEASE: std::time::Duration = std::time::Duration::from_secs(15);
+
+fn lease_end(now: Micros) -> Micros {
+    now + RELEASE_LEASE.as_micros() as i64
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NewRelease {
     pub description: String,
     pub actor: String,
+    /// The fencing token of the orchestration that will run the release, if it runs: it owns
+    /// the release from its creation, with a fresh lease.
+    pub owner: String,
+}
+
+/// The right to change a running release: which release, and the owner's fencing token.
+/// Every store write made on the release's behalf carries it, and is refused with
+/// [`StoreError::Fenced`] once the release is no longer `running` under this owner.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReleaseLease {
+    pub app_id: String,
+    pub version: i64,
+    pub owner: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -61,10 +95,39 @@ pub struct ReleaseRecord {
     pub progress: String,
     pub created_at: Micros,
     pub updated_at: Micros,
+    /// The fencing token of the orchestration that holds the release (see the module's
+    /// comment); `None` for releases that never ran and those from before owners existed.
+    pub owner: Option<String>,
+    /// Until when the owner holds it, unless renewed.
+    pub lease_until: Micros,
+}
+
+impl ReleaseRecord {
+    /// The lease its owner holds, if it has one.
+    pub fn lease(&self) -> Option<ReleaseLease> {
+        Some(ReleaseLease {
+            app_id: self.app_id.clone(),
+            version: self.version,
+            owner: self.owner.clone()?,
+        })
+    }
 }
 
 const RELEASE_COLUMNS: &str = "app_id, version, secrets_version, previous_secrets_version, \
-     previous_release_version, description, actor, status, reason, progress, created_at, updated_at";
+     previous_release_version, description, actor, status, reason, progress, created_at, \
+     updated_at, owner, lease_until";
+
+/// The fence of every write on a release's behalf: renews the lease of `lease`'s release if it
+/// is still `running` under that owner, and locks its row until the transaction ends (see the
+/// module's comment). `Ok(false)`, with nothing written, if it is not.
+pub(crate) fn fence_in(tx: &mut dyn WriteTx, lease: &ReleaseLease, now: Micros) -> Result<bool> {
+    let n = tx.execute(
+        "UPDATE releases SET lease_until = $1 \
+         WHERE app_id = $2 AND version = $3 AND status = 'running' AND owner = $4",
+        args![lease_end(now), &lease.app_id, lease.version, &lease.owner],
+    )?;
+    Ok(n == 1)
+}
 
 /// What the app's machines run now: (deployed secrets version, release version).
 pub(crate) fn deployed_in(tx: &mut dyn WriteTx, app_id: &str) -> Result<(i64, i64)> {
@@ -99,9 +162,11 @@ pub(crate) fn insert_release_in(
     } else {
         ReleaseStatus::Complete
     };
-    insert_in(tx, app_id, secrets_version, before, r, status, now)
+    let owner = (status == ReleaseStatus::Running).then_some(r.owner.as_str());
+    insert_in(tx, app_id, secrets_version, before, r, status, owner, now)
 }
 
+#[allow(clippy::too_many_arguments)]
 fn insert_in(
     tx: &mut dyn WriteTx,
     app_id: &str,
@@ -109,6 +174,7 @@ fn insert_in(
     (previous_secrets_version, previous_release_version): (i64, i64),
     r: &NewRelease,
     status: ReleaseStatus,
+    owner: Option<&str>,
     now: Micros,
 ) -> Result<ReleaseRecord> {
     let version = tx
@@ -121,7 +187,8 @@ fn insert_in(
         .ok_or(StoreError::NotFound("app"))?;
     let sql = format!(
         "INSERT INTO releases ({RELEASE_COLUMNS}) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, NULL, '', $9, $9) RETURNING {RELEASE_COLUMNS}"
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, NULL, '', $9, $9, $10, $11) \
+         RETURNING {RELEASE_COLUMNS}"
     );
     let inserted = tx.fetch_optional(
         &sql,
@@ -134,7 +201,9 @@ fn insert_in(
             &r.description,
             &r.actor,
             status.as_str(),
-            now
+            now,
+            owner,
+            if owner.is_some() { lease_end(now) } else { 0 }
         ],
         release_from_row,
     );
@@ -219,83 +288,131 @@ impl Store {
     }
 
     /// A human line about where a running release is ("watching web-1 (canary): 12s left").
-    pub async fn set_release_progress(
-        &self,
-        app_id: &str,
-        version: i64,
-        progress: &str,
-    ) -> Result<()> {
-        let (app_id, progress) = (app_id.to_string(), progress.to_string());
+    /// Fenced (see [`ReleaseLease`]); renews the lease.
+    pub async fn set_release_progress(&self, lease: &ReleaseLease, progress: &str) -> Result<()> {
+        let (lease, progress) = (lease.clone(), progress.to_string());
         self.write_tx(move |tx| {
-            tx.execute(
-                "UPDATE releases SET progress = $1, updated_at = $2 \
-                 WHERE app_id = $3 AND version = $4 AND status = 'running'",
-                args![&progress, crate::now_micros(), &app_id, version],
-            )
-            .map_err(BodyError::before_changes)?;
-            Ok(())
+            let now = crate::now_micros();
+            let n = tx
+                .execute(
+                    "UPDATE releases SET progress = $1, updated_at = $2, lease_until = $3 \
+                     WHERE app_id = $4 AND version = $5 AND status = 'running' AND owner = $6",
+                    args![
+                        &progress,
+                        now,
+                        lease_end(now),
+                        &lease.app_id,
+                        lease.version,
+                        &lease.owner
+                    ],
+                )
+                .map_err(BodyError::before_changes)?;
+            if n == 1 {
+                Ok(())
+            } else {
+                Err(BodyError::Refused(StoreError::Fenced))
+            }
         })
         .await
     }
 
-    /// Marks a running release complete. `Conflict` if it is not running (someone else
-    /// finished it).
-    pub async fn complete_release(&self, app_id: &str, version: i64) -> Result<ReleaseRecord> {
-        let app_id = app_id.to_string();
+    /// Extends the owner's lease ([`RELEASE_LEASE`] from now). `Fenced` if the release is no
+    /// longer running under this owner.
+    pub async fn renew_release_lease(&self, lease: &ReleaseLease) -> Result<()> {
+        let lease = lease.clone();
+        self.write_tx(move |tx| {
+            if fence_in(tx, &lease, crate::now_micros()).map_err(BodyError::before_changes)? {
+                Ok(())
+            } else {
+                Err(BodyError::Refused(StoreError::Fenced))
+            }
+        })
+        .await
+    }
+
+    /// Takes over every running release whose lease has passed at `now` (its owner stopped
+    /// renewing it: dead, or cut off from the store): `owner` becomes the owner of each, with
+    /// a fresh lease, in one statement, so that two replicas never both take one. Returns
+    /// them; the old owners' writes are fenced out from here on.
+    pub async fn take_over_expired_releases(
+        &self,
+        owner: &str,
+        now: Micros,
+    ) -> Result<Vec<ReleaseRecord>> {
+        let owner = owner.to_string();
+        let sql = format!(
+            "UPDATE releases SET owner = $1, lease_until = $2 \
+             WHERE status = 'running' AND lease_until < $3 RETURNING {RELEASE_COLUMNS}"
+        );
+        self.write_tx(move |tx| {
+            tx.fetch_all(&sql, args![&owner, lease_end(now), now], release_from_row)
+                .map_err(BodyError::before_changes)
+        })
+        .await
+    }
+
+    /// Marks a running release complete. Fenced (see [`ReleaseLease`]).
+    pub async fn complete_release(&self, lease: &ReleaseLease) -> Result<ReleaseRecord> {
+        let lease = lease.clone();
         let sql = format!(
             "UPDATE releases SET status = 'complete', progress = '', updated_at = $1 \
-             WHERE app_id = $2 AND version = $3 AND status = 'running' \
+             WHERE app_id = $2 AND version = $3 AND status = 'running' AND owner = $4 \
              RETURNING {RELEASE_COLUMNS}"
         );
         self.write_tx(move |tx| {
             tx.fetch_optional(
                 &sql,
-                args![crate::now_micros(), &app_id, version],
+                args![
+                    crate::now_micros(),
+                    &lease.app_id,
+                    lease.version,
+                    &lease.owner
+                ],
                 release_from_row,
             )
-            .map_err(BodyError::Failed)?
-            .ok_or_else(|| {
-                BodyError::Refused(StoreError::Conflict("the release is not running".into()))
-            })
+            .map_err(BodyError::before_changes)?
+            .ok_or(BodyError::Refused(StoreError::Fenced))
         })
         .await
     }
 
     /// Fails a running release and returns the app's secrets to what ran before it, in one
     /// transaction: a new secrets version with the previous set (so history shows it), deployed,
-    /// recorded by a `rolled_back` release. The machines are the caller's to move back.
+    /// recorded by a `rolled_back` release. The machines are the caller's to move back, first.
+    /// Fenced (see [`ReleaseLease`]), so that one orchestration alone rolls a release back.
     /// Returns (the failed release, the rollback release).
     pub async fn fail_release(
         &self,
-        app_id: &str,
-        version: i64,
+        lease: &ReleaseLease,
         reason: &str,
     ) -> Result<(ReleaseRecord, ReleaseRecord)> {
-        let (app_id, reason) = (app_id.to_string(), reason.to_string());
-        self.write_tx(move |tx| fail_in(tx, &app_id, version, &reason))
-            .await
+        let (lease, reason) = (lease.clone(), reason.to_string());
+        self.write_tx(move |tx| fail_in(tx, &lease, &reason)).await
     }
 }
 
 /// The statements of [`Store::fail_release`]. Refused (nothing written) if the release is not
-/// running; anything after its first change fails the transaction.
+/// running under the lease's owner; anything after its first change fails the transaction.
 fn fail_in(
     tx: &mut dyn WriteTx,
-    app_id: &str,
-    version: i64,
+    lease: &ReleaseLease,
     reason: &str,
 ) -> Result<(ReleaseRecord, ReleaseRecord), BodyError> {
+    let (app_id, version) = (lease.app_id.as_str(), lease.version);
     let now = crate::now_micros();
     let sql = format!(
         "UPDATE releases SET status = 'failed', reason = $1, progress = '', updated_at = $2 \
-         WHERE app_id = $3 AND version = $4 AND status = 'running' RETURNING {RELEASE_COLUMNS}"
+         WHERE app_id = $3 AND version = $4 AND status = 'running' AND owner = $5 \
+         RETURNING {RELEASE_COLUMNS}"
     );
     let failed = tx
-        .fetch_optional(&sql, args![reason, now, app_id, version], release_from_row)
-        .map_err(BodyError::Failed)?
-        .ok_or_else(|| {
-            BodyError::Refused(StoreError::Conflict("the release is not running".into()))
-        })?;
+        .fetch_optional(
+            &sql,
+            args![reason, now, app_id, version, &lease.owner],
+            release_from_row,
+        )
+        .map_err(BodyError::before_changes)?
+        .ok_or(BodyError::Refused(StoreError::Fenced))?;
     restore_in(tx, app_id, version, &failed, now)
         .map(|rollback| (failed, rollback))
         .map_err(BodyError::Failed)
@@ -377,8 +494,10 @@ fn restore_in(
                 failed.previous_secrets_version
             ),
             actor: "coffer".into(),
+            owner: String::new(),
         },
         ReleaseStatus::RolledBack,
+        None,
         now,
     )
 }
@@ -399,5 +518,7 @@ fn release_from_row(row: &dyn StoreRow) -> Result<ReleaseRecord> {
         progress: row.text("progress")?,
         created_at: row.int("created_at")?,
         updated_at: row.int("updated_at")?,
+        owner: row.text_opt("owner")?,
+        lease_until: row.int("lease_until")?,
     })
 }

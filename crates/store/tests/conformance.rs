@@ -82,6 +82,8 @@ conformance!(
     boot_facts,
     releases,
     releases_without_machines_complete_at_once,
+    release_writes_are_fenced_by_their_owner,
+    only_releases_with_an_expired_lease_are_taken_over,
 );
 
 // ------------------------------------------------------------------------------- fixtures
@@ -1415,6 +1417,7 @@ mod release_scenarios {
         NewRelease {
             description: d.into(),
             actor: "tester".into(),
+            owner: "api-a-1".into(),
         }
     }
 
@@ -1472,7 +1475,7 @@ mod release_scenarios {
         v.release = Some(rel("With a machine"));
         let r4 = store.write_version(v).await.unwrap().release.unwrap();
         assert_eq!(r4.status, ReleaseStatus::Running);
-        store.complete_release(&app.id, 4).await.unwrap();
+        store.complete_release(&r4.lease().unwrap()).await.unwrap();
         store
             .set_machine_desired(&m.id, coffer_core::wire::machines::DesiredState::Destroyed)
             .await
@@ -1481,6 +1484,186 @@ mod release_scenarios {
         v.release = Some(rel("After the machine"));
         let r5 = store.write_version(v).await.unwrap().release.unwrap();
         assert_eq!(r5.status, ReleaseStatus::Complete);
+    }
+
+    fn fenced<T: std::fmt::Debug>(r: Result<T, StoreError>) {
+        assert!(matches!(r, Err(StoreError::Fenced)), "{r:?}");
+    }
+
+    fn secs(n: i64) -> i64 {
+        n * 1_000_000
+    }
+
+    /// A running release owned by "api-a-1" (see [`rel`]), of an app with machine m1.
+    async fn a_running_release(store: &Store) -> coffer_store::ReleaseRecord {
+        let app = store.create_app("app1", &app_name("web")).await.unwrap();
+        with_a_machine(store, &app.id).await;
+        let mut v = change(&app.id, 0, vec![value("A", "1")], &[], true);
+        v.release = Some(rel("Set A"));
+        let r = store.write_version(v).await.unwrap().release.unwrap();
+        assert_eq!(r.status, ReleaseStatus::Running);
+        r
+    }
+
+    /// Several API replicas: the orchestration that owns a release changes it and its
+    /// machines; any other — one that lost it to a take-over, or a stranger — changes nothing,
+    /// and neither does anyone once the release is settled.
+    pub async fn release_writes_are_fenced_by_their_owner(store: Store) {
+        let before = coffer_store::now_micros();
+        let r = a_running_release(&store).await;
+        let app_id = r.app_id.clone();
+        assert_eq!(r.owner.as_deref(), Some("api-a-1"));
+        assert!(r.lease_until >= before + secs(15), "a fresh lease: {r:?}");
+        let a = r.lease().unwrap();
+        let stranger = coffer_store::ReleaseLease {
+            owner: "api-b-1".into(),
+            ..a.clone()
+        };
+
+        // The owner moves the machine to the release's version.
+        let m = store
+            .move_machine_for_release(&a, "m1", r.secrets_version, r.version)
+            .await
+            .unwrap();
+        assert_eq!((m.secrets_version, m.release_version), (1, 1));
+        let host_generation = store.host_assignments("h1").await.unwrap().0;
+
+        // A stranger changes nothing: not the machine (nor its host), not the release.
+        fenced(store.move_machine_for_release(&stranger, "m1", 0, 0).await);
+        fenced(store.set_release_progress(&stranger, "hijacked").await);
+        fenced(store.renew_release_lease(&stranger).await);
+        fenced(store.complete_release(&stranger).await);
+        fenced(store.fail_release(&stranger, "hijacked").await);
+        assert_eq!(store.machine("m1").await.unwrap(), m);
+        assert_eq!(
+            store.host_assignments("h1").await.unwrap().0,
+            host_generation
+        );
+        let now = store.release(&app_id, 1).await.unwrap();
+        assert_eq!(
+            (now.status, now.progress.as_str(), now.owner.as_deref()),
+            (ReleaseStatus::Running, "", Some("api-a-1"))
+        );
+        // Not another app's machine either, even with the right lease.
+        let other = coffer_store::ReleaseLease {
+            app_id: "nope".into(),
+            ..a.clone()
+        };
+        fenced(store.set_release_progress(&other, "x").await);
+
+        // The owner's writes renew its lease.
+        store
+            .set_release_progress(&a, "watching m-1")
+            .await
+            .unwrap();
+        store.renew_release_lease(&a).await.unwrap();
+        assert!(store.release(&app_id, 1).await.unwrap().lease_until >= r.lease_until);
+
+        // Another replica takes the release over (as if A's lease had passed): from then on,
+        // A changes nothing, while B rolls it back.
+        let later = coffer_store::now_micros() + secs(60);
+        let taken = store
+            .take_over_expired_releases("api-b-2", later)
+            .await
+            .unwrap();
+        assert_eq!(taken.len(), 1);
+        let b = taken[0].lease().unwrap();
+        assert_eq!(b.owner, "api-b-2");
+        fenced(store.move_machine_for_release(&a, "m1", 1, 1).await);
+        fenced(store.set_release_progress(&a, "still watching").await);
+        fenced(store.renew_release_lease(&a).await);
+        fenced(store.complete_release(&a).await);
+        fenced(store.fail_release(&a, "too late").await);
+        store
+            .move_machine_for_release(
+                &b,
+                "m1",
+                r.previous_secrets_version,
+                r.previous_release_version,
+            )
+            .await
+            .unwrap();
+        store.fail_release(&b, "interrupted").await.unwrap();
+
+        // Settled: the machine stays where the rollback put it, whoever asks.
+        fenced(store.move_machine_for_release(&b, "m1", 1, 1).await);
+        fenced(store.move_machine_for_release(&a, "m1", 1, 1).await);
+        fenced(store.set_release_progress(&b, "x").await);
+        fenced(store.renew_release_lease(&b).await);
+        let m = store.machine("m1").await.unwrap();
+        assert_eq!((m.secrets_version, m.release_version), (0, 0));
+        let failed = store.release(&app_id, 1).await.unwrap();
+        assert_eq!(
+            (failed.status, failed.reason.as_deref()),
+            (ReleaseStatus::Failed, Some("interrupted"))
+        );
+        assert!(store
+            .take_over_expired_releases("api-c-1", later + secs(60))
+            .await
+            .unwrap()
+            .is_empty());
+    }
+
+    /// Recovery (at start, and the periodic sweep) takes a running release only once its
+    /// owner's lease has passed, and of several replicas sweeping at once exactly one gets it.
+    pub async fn only_releases_with_an_expired_lease_are_taken_over(store: Store) {
+        let r = a_running_release(&store).await;
+        let a = r.lease().unwrap();
+        // A live lease: nobody takes it, not even just before it ends.
+        for at in [coffer_store::now_micros(), r.lease_until - 1] {
+            assert!(store
+                .take_over_expired_releases("api-b-1", at)
+                .await
+                .unwrap()
+                .is_empty());
+        }
+        let still = store.release(&r.app_id, r.version).await.unwrap();
+        assert_eq!(still.owner.as_deref(), Some("api-a-1"));
+        store.set_release_progress(&a, "A goes on").await.unwrap();
+
+        // Renewed, it is not expired at the old end either.
+        let renewed = store.release(&r.app_id, r.version).await.unwrap();
+        assert!(store
+            .take_over_expired_releases("api-b-1", renewed.lease_until - 1)
+            .await
+            .unwrap()
+            .is_empty());
+
+        // Past its end, five replicas sweep at once: one takes it.
+        let after = renewed.lease_until + 1;
+        let sweeps: Vec<_> = (0..5)
+            .map(|i| {
+                let store = store.clone();
+                tokio::spawn(async move {
+                    store
+                        .take_over_expired_releases(&format!("api-s-{i}"), after)
+                        .await
+                        .unwrap()
+                })
+            })
+            .collect();
+        let mut winners = Vec::new();
+        for sweep in sweeps {
+            winners.extend(sweep.await.unwrap());
+        }
+        assert_eq!(winners.len(), 1, "{winners:?}");
+        let owner = winners[0].owner.clone().unwrap();
+        assert!(owner.starts_with("api-s-"));
+        assert_eq!(
+            store.release(&r.app_id, r.version).await.unwrap().owner,
+            Some(owner.clone())
+        );
+        // The new owner's lease is fresh from the sweep's time: not taken again before it ends.
+        assert!(store
+            .take_over_expired_releases("api-c-1", after)
+            .await
+            .unwrap()
+            .is_empty());
+        fenced(store.set_release_progress(&a, "A is out").await);
+        store
+            .set_release_progress(&winners[0].lease().unwrap(), "rolling back")
+            .await
+            .unwrap();
     }
 
     pub async fn releases(store: Store) {
@@ -1532,20 +1715,24 @@ mod release_scenarios {
             "release is already running",
         );
 
+        let lease1 = r1.lease().unwrap();
         store
-            .set_release_progress(&app.id, 1, "watching web-1")
+            .set_release_progress(&lease1, "watching web-1")
             .await
             .unwrap();
         assert_eq!(
             store.release(&app.id, 1).await.unwrap().progress,
             "watching web-1"
         );
-        let done = store.complete_release(&app.id, 1).await.unwrap();
+        let done = store.complete_release(&lease1).await.unwrap();
         assert_eq!(
             (done.status, done.progress.as_str()),
             (ReleaseStatus::Complete, "")
         );
-        assert_conflict(store.complete_release(&app.id, 1).await, "not running");
+        assert!(matches!(
+            store.complete_release(&lease1).await,
+            Err(StoreError::Fenced)
+        ));
 
         // Deploy the staged version 2 as release 2, then fail it: the app goes back to the
         // members of version 1 as version 3, deployed, recorded by release 3 (rolled_back).
@@ -1561,8 +1748,9 @@ mod release_scenarios {
             store.deploy_staged(&app.id, &rel("again")).await,
             "nothing is staged",
         );
+        let lease2 = r2.lease().unwrap();
         let (failed, rollback) = store
-            .fail_release(&app.id, 2, "machine m exited with status 1")
+            .fail_release(&lease2, "machine m exited with status 1")
             .await
             .unwrap();
         assert_eq!(failed.status, ReleaseStatus::Failed);
@@ -1600,7 +1788,10 @@ mod release_scenarios {
         );
         assert_eq!(history[0].changes.len(), 1);
         assert_eq!(history[0].changes[0].kind, ChangeKind::Unset);
-        assert_conflict(store.fail_release(&app.id, 2, "again").await, "not running");
+        assert!(matches!(
+            store.fail_release(&lease2, "again").await,
+            Err(StoreError::Fenced)
+        ));
         assert!(store.running_releases().await.unwrap().is_empty());
         assert_conflict(
             store.deploy_staged(&app.id, &rel("nothing")).await,
