@@ -67,10 +67,15 @@ impl Owners {
     /// A token not given out before.
     pub fn next(&self) -> String {
         format!(
-            "{}-{}",
-            self.process,
+            "{}{}",
+            self.prefix(),
             self.next.fetch_add(1, Ordering::Relaxed)
         )
+    }
+
+    /// What every token of this process starts with.
+    pub fn prefix(&self) -> String {
+        format!("{}-", self.process)
     }
 }
 
@@ -277,6 +282,23 @@ pub fn spawn(s: ApiState, release: ReleaseRecord, lease: ReleaseLease, task: Tas
             };
         }
     });
+}
+
+/// At a graceful shutdown: gives up the releases this process still orchestrates, so that the
+/// next API process (or another replica's sweep) takes them over and rolls them back at once
+/// rather than when their lease runs out.
+pub async fn give_up(s: &ApiState) {
+    match s.store.give_up_releases(&s.release_owners.prefix()).await {
+        Ok(0) => {}
+        Ok(n) => tracing::warn!(
+            releases = n,
+            "gave up the releases under way; the next API process rolls them back"
+        ),
+        Err(e) => tracing::error!(
+            error = %e,
+            "could not give up the releases under way; they are rolled back when their lease runs out"
+        ),
+    }
 }
 
 /// At start: takes over every release whose owner stopped renewing its lease (a previous

@@ -96,7 +96,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         &service_token,
         Some(cp_public),
     );
-    let api_router =
+    let (api_router, api_state) =
         roles::api_router(store.clone(), &vault_url, service_token, signing_key).await?;
 
     let (tx, rx) = tokio::sync::watch::channel(false);
@@ -166,6 +166,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     let _ = tx.send(true);
     agent_task.await??;
     api_task.await??;
+    coffer_api::releases::give_up(&api_state).await;
     vault_task.await??;
     store.close().await;
     tracing::info!("coffer dev stopped");

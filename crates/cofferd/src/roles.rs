@@ -87,7 +87,7 @@ pub async fn api_router(
     vault_url: &str,
     service_token: SecretToken,
     signing_key: ControlPlaneKey,
-) -> anyhow::Result<axum::Router> {
+) -> anyhow::Result<(axum::Router, ApiState)> {
     let vault = VaultClient::new(vault_url, service_token)?;
     let state = ApiState::new(store, vault, signing_key);
     let recovered = coffer_api::releases::recover(&state).await?;
@@ -98,7 +98,10 @@ pub async fn api_router(
         );
     }
     coffer_api::releases::spawn_sweeper(state.clone());
-    Ok(coffer_api::router(state, Metrics::new("coffer_api")))
+    Ok((
+        coffer_api::router(state.clone(), Metrics::new("coffer_api")),
+        state,
+    ))
 }
 
 /// Reads the control plane's signing key, or (for `dev` and `init`) creates it.
@@ -188,7 +191,7 @@ pub async fn api(args: ApiArgs) -> anyhow::Result<()> {
     )?;
     let (key, _) = signing_key(&key_file, false)?;
     let store = open_store(&url, OpenMode::MustExist).await?;
-    let router = api_router(
+    let (router, state) = api_router(
         store,
         &vault_url,
         config::read_secret_file(&token_file, "service token")?,
@@ -198,6 +201,7 @@ pub async fn api(args: ApiArgs) -> anyhow::Result<()> {
     let listener = bind(listen, "API").await?;
     tracing::info!(addr = %listener.local_addr()?, "coffer API listening");
     coffer_http::serve(listener, router, coffer_http::shutdown_signal()).await?;
+    coffer_api::releases::give_up(&state).await;
     Ok(())
 }
 

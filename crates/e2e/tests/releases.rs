@@ -276,6 +276,53 @@ async fn kill_9_mid_release(engine: Engine) {
     );
 }
 
+/// A graceful stop mid-release gives the release up: the restarted process takes it over and
+/// rolls it back before it serves, instead of when the stopped process's lease would have run
+/// out (15 s later).
+async fn graceful_restart_mid_release(engine: Engine) {
+    let Some(db) = common::database_url(engine).await else {
+        return;
+    };
+    let mut dev = Dev::start(db);
+    let (_id1, _m1, _id2, _m2) = setup(&dev);
+    dev.ok(&["apps", "update", "web", "--crash-window", "30s"]);
+    let out = dev.run(
+        &["secrets", "set", "-a", "web", "MODE=new", "--detach"],
+        None,
+    );
+    assert!(out.status.success());
+    wait_for(30, "the release to watch the canary", || {
+        let r = releases(&dev).first().cloned()?;
+        (r["status"] == "running" && r["progress"].as_str()?.contains("watching")).then_some(())
+    });
+    dev.restart();
+    // Settled by the time the restarted API answers: no waiting for a lease.
+    let rs = releases(&dev);
+    assert!(rs.iter().all(|r| r["status"] != "running"), "{rs:?}");
+    let interrupted = rs.iter().find(|r| r["description"] == "Set MODE").unwrap();
+    assert_eq!(interrupted["status"], "failed", "{rs:?}");
+    // And the next deploying write is accepted at once.
+    let out = dev.run(
+        &["secrets", "set", "-a", "web", "MODE=good", "--detach"],
+        None,
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sqlite_graceful_restart_mid_release() {
+    graceful_restart_mid_release(Engine::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn postgres_graceful_restart_mid_release() {
+    graceful_restart_mid_release(Engine::Postgres).await;
+}
+
 fn machine_by_id(dev: &Dev, id: &str) -> Option<Value> {
     machines(dev).into_iter().find(|m| m["id"] == id)
 }

@@ -351,6 +351,32 @@ impl Store {
         .await
     }
 
+    /// Gives up the running releases owned under tokens starting with `owner_prefix` (one
+    /// process's, at its graceful shutdown): their lease ends now and their owner is nobody,
+    /// so that the next sweep anywhere takes them over at once, and a task of the stopping
+    /// process that still writes for them is fenced out. Returns how many.
+    pub async fn give_up_releases(&self, owner_prefix: &str) -> Result<u64> {
+        // Owner tokens are hex and `-` (`Owners` in the API): nothing LIKE reads as a pattern.
+        if !owner_prefix
+            .bytes()
+            .all(|b| b.is_ascii_hexdigit() || b == b'-')
+        {
+            return Err(StoreError::Conflict(format!(
+                "not an owner prefix: {owner_prefix:?}"
+            )));
+        }
+        let pattern = format!("{owner_prefix}%");
+        self.write_tx(move |tx| {
+            tx.execute(
+                "UPDATE releases SET owner = '', lease_until = 0 \
+                 WHERE status = 'running' AND owner LIKE $1",
+                args![&pattern],
+            )
+            .map_err(BodyError::before_changes)
+        })
+        .await
+    }
+
     /// Marks a running release complete. Fenced (see [`ReleaseLease`]).
     pub async fn complete_release(&self, lease: &ReleaseLease) -> Result<ReleaseRecord> {
         let lease = lease.clone();
