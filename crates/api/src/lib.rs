@@ -61,6 +61,8 @@ pub struct ApiState {
     pub agent_http: reqwest::Client,
     /// Writes to one app's secrets take turns in this process (see [`secrets::WriteTurns`]).
     pub write_turns: Arc<secrets::WriteTurns>,
+    /// Rendered `secrets list` answers (see [`secrets::ListCache`]).
+    pub list_cache: Arc<secrets::ListCache>,
     /// The fencing tokens of the releases this process orchestrates (see [`releases`]).
     pub release_owners: Arc<releases::Owners>,
 }
@@ -82,6 +84,7 @@ impl ApiState {
                 .build()
                 .expect("HTTP client builds"),
             write_turns: Arc::default(),
+            list_cache: Arc::default(),
             release_owners: Arc::new(releases::Owners::new()),
         }
     }

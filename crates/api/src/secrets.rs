@@ -6,6 +6,7 @@ use crate::timefmt::rfc3339;
 use crate::ApiState;
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{Path, Query, State};
+use axum::response::IntoResponse as _;
 use axum::Json;
 use base64::Engine as _;
 use coffer_core::wire::{
@@ -204,14 +205,42 @@ async fn write_and_release(
     unreachable!("the last attempt returns")
 }
 
+/// `secrets list`: from [`ListCache`] when the app's versions are those of the kept answer,
+/// else read and rendered, and kept.
 pub async fn list(
     caller: Caller,
     State(s): State<ApiState>,
     Path(app): Path<String>,
-) -> ApiResult<Json<SecretList>> {
+) -> ApiResult<axum::response::Response> {
     let name = parse_app(&app)?;
     caller.require(Action::Read, Some(&name))?;
-    let (app, current) = s.store.app_with_listing(&name).await?;
+    let app = s.store.app_by_name(&name).await?;
+    let key = (app.secrets_version, app.deployed_version);
+    let body = match s.list_cache.get(&app.id, key) {
+        Some(body) => body,
+        None => {
+            let rendered = render_list(&s, &name).await?;
+            s.list_cache
+                .keep(&rendered.0, rendered.1, rendered.2.clone());
+            rendered.2
+        }
+    };
+    Ok((
+        [(
+            axum::http::header::CONTENT_TYPE,
+            axum::http::HeaderValue::from_static("application/json"),
+        )],
+        body,
+    )
+        .into_response())
+}
+
+/// The app's listing as `secrets list` answers it: (app id, its versions, the JSON).
+async fn render_list(
+    s: &ApiState,
+    name: &coffer_core::AppName,
+) -> ApiResult<(String, (i64, i64), bytes::Bytes)> {
+    let (app, current) = s.store.app_with_listing(name).await?;
     let secrets = current
         .iter()
         .map(|c| SecretInfo {
@@ -226,11 +255,59 @@ pub async fn list(
             },
         })
         .collect();
-    Ok(Json(SecretList {
+    let list = SecretList {
         version: app.secrets_version,
         deployed_version: app.deployed_version,
         secrets,
-    }))
+    };
+    let json = serde_json::to_vec(&list).map_err(ApiError::internal)?;
+    Ok((
+        app.id,
+        (app.secrets_version, app.deployed_version),
+        bytes::Bytes::from(json),
+    ))
+}
+
+/// Rendered `secrets list` answers, by app id, with the (secrets, deployed) versions they
+/// were rendered at. A version's listing never changes once written, so an answer is valid
+/// for as long as the app is at those two versions — which each list reads from the store
+/// (one row) before it answers from here: a write, a deploy or a rollback through any API
+/// replica shows at once. App ids are never reused. Bounded: when the answers kept pass
+/// [`LIST_CACHE_MAX_BYTES`] it starts over (as the key cache does).
+#[derive(Default)]
+pub struct ListCache {
+    inner: std::sync::Mutex<ListCacheInner>,
+}
+
+#[derive(Default)]
+struct ListCacheInner {
+    answers: HashMap<String, ((i64, i64), bytes::Bytes)>,
+    bytes: usize,
+}
+
+/// Rendered answers kept at most, in bytes (about 1 KiB per app of 10 secrets).
+pub const LIST_CACHE_MAX_BYTES: usize = 16 * 1024 * 1024;
+
+impl ListCache {
+    fn get(&self, app_id: &str, versions: (i64, i64)) -> Option<bytes::Bytes> {
+        let inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        match inner.answers.get(app_id) {
+            Some((at, body)) if *at == versions => Some(body.clone()),
+            _ => None,
+        }
+    }
+
+    fn keep(&self, app_id: &str, versions: (i64, i64), body: bytes::Bytes) {
+        let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        if inner.bytes + body.len() > LIST_CACHE_MAX_BYTES {
+            inner.answers.clear();
+            inner.bytes = 0;
+        }
+        inner.bytes += body.len();
+        if let Some((_, old)) = inner.answers.insert(app_id.to_string(), (versions, body)) {
+            inner.bytes -= old.len();
+        }
+    }
 }
 
 pub async fn deploy(
@@ -330,4 +407,38 @@ pub async fn history(
         })
         .collect();
     Ok(Json(out))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_kept_list_answers_only_at_its_versions() {
+        let cache = ListCache::default();
+        let body = bytes::Bytes::from_static(b"{\"version\":2}");
+        assert!(cache.get("app", (2, 1)).is_none());
+        cache.keep("app", (2, 1), body.clone());
+        assert_eq!(cache.get("app", (2, 1)), Some(body));
+        // A write (secrets version) or a deploy or rollback (deployed version) moves on.
+        assert!(cache.get("app", (3, 1)).is_none());
+        assert!(cache.get("app", (2, 2)).is_none());
+        assert!(cache.get("other", (2, 1)).is_none());
+        // The newer answer replaces the older one, and the count of bytes follows.
+        cache.keep("app", (3, 1), bytes::Bytes::from_static(b"{\"version\":3}"));
+        assert!(cache.get("app", (2, 1)).is_none());
+        assert_eq!(cache.inner.lock().unwrap().bytes, 13);
+    }
+
+    #[test]
+    fn the_kept_lists_are_bounded() {
+        let cache = ListCache::default();
+        let big = bytes::Bytes::from(vec![b' '; LIST_CACHE_MAX_BYTES / 4 + 1]);
+        for i in 0..4 {
+            cache.keep(&format!("app-{i}"), (1, 1), big.clone());
+        }
+        let inner = cache.inner.lock().unwrap();
+        assert!(inner.bytes <= LIST_CACHE_MAX_BYTES, "{}", inner.bytes);
+        assert_eq!(inner.answers.len(), 1, "started over when full");
+    }
 }
