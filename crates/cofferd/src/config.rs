@@ -130,7 +130,8 @@ pub struct VaultArgs {
     /// file holding the token for it.
     #[arg(long, env = "COFFER_TRANSIT_TOKEN_FILE")]
     pub transit_token_file: Option<PathBuf>,
-    /// The transit engine's URL, if it moved since `operator init` [default: the recorded one].
+    /// For such a store: the transit engine's URL. The vault sends its token only there,
+    /// never to the address recorded in the store.
     #[arg(long, env = "COFFER_TRANSIT_URL")]
     pub transit_url: Option<String>,
     /// For a store whose root key an HSM keeps (`operator init --pkcs11-module`): the PKCS#11

@@ -238,9 +238,19 @@ pub async fn vault(args: VaultArgs) -> anyhow::Result<()> {
                 "COFFER_TRANSIT_TOKEN_FILE",
             )?;
             let token = config::read_secret_file(&token_file, "transit token")?;
-            if let Some(url) = pick(args.transit_url, file.transit_url) {
-                seal.url = url;
+            // The token goes only to the address in the vault's own configuration, never to
+            // one read from the store: whoever can write the store (the API's host, say) could
+            // otherwise send the vault's token to a server of theirs, then have the real
+            // engine decrypt the root key with it.
+            let url = required(
+                pick(args.transit_url, file.transit_url),
+                "transit-url",
+                "COFFER_TRANSIT_URL",
+            )?;
+            if url.trim_end_matches('/') != seal.url {
+                tracing::warn!(configured = %url, recorded = %seal.url, "the transit engine's address differs from the one recorded at operator init; using the configured one");
             }
+            seal.url = url;
             let transit = coffer_vault::transit::Transit::new(
                 &seal.url,
                 zeroize::Zeroizing::new(token.expose().to_string()),

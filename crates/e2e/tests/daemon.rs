@@ -1322,6 +1322,8 @@ path "transit/decrypt/coffer-root" { capabilities = ["update"] }"#;
         &files.service_token,
         "--transit-token-file",
         &token_s,
+        "--transit-url",
+        &bao_url,
         "--listen",
         &vlisten,
     ];
@@ -1336,6 +1338,40 @@ path "transit/decrypt/coffer-root" { capabilities = ["update"] }"#;
         assert!(out.status.success(), "coffer {args:?}: {}", stderr(&out));
         stdout(&out)
     };
+    // The vault's own configuration names the engine: without it the vault does not start,
+    // and an address written into the store (by whoever can write it) is never used.
+    let without_url: Vec<&str> = vault_args
+        .iter()
+        .copied()
+        .filter(|a| *a != "--transit-url" && *a != bao_url.as_str())
+        .collect();
+    let out = cofferd(&without_url).output().unwrap();
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("transit-url"), "{}", stderr(&out));
+    let trap = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let trap_url = format!("http://{}", trap.local_addr().unwrap());
+    trap.set_nonblocking(true).unwrap();
+    {
+        sqlx::any::install_default_drivers();
+        let pool = sqlx::any::AnyPoolOptions::new()
+            .max_connections(1)
+            .connect(&url)
+            .await
+            .unwrap();
+        let recorded: String =
+            sqlx::query_scalar("SELECT value FROM meta WHERE key = 'vault.transit'")
+                .fetch_one(&pool)
+                .await
+                .unwrap();
+        let tampered = recorded.replace(&bao_url, &trap_url);
+        assert_ne!(tampered, recorded);
+        sqlx::query("UPDATE meta SET value = $1 WHERE key = 'vault.transit'")
+            .bind(&tampered)
+            .execute(&pool)
+            .await
+            .unwrap();
+        pool.close().await;
+    }
     for round in 1..=2 {
         // Opens by itself, at every start.
         let mut vault = Daemon::spawn(&vault_args, d.join(format!("vault-{round}.log")));
@@ -1397,6 +1433,10 @@ path "transit/decrypt/coffer-root" { capabilities = ["update"] }"#;
     assert!(
         !logs.contains(&coffer_token),
         "the transit token is in a log"
+    );
+    assert!(
+        matches!(trap.accept(), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock),
+        "the vault called the address written into the store"
     );
 }
 
