@@ -40,6 +40,16 @@ impl RootKey {
         hex::encode(&h[..8])
     }
 
+    /// A full-length check value of the key (SHA-256, domain-separated), for where the key is
+    /// rebuilt from parts anyone may submit (Shamir unseal): matching the short fingerprint
+    /// takes about 2^64 tries for a key of one's choosing, matching this about 2^256.
+    pub fn check_value(&self) -> String {
+        use sha2::{Digest, Sha256};
+        hex::encode(Sha256::digest(
+            [b"coffer/v1/root-check".as_slice(), self.expose()].concat(),
+        ))
+    }
+
     pub fn wrap(&self, purpose: &str, app_id: &str, plaintext: &[u8]) -> Vec<u8> {
         let cipher = XChaCha20Poly1305::new(self.expose().into());
         let nonce: [u8; 24] = random_array();

@@ -18,6 +18,9 @@ use std::sync::{Arc, OnceLock};
 
 /// Where a store records that its root key was split, and how: `THRESHOLD/SHARES`.
 pub(crate) const SHAMIR_KEY: &str = "vault.shamir";
+/// The split key's full check value (`RootKey::check_value`): shares are submitted by anyone,
+/// so a key made from them must match more than the 64-bit fingerprint.
+pub(crate) const CHECK_KEY: &str = "vault.root_check";
 
 /// The vault's root-key custody: the vault once unsealed, and what unsealing needs until then.
 #[derive(Clone)]
@@ -131,16 +134,36 @@ impl Custody {
             });
         }
         let given = shares.len();
-        let root = shamir::combine(&shares);
-        shares.clear();
-        let root: RootKey = root.map_err(UnsealRefusal::Share)?;
+        let root: RootKey = match shamir::combine(&shares) {
+            Ok(root) => root,
+            Err(e) => {
+                shares.clear();
+                return Err(UnsealRefusal::Share(e));
+            }
+        };
+        // The store's errors keep the shares given: the last holder may simply retry.
+        let check = unsealer
+            .store
+            .meta_get(CHECK_KEY)
+            .await
+            .map_err(|e| UnsealRefusal::Vault(e.into()))?;
+        if check.as_deref() != Some(root.check_value().as_str()) {
+            shares.clear();
+            tracing::warn!(
+                shares = given,
+                "unseal shares made the wrong key; starting over"
+            );
+            return Err(UnsealRefusal::WrongKey(given));
+        }
         match Vault::open(unsealer.store.clone(), root).await {
             Ok(vault) => {
+                shares.clear();
                 let _ = self.vault.set(vault);
                 tracing::info!("vault unsealed");
                 Ok(self.unsealed_status(unsealer))
             }
             Err(VaultError::WrongRootKey { .. }) => {
+                shares.clear();
                 tracing::warn!(
                     shares = given,
                     "unseal shares made the wrong key; starting over"
@@ -181,6 +204,9 @@ pub async fn init_shamir(
     {
         return Err(InitError::HasRootKey);
     }
+    store
+        .meta_set_if_absent(CHECK_KEY, &root.check_value())
+        .await?;
     store
         .meta_set_if_absent(SHAMIR_KEY, &format!("{threshold}/{shares}"))
         .await?;
