@@ -110,18 +110,27 @@ fn missing_equals(position: usize, arg: &[u8]) -> String {
 /// `[A-Z_][A-Z0-9_]*`, at most 64 bytes: what a name is conventionally, and what a value
 /// rarely is.
 fn looks_like_env_name(s: &[u8]) -> bool {
-    matches!(s.first(), Some(b'A'..=b'Z' | b'_'))
-        && s.len() <= 64
-        && s.iter()
-            .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || *b == b'_')
+    s.len() <= 64 && looks_like_env_name_of_any_length(s)
 }
 
 /// Is the part before the first `=` plausibly a value rather than a mistyped name? (A URL
-/// with a query string, `postgres://u:pw@h/db?a=b`, has an `=` too.) Such a part is not
-/// quoted in errors. Anything up to the longest name a secret may have (256 bytes) without
-/// those characters is taken as a name, so that every valid name can be set here too.
+/// with a query string, `postgres://u:pw@h/db?a=b`, has an `=` too; so has base64 with its
+/// padding, `c2VjcmV0…==`.) Such a part is never quoted in errors, nor taken as a name. Up to
+/// 64 bytes, anything without those characters is taken as a name. Longer, only what looks
+/// like an environment variable's name (`[A-Z_][A-Z0-9_]*`, up to the 256 bytes a name may
+/// have): a long random value is very unlikely to be all capitals, digits and `_`, and a
+/// long name in lower case can still be set through `secrets import` or `NAME=-`.
 fn looks_like_value(name: &[u8]) -> bool {
-    name.len() > MAX_NAME_BYTES || name.iter().any(|b| b":/@ \t\n".contains(b))
+    name.iter().any(|b| b":/@ \t\n".contains(b))
+        || (name.len() > 64
+            && !(name.len() <= MAX_NAME_BYTES && looks_like_env_name_of_any_length(name)))
+}
+
+/// [`looks_like_env_name`] without its length limit.
+fn looks_like_env_name_of_any_length(s: &[u8]) -> bool {
+    matches!(s.first(), Some(b'A'..=b'Z' | b'_'))
+        && s.iter()
+            .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || *b == b'_')
 }
 
 /// The longest secret name (`SecretName`).
@@ -421,6 +430,16 @@ mod tests {
             "{}",
             e.render()
         );
+        // A long value typed before its `=` (base64 with its padding) is neither taken as a
+        // name nor quoted, whatever letters it has.
+        for value in [
+            "dGhpc2lzYXZlcnlsb25nc2VjcmV0a2V5dGhhdHNob3VsZG5ldmVyYmVhbmFtZWF0YWxsZXZlcg",
+            "dGhpc2lzYXZlcnlsb25nc2VjcmV0a2V5dGhhdHNob3VsZG5ldmVyYmVhbmFtZWF0YWxsZXZl+g",
+        ] {
+            assert!(value.len() > 64);
+            let e = parse_pairs(&[format!("{value}==").into()]).unwrap_err();
+            assert!(!e.render().contains(&value[..20]), "{}", e.render());
+        }
     }
 
     #[test]
