@@ -20,7 +20,7 @@
 //!   0600 and owned by root. The home itself is 0700 and owned by the workload's user.
 
 use anyhow::{bail, Context as _};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::os::unix::fs::PermissionsExt as _;
 use std::path::{Path, PathBuf};
@@ -94,24 +94,43 @@ impl FromStr for UidRange {
 pub(crate) struct WorkloadUsers {
     range: UidRange,
     file: PathBuf,
-    assigned: Mutex<BTreeMap<String, u32>>,
+    assigned: Mutex<Assigned>,
+}
+
+/// `workload-users.json`.
+#[derive(Debug, Default, Clone, serde::Serialize, serde::Deserialize)]
+struct Assigned {
+    /// Each app's user id.
+    apps: BTreeMap<String, u32>,
+    /// Ids that apps had before the range was changed: never used again, by anyone, since
+    /// what their workloads left on the host (in `/tmp`, say) is theirs.
+    #[serde(default)]
+    retired: BTreeSet<u32>,
 }
 
 impl WorkloadUsers {
-    /// Loads what was assigned before. Ids outside `range` (the range was changed) are
-    /// forgotten, since they may now belong to someone else; their apps get new ones.
+    /// Loads what was assigned before. An app whose id lies outside `range` (the range was
+    /// changed, and the id may now belong to an account of the host) gets a new one; its old
+    /// id is retired, never given to another app.
     pub fn open(state_dir: &Path, range: UidRange) -> anyhow::Result<Self> {
         let file = state_dir.join(USERS_FILE);
-        let assigned: BTreeMap<String, u32> = match std::fs::read(&file) {
+        let mut assigned: Assigned = match std::fs::read(&file) {
             Ok(bytes) => serde_json::from_slice(&bytes)
                 .with_context(|| format!("{} is not valid", file.display()))?,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => BTreeMap::new(),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Assigned::default(),
             Err(e) => return Err(e).with_context(|| format!("cannot read {}", file.display())),
         };
-        let assigned = assigned
-            .into_iter()
-            .filter(|(_, uid)| range.contains(*uid))
+        let outside: Vec<String> = assigned
+            .apps
+            .iter()
+            .filter(|(_, uid)| !range.contains(**uid))
+            .map(|(app, _)| app.clone())
             .collect();
+        for app in outside {
+            if let Some(uid) = assigned.apps.remove(&app) {
+                assigned.retired.insert(uid);
+            }
+        }
         Ok(Self {
             range,
             file,
@@ -122,22 +141,26 @@ impl WorkloadUsers {
     /// The app's user id: the one it has, or the lowest free one, recorded before it is used.
     pub fn uid_of(&self, app_id: &str) -> Result<u32, UsersError> {
         let mut assigned = self.assigned.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(uid) = assigned.get(app_id) {
+        if let Some(uid) = assigned.apps.get(app_id) {
             return Ok(*uid);
         }
-        let taken: std::collections::BTreeSet<u32> = assigned.values().copied().collect();
+        let taken: BTreeSet<u32> = assigned
+            .apps
+            .values()
+            .chain(&assigned.retired)
+            .copied()
+            .collect();
         let uid = (self.range.first..=self.range.last)
             .find(|uid| !taken.contains(uid))
             .ok_or(UsersError::Full {
                 range: self.range,
-                apps: assigned.len(),
+                apps: assigned.apps.len(),
             })?;
-        assigned.insert(app_id.to_string(), uid);
-        let json = serde_json::to_vec(&*assigned).expect("a map of numbers serializes");
-        if let Err(e) = crate::identity::write_private(&self.file, &json) {
-            assigned.remove(app_id);
-            return Err(UsersError::Record(e));
-        }
+        let mut next = assigned.clone();
+        next.apps.insert(app_id.to_string(), uid);
+        let json = serde_json::to_vec(&next).expect("a map of numbers serializes");
+        crate::identity::write_private(&self.file, &json).map_err(UsersError::Record)?;
+        *assigned = next;
         Ok(uid)
     }
 }
@@ -252,9 +275,13 @@ mod tests {
         // A refused app got nothing recorded; the others keep theirs.
         assert_eq!(users.uid_of("app-a").unwrap(), 5000);
 
-        // A new range forgets the ids outside it.
+        // A new range: an app outside it gets a new id.
         let users = WorkloadUsers::open(dir.path(), "5001-5010".parse().unwrap()).unwrap();
         assert_eq!(users.uid_of("app-b").unwrap(), 5001);
         assert_eq!(users.uid_of("app-a").unwrap(), 5003);
+        // Its old id is retired, also when the range is widened back: never another app's.
+        let users = WorkloadUsers::open(dir.path(), "5000-5010".parse().unwrap()).unwrap();
+        assert_eq!(users.uid_of("app-a").unwrap(), 5003);
+        assert_eq!(users.uid_of("app-new").unwrap(), 5004);
     }
 }

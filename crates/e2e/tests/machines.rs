@@ -1003,9 +1003,13 @@ async fn sqlite_workload_users_keep_apps_apart() {
     );
     let users = agent_dir.join("workload-users.json");
     assert_eq!(common::mode_of(&users), 0o600);
-    let recorded: BTreeMap<String, u32> =
-        serde_json::from_slice(&std::fs::read(&users).unwrap()).unwrap();
-    let mut uids: Vec<u32> = recorded.values().copied().collect();
+    let recorded: Value = serde_json::from_slice(&std::fs::read(&users).unwrap()).unwrap();
+    let mut uids: Vec<u32> = recorded["apps"]
+        .as_object()
+        .unwrap()
+        .values()
+        .map(|v| v.as_u64().unwrap() as u32)
+        .collect();
     uids.sort_unstable();
     let mut expected = vec![alpha_uid, beta_uid];
     expected.sort_unstable();
