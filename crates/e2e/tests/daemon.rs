@@ -930,6 +930,45 @@ async fn postgres_production_roles_serve_the_cli() {
     production_roles(Engine::Postgres).await;
 }
 
+/// `coffer ARGS…` against `api_url` as `token`, which must succeed: its stdout.
+fn coffer_ok(api_url: &str, token: &str, dir: &Path, args: &[&str]) -> String {
+    let out = std::process::Command::new(bin("coffer"))
+        .args(["--api-url", api_url, "--token", token])
+        .args(args)
+        .env("XDG_CONFIG_HOME", dir.join("cli"))
+        .env_remove("COFFER_APP")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "coffer {args:?}: {}", stderr(&out));
+    stdout(&out)
+}
+
+/// An API process on `api_args` serves one write of `app` (made in round 1), then stops
+/// cleanly: proof that the vault it talks to is open.
+fn serve_one_write(
+    api_args: &[&str],
+    api_url: &str,
+    dir: &Path,
+    round: usize,
+    app: &str,
+    coffer: &dyn Fn(&[&str]) -> String,
+) {
+    let mut api = Daemon::spawn(api_args, dir.join(format!("api-{round}.log")));
+    common::wait_ready_child(api_url, &mut api.child, &api.log);
+    if round == 1 {
+        coffer(&["apps", "create", app]);
+    }
+    coffer(&[
+        "secrets",
+        "set",
+        "-a",
+        app,
+        "--stage",
+        &format!("R{round}=x"),
+    ]);
+    assert!(api.terminate().is_some_and(|s| s.success()));
+}
+
 /// `cofferd vault operator init` on `url`: the shares it printed, once each.
 fn operator_init(url: &str, shares: usize, threshold: usize) -> Vec<String> {
     let out = cofferd(&[
@@ -1086,17 +1125,7 @@ async fn shamir_unseal(engine: Engine) {
     // The control plane works against it.
     let mut api = Daemon::spawn(&files.api(&url, &vault_url, &alisten), d.join("api.log"));
     common::wait_ready_child(&api_url, &mut api.child, &api.log);
-    let coffer = |args: &[&str]| {
-        let out = std::process::Command::new(bin("coffer"))
-            .args(["--api-url", &api_url, "--token", &admin])
-            .args(args)
-            .env("XDG_CONFIG_HOME", d.join("cli"))
-            .env_remove("COFFER_APP")
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "coffer {args:?}: {}", stderr(&out));
-        stdout(&out)
-    };
+    let coffer = |args: &[&str]| coffer_ok(&api_url, &admin, d, args);
     coffer(&["apps", "create", "sealed-app"]);
     coffer(&["secrets", "set", "-a", "sealed-app", "--stage", "A=1"]);
 
@@ -1327,17 +1356,7 @@ path "transit/decrypt/coffer-root" { capabilities = ["update"] }"#;
         "--listen",
         &vlisten,
     ];
-    let coffer = |args: &[&str]| {
-        let out = std::process::Command::new(bin("coffer"))
-            .args(["--api-url", &api_url, "--token", &admin])
-            .args(args)
-            .env("XDG_CONFIG_HOME", d.join("cli"))
-            .env_remove("COFFER_APP")
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "coffer {args:?}: {}", stderr(&out));
-        stdout(&out)
-    };
+    let coffer = |args: &[&str]| coffer_ok(&api_url, &admin, d, args);
     // The vault's own configuration names the engine: without it the vault does not start,
     // and an address written into the store (by whoever can write it) is never used.
     let without_url: Vec<&str> = vault_args
@@ -1385,23 +1404,8 @@ path "transit/decrypt/coffer-root" { capabilities = ["update"] }"#;
             .await
             .unwrap();
         assert_eq!(status["sealed"], false, "{status}");
-        let mut api = Daemon::spawn(
-            &files.api(&url, &vault_url, &alisten),
-            d.join(format!("api-{round}.log")),
-        );
-        common::wait_ready_child(&api_url, &mut api.child, &api.log);
-        if round == 1 {
-            coffer(&["apps", "create", "transit-app"]);
-        }
-        coffer(&[
-            "secrets",
-            "set",
-            "-a",
-            "transit-app",
-            "--stage",
-            &format!("R{round}=x"),
-        ]);
-        assert!(api.terminate().is_some_and(|s| s.success()));
+        let api_args = files.api(&url, &vault_url, &alisten);
+        serve_one_write(&api_args, &api_url, d, round, "transit-app", &coffer);
         assert!(vault.terminate().is_some_and(|s| s.success()));
     }
 
@@ -1550,17 +1554,7 @@ async fn sqlite_pkcs11_unseal() {
         .map(str::to_string)
         .to_vec()
     };
-    let coffer = |args: &[&str]| {
-        let out = std::process::Command::new(bin("coffer"))
-            .args(["--api-url", &api_url, "--token", &admin])
-            .args(args)
-            .env("XDG_CONFIG_HOME", d.join("cli"))
-            .env_remove("COFFER_APP")
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "coffer {args:?}: {}", stderr(&out));
-        stdout(&out)
-    };
+    let coffer = |args: &[&str]| coffer_ok(&api_url, &admin, d, args);
     for round in 1..=2 {
         let args = vault_args(&pin_s);
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
@@ -1575,23 +1569,8 @@ async fn sqlite_pkcs11_unseal() {
             log: d.join(format!("vault-{round}.log")),
         };
         common::wait_ready_child(&vault_url, &mut vault.child, &vault.log);
-        let mut api = Daemon::spawn(
-            &files.api(&url, &vault_url, &alisten),
-            d.join(format!("api-{round}.log")),
-        );
-        common::wait_ready_child(&api_url, &mut api.child, &api.log);
-        if round == 1 {
-            coffer(&["apps", "create", "hsm-app"]);
-        }
-        coffer(&[
-            "secrets",
-            "set",
-            "-a",
-            "hsm-app",
-            "--stage",
-            &format!("R{round}=x"),
-        ]);
-        assert!(api.terminate().is_some_and(|s| s.success()));
+        let api_args = files.api(&url, &vault_url, &alisten);
+        serve_one_write(&api_args, &api_url, d, round, "hsm-app", &coffer);
         assert!(vault.terminate().is_some_and(|s| s.success()));
     }
     // A wrong PIN: the vault does not start.

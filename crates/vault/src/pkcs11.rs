@@ -216,22 +216,12 @@ pub async fn init_pkcs11(
     token_label: &str,
     key_label: &str,
 ) -> Result<HsmSeal, crate::seal::InitError> {
-    use crate::seal::InitError;
-    if store.meta_get(crate::ROOT_FINGERPRINT_KEY).await?.is_some() {
-        return Err(InitError::HasRootKey);
-    }
+    use crate::seal::{record_new_root, refuse_if_initialised, InitError};
+    refuse_if_initialised(store).await?;
     let (root, seal) = hsm
         .seal_new_root(token_label, key_label)
         .map_err(InitError::Hsm)?;
-    let ours = root.fingerprint();
-    if store
-        .meta_set_if_absent(crate::ROOT_FINGERPRINT_KEY, &ours)
-        .await?
-        != ours
-    {
-        return Err(InitError::HasRootKey);
-    }
     let json = serde_json::to_string(&seal).expect("a seal serializes");
-    store.meta_set_if_absent(PKCS11_KEY, &json).await?;
+    record_new_root(store, &root, &[(PKCS11_KEY, json)]).await?;
     Ok(seal)
 }

@@ -191,11 +191,36 @@ pub async fn init_shamir(
     threshold: usize,
     shares: usize,
 ) -> Result<Vec<UnsealShare>, InitError> {
-    if store.meta_get(ROOT_FINGERPRINT_KEY).await?.is_some() {
-        return Err(InitError::HasRootKey);
-    }
+    refuse_if_initialised(store).await?;
     let root = RootKey::generate();
     let split = shamir::split(&root, threshold, shares).map_err(InitError::Parameters)?;
+    record_new_root(
+        store,
+        &root,
+        &[
+            (CHECK_KEY, root.check_value()),
+            (SHAMIR_KEY, format!("{threshold}/{shares}")),
+        ],
+    )
+    .await?;
+    Ok(split)
+}
+
+/// Refused before any key is made: the store has a root key already.
+pub(crate) async fn refuse_if_initialised(store: &Store) -> Result<(), InitError> {
+    match store.meta_get(ROOT_FINGERPRINT_KEY).await? {
+        Some(_) => Err(InitError::HasRootKey),
+        None => Ok(()),
+    }
+}
+
+/// Binds a new store to `root` (its fingerprint, first, so that of two inits at once only
+/// one wins) and records how the key is kept (`records`: meta keys and values).
+pub(crate) async fn record_new_root(
+    store: &Store,
+    root: &RootKey,
+    records: &[(&str, String)],
+) -> Result<(), InitError> {
     let ours = root.fingerprint();
     if store
         .meta_set_if_absent(ROOT_FINGERPRINT_KEY, &ours)
@@ -204,13 +229,10 @@ pub async fn init_shamir(
     {
         return Err(InitError::HasRootKey);
     }
-    store
-        .meta_set_if_absent(CHECK_KEY, &root.check_value())
-        .await?;
-    store
-        .meta_set_if_absent(SHAMIR_KEY, &format!("{threshold}/{shares}"))
-        .await?;
-    Ok(split)
+    for (key, value) in records {
+        store.meta_set_if_absent(key, value).await?;
+    }
+    Ok(())
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -223,24 +223,14 @@ pub async fn init_transit(
     mount: &str,
     key: &str,
 ) -> Result<TransitSeal, crate::seal::InitError> {
-    use crate::seal::InitError;
-    if store.meta_get(crate::ROOT_FINGERPRINT_KEY).await?.is_some() {
-        return Err(InitError::HasRootKey);
-    }
+    use crate::seal::{record_new_root, refuse_if_initialised, InitError};
+    refuse_if_initialised(store).await?;
     let (root, seal) = transit
         .seal_new_root(mount, key)
         .await
         .map_err(InitError::Transit)?;
-    let ours = root.fingerprint();
-    if store
-        .meta_set_if_absent(crate::ROOT_FINGERPRINT_KEY, &ours)
-        .await?
-        != ours
-    {
-        return Err(InitError::HasRootKey);
-    }
     let json = serde_json::to_string(&seal).expect("a seal serializes");
-    store.meta_set_if_absent(TRANSIT_KEY, &json).await?;
+    record_new_root(store, &root, &[(TRANSIT_KEY, json)]).await?;
     Ok(seal)
 }
 
