@@ -313,7 +313,8 @@ impl Store {
         .await
     }
 
-    /// Points a machine at another secrets version (a release) and tells its host.
+    /// Points a machine at another secrets version (`machines start`: the deployed one) and
+    /// tells its host.
     pub async fn set_machine_version(
         &self,
         id: &str,
@@ -321,33 +322,8 @@ impl Store {
         release_version: i64,
     ) -> Result<MachineRecord> {
         let id = id.to_string();
-        let sql = format!(
-            "UPDATE machines SET secrets_version = $1, release_version = $2, generation = $3, \
-             updated_at = $4 WHERE id = $5 RETURNING {MACHINE_COLUMNS}"
-        );
         self.write_tx(move |tx| {
-            let host_id = tx
-                .fetch_optional(
-                    "SELECT host_id FROM machines WHERE id = $1",
-                    args![&id],
-                    |row| row.text("host_id"),
-                )
-                .map_err(BodyError::before_changes)?
-                .ok_or(BodyError::Refused(StoreError::NotFound("machine")))?;
-            let generation = bump_host(tx, &host_id).map_err(BodyError::before_changes)?;
-            tx.fetch_optional(
-                &sql,
-                args![
-                    secrets_version,
-                    release_version,
-                    generation,
-                    crate::now_micros(),
-                    &id
-                ],
-                machine_from_row,
-            )
-            .and_then(|machine| machine.ok_or_else(returned_nothing))
-            .map_err(BodyError::Failed)
+            move_machine_in(tx, &id, None, None, secrets_version, release_version)
         })
         .await
     }
@@ -364,42 +340,15 @@ impl Store {
         release_version: i64,
     ) -> Result<MachineRecord> {
         let (lease, id) = (lease.clone(), id.to_string());
-        let sql = format!(
-            "UPDATE machines SET secrets_version = $1, release_version = $2, generation = $3, \
-             updated_at = $4 WHERE id = $5 AND app_id = $6 RETURNING {MACHINE_COLUMNS}"
-        );
         self.write_tx(move |tx| {
-            let host_id = tx
-                .fetch_optional(
-                    "SELECT host_id FROM machines WHERE id = $1 AND app_id = $2",
-                    args![&id, &lease.app_id],
-                    |row| row.text("host_id"),
-                )
-                .map_err(BodyError::before_changes)?
-                .ok_or(BodyError::Refused(StoreError::NotFound("machine")))?;
-            // The host first, as every write that changes a machine does (see
-            // `Store::delete_app`), then the release's row: the fence, which holds the row
-            // until the commit, so a take-over cannot slip between the check and the move.
-            let generation = bump_host(tx, &host_id).map_err(BodyError::before_changes)?;
-            let now = crate::now_micros();
-            if !crate::releases::fence_in(tx, &lease, now).map_err(BodyError::Failed)? {
-                // The host's bump above is undone with the transaction.
-                return Err(BodyError::Failed(StoreError::Fenced));
-            }
-            tx.fetch_optional(
-                &sql,
-                args![
-                    secrets_version,
-                    release_version,
-                    generation,
-                    now,
-                    &id,
-                    &lease.app_id
-                ],
-                machine_from_row,
+            move_machine_in(
+                tx,
+                &id,
+                Some(&lease.app_id),
+                Some(&lease),
+                secrets_version,
+                release_version,
             )
-            .and_then(|machine| machine.ok_or_else(returned_nothing))
-            .map_err(BodyError::Failed)
         })
         .await
     }
@@ -515,6 +464,47 @@ fn machine_from_row(row: &dyn StoreRow) -> Result<MachineRecord> {
         updated_at: row.int("updated_at")?,
         destroyed_at: row.int_opt("destroyed_at")?,
     })
+}
+
+/// Moves machine `id` (of `app_id`, when given) to a secrets version and bumps its host's
+/// generation so that the host sees it. The host first, as every write that changes a machine
+/// does (see `Store::delete_app`); then, with a `fence`, the release's row, which holds it until
+/// the commit, so that a take-over cannot slip between the check and the move.
+fn move_machine_in(
+    tx: &mut dyn WriteTx,
+    id: &str,
+    app_id: Option<&str>,
+    fence: Option<&ReleaseLease>,
+    secrets_version: i64,
+    release_version: i64,
+) -> Result<MachineRecord, BodyError> {
+    let host_id = tx
+        .fetch_optional(
+            "SELECT host_id FROM machines WHERE id = $1 AND ($2 IS NULL OR app_id = $2)",
+            args![id, app_id],
+            |row| row.text("host_id"),
+        )
+        .map_err(BodyError::before_changes)?
+        .ok_or(BodyError::Refused(StoreError::NotFound("machine")))?;
+    let generation = bump_host(tx, &host_id).map_err(BodyError::before_changes)?;
+    let now = crate::now_micros();
+    if let Some(lease) = fence {
+        if !crate::releases::fence_in(tx, lease, now).map_err(BodyError::Failed)? {
+            // The host's bump above is undone with the transaction.
+            return Err(BodyError::Failed(StoreError::Fenced));
+        }
+    }
+    let sql = format!(
+        "UPDATE machines SET secrets_version = $1, release_version = $2, generation = $3, \
+         updated_at = $4 WHERE id = $5 RETURNING {MACHINE_COLUMNS}"
+    );
+    tx.fetch_optional(
+        &sql,
+        args![secrets_version, release_version, generation, now, id],
+        machine_from_row,
+    )
+    .and_then(|machine| machine.ok_or_else(returned_nothing))
+    .map_err(BodyError::Failed)
 }
 
 #[cfg(test)]
