@@ -162,6 +162,8 @@ async fn write_and_release(
         let new = NewVersion {
             app_id: app.id.clone(),
             base_version: base,
+            // Read with the app's row, so it is version `base`'s.
+            base_listing: Some(current),
             version,
             actor: caller.actor.clone(),
             sets: new_values,

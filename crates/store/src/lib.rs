@@ -214,6 +214,12 @@ pub struct NewVersion {
     /// The version the change was computed against; the write fails with `Conflict` if the
     /// app's current version is another one.
     pub base_version: i64,
+    /// The secrets of `base_version` as the caller read them ([`Store::app_with_listing`] or
+    /// [`Store::listing`] of that very version), or `None` for the store to read them inside
+    /// the write. A version never changes once written, so a listing read before the write
+    /// stays right for it; the write still refuses if the app is no longer at `base_version`.
+    /// With it, a write on PostgreSQL without a release is one statement (one round trip).
+    pub base_listing: Option<Vec<ListedSecret>>,
     /// The version to create (must be `base_version + 1`; the caller sealed the values for it).
     pub version: i64,
     pub actor: String,

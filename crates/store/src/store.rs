@@ -15,6 +15,7 @@ use crate::{
 };
 use coffer_core::{Action, AppName, SecretName};
 use sqlx::{Any, AnyConnection, AnyPool, Executor, Row, Transaction};
+use std::borrow::Cow;
 use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::sync::Arc;
@@ -552,7 +553,7 @@ impl Store {
     /// recompute and retry), if `v.version` is not `base_version + 1`, if a name is changed
     /// twice, or if an unset name is not in the base version. `NotFound("app")` if the app is
     /// gone. Returns the new version.
-    pub async fn write_version(&self, v: NewVersion) -> Result<WriteOutcome> {
+    pub async fn write_version(&self, mut v: NewVersion) -> Result<WriteOutcome> {
         if v.base_version.checked_add(1) != Some(v.version) || v.base_version < 0 {
             return Err(StoreError::Conflict(format!(
                 "secrets version {} cannot follow version {}",
@@ -584,14 +585,76 @@ impl Store {
         let changes = serde_json::to_string(&changes)
             .map_err(|e| StoreError::Corrupt(format!("cannot encode the changes: {e}")))?;
 
+        let base_given = v.base_listing.take().map(base_members_from);
+        if let (Engine::Postgres, None, Some(base)) = (self.engine, &v.release, &base_given) {
+            return self
+                .write_version_in_one_statement(&v, base, &changes)
+                .await;
+        }
         self.write_tx(move |tx| {
-            let release = write_version_body(tx, &v, &changes)?;
+            let release = write_version_body(tx, &v, base_given.as_ref(), &changes)?;
             Ok(WriteOutcome {
                 version: v.version,
                 release,
             })
         })
         .await
+    }
+
+    /// [`Store::write_version`] on PostgreSQL for a write without a release whose caller read
+    /// the base: [`WRITE_VERSION_IN_ONE_STATEMENT`], in PostgreSQL's implicit transaction. One
+    /// round trip, where the transaction of [`write_version_body`] takes seven (`BEGIN`, the
+    /// base's listing, the app's row, the version, its values, its members, `COMMIT`), and
+    /// each round trip cost PostgreSQL more CPU than the statement's own work (BENCHMARKS.md,
+    /// *coffer on PostgreSQL*). The same rows as `write_version_body`: the conformance suite
+    /// compares the two.
+    async fn write_version_in_one_statement(
+        &self,
+        v: &NewVersion,
+        base_members: &BaseMembers,
+        changes: &str,
+    ) -> Result<WriteOutcome> {
+        check_unsets(v, base_members)?;
+        let now = crate::now_micros();
+        let entries = new_entries(base_members, v, now);
+        let listing = listing_json(&entries);
+        let values = values_json(v, &entries);
+        let row = sqlx_query(
+            WRITE_VERSION_IN_ONE_STATEMENT,
+            args![
+                v.version,
+                &v.app_id,
+                v.base_version,
+                i64::from(v.deploy),
+                &v.actor,
+                now,
+                changes,
+                &listing,
+                &values
+            ],
+        )
+        .persistent(true)
+        .fetch_one(&self.write)
+        .await?;
+        if row.try_get::<i64, _>("moved")? == 1 {
+            return Ok(WriteOutcome {
+                version: v.version,
+                release: None,
+            });
+        }
+        // Nothing was written: say why.
+        let now_at = sqlx::query("SELECT secrets_version FROM apps WHERE id = $1")
+            .bind(&v.app_id)
+            .fetch_optional(&self.read)
+            .await?
+            .map(|row| row.try_get::<i64, _>("secrets_version"))
+            .transpose()?;
+        Err(match now_at {
+            None => StoreError::NotFound("app"),
+            Some(n) => StoreError::Conflict(format!(
+                "the app's secrets changed meanwhile (now at version {n}); retry"
+            )),
+        })
     }
 
     /// Runs the statements of one write transaction: on SQLite through group commit (with the
@@ -881,13 +944,77 @@ impl From<BodyError> for StoreError {
 pub(crate) fn write_version_body(
     tx: &mut dyn WriteTx,
     v: &NewVersion,
+    base_given: Option<&BaseMembers>,
     changes: &str,
 ) -> Result<Option<crate::ReleaseRecord>, BodyError> {
     let now = crate::now_micros();
     // A refusal changes nothing; a database error may have (SQLite can roll the whole
     // transaction back by itself on I/O errors), so it fails the group.
-    let checked = check_version(tx, v).map_err(BodyError::before_changes)?;
+    let checked = check_version(tx, v, base_given).map_err(BodyError::before_changes)?;
     apply_version(tx, v, checked, changes, now).map_err(BodyError::Failed)
+}
+
+/// A version's secrets, by name.
+pub(crate) type BaseMembers = HashMap<String, ListingEntry>;
+
+/// The caller's listing of a version ([`NewVersion::base_listing`]), by name.
+fn base_members_from(listing: Vec<ListedSecret>) -> BaseMembers {
+    listing
+        .into_iter()
+        .map(|s| {
+            let name = s.name.as_str().to_string();
+            let entry = ListingEntry {
+                name: name.clone(),
+                value_version: s.value_version,
+                digest: s.digest,
+                value_len: s.value_len,
+                created_at: s.created_at,
+                updated_at: s.updated_at,
+            };
+            (name, entry)
+        })
+        .collect()
+}
+
+/// `Conflict` if the write unsets a name its base does not have.
+fn check_unsets(v: &NewVersion, base_members: &BaseMembers) -> Result<()> {
+    for name in &v.unsets {
+        if !base_members.contains_key(name.as_str()) {
+            return Err(StoreError::Conflict(format!(
+                "cannot unset {name}: it is not set in version {}",
+                v.base_version
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// The secrets of the version `v` writes: each of its base's that `v` does not change, plus
+/// each it sets (a name keeps its creation time across values).
+fn new_entries(base_members: &BaseMembers, v: &NewVersion, now: Micros) -> Vec<ListingEntry> {
+    let changed: HashSet<&str> = v
+        .sets
+        .iter()
+        .map(|s| s.name.as_str())
+        .chain(v.unsets.iter().map(SecretName::as_str))
+        .collect();
+    base_members
+        .values()
+        .filter(|e| !changed.contains(e.name.as_str()))
+        .cloned()
+        .chain(v.sets.iter().map(|set| {
+            ListingEntry {
+                name: set.name.as_str().to_string(),
+                value_version: v.version,
+                digest: set.digest.clone(),
+                value_len: set.value_len,
+                created_at: base_members
+                    .get(set.name.as_str())
+                    .map_or(now, |e| e.created_at),
+                updated_at: now,
+            }
+        }))
+        .collect()
 }
 
 /// The app's newest secrets version; `None` if there is no such app.
@@ -978,27 +1105,26 @@ pub(crate) fn listing_json<'a>(entries: impl IntoIterator<Item = &'a ListingEntr
 }
 
 /// What [`check_version`] read, for [`apply_version`].
-struct CheckedVersion {
-    /// The base snapshot, by name.
-    base_members: HashMap<String, ListingEntry>,
+struct CheckedVersion<'b> {
+    /// The base snapshot, by name: the caller's, or read in the transaction.
+    base_members: Cow<'b, BaseMembers>,
     /// With a release: what the machines ran before it (deployed secrets version, release).
     before: Option<(i64, i64)>,
 }
 
 /// Reads, checks, and finally moves the app's version (the one statement that can refuse the
 /// write and changes nothing when it does).
-fn check_version(tx: &mut dyn WriteTx, v: &NewVersion) -> Result<CheckedVersion> {
+fn check_version<'b>(
+    tx: &mut dyn WriteTx,
+    v: &NewVersion,
+    base_given: Option<&'b BaseMembers>,
+) -> Result<CheckedVersion<'b>> {
     // The base version is immutable, so it can be read before the app's row is locked.
-    let base_members = version_entries(tx, &v.app_id, v.base_version)?;
-
-    for name in &v.unsets {
-        if !base_members.contains_key(name.as_str()) {
-            return Err(StoreError::Conflict(format!(
-                "cannot unset {name}: it is not set in version {}",
-                v.base_version
-            )));
-        }
-    }
+    let base_members = match base_given {
+        Some(given) => Cow::Borrowed(given),
+        None => Cow::Owned(version_entries(tx, &v.app_id, v.base_version)?),
+    };
+    check_unsets(v, &base_members)?;
 
     // Read before the write moves `deployed_version`: the release records what the machines
     // ran before it. The unique index on running releases is the guarantee; this check only
@@ -1053,7 +1179,7 @@ fn check_version(tx: &mut dyn WriteTx, v: &NewVersion) -> Result<CheckedVersion>
 fn apply_version(
     tx: &mut dyn WriteTx,
     v: &NewVersion,
-    checked: CheckedVersion,
+    checked: CheckedVersion<'_>,
     changes: &str,
     now: Micros,
 ) -> Result<Option<crate::ReleaseRecord>> {
@@ -1061,31 +1187,7 @@ fn apply_version(
         base_members,
         before,
     } = checked;
-    // The new version's secrets: each name kept from the base, plus each set.
-    let changed: HashSet<&str> = v
-        .sets
-        .iter()
-        .map(|s| s.name.as_str())
-        .chain(v.unsets.iter().map(SecretName::as_str))
-        .collect();
-    let entries: Vec<ListingEntry> = base_members
-        .values()
-        .filter(|e| !changed.contains(e.name.as_str()))
-        .cloned()
-        .chain(v.sets.iter().map(|set| {
-            ListingEntry {
-                name: set.name.as_str().to_string(),
-                value_version: v.version,
-                digest: set.digest.clone(),
-                value_len: set.value_len,
-                // A name keeps its creation time across values.
-                created_at: base_members
-                    .get(set.name.as_str())
-                    .map_or(now, |e| e.created_at),
-                updated_at: now,
-            }
-        }))
-        .collect();
+    let entries = new_entries(&base_members, v, now);
     tx.execute(
         "INSERT INTO secret_versions (app_id, version, actor, created_at, changes, listing) \
          VALUES ($1, $2, $3, $4, $5, $6)",
@@ -1118,6 +1220,66 @@ fn apply_version(
         )?)),
         _ => Ok(None),
     }
+}
+
+/// PostgreSQL: a write without a release as one statement (see
+/// [`Store::write_version_in_one_statement`]). The app moves from version `$3` to `$1` (and
+/// `deployed_version` with it if `$4` is 1); only if it did, the version's row, its values
+/// (`$9`, from [`values_json`]) and its members (the listing `$8`, which names each member's
+/// value version) are inserted. Data-modifying CTEs all run, on one snapshot, and commit or
+/// fail together; each insert reads `moved`, so none inserts a row unless the app moved.
+/// SQLite has no data-modifying CTEs, and there a statement is a function call anyway.
+const WRITE_VERSION_IN_ONE_STATEMENT: &str = "\
+    WITH moved AS ( \
+        UPDATE apps SET secrets_version = $1, \
+            deployed_version = CASE WHEN $4 = 1 THEN $1 ELSE deployed_version END \
+        WHERE id = $2 AND secrets_version = $3 RETURNING id \
+    ), version_row AS ( \
+        INSERT INTO secret_versions (app_id, version, actor, created_at, changes, listing) \
+        SELECT id, $1, $5, $6, $7, $8 FROM moved \
+    ), value_rows AS ( \
+        INSERT INTO secret_values \
+            (app_id, name, version, ciphertext, digest, value_len, created_at, updated_at) \
+        SELECT moved.id, x.n, $1, decode(x.ct, 'hex'), x.d, x.l, x.c, x.u \
+        FROM moved, json_to_recordset($9::json) \
+            AS x(n text, ct text, d text, l bigint, c bigint, u bigint) \
+    ), member_rows AS ( \
+        INSERT INTO secret_members (app_id, version, name, value_version) \
+        SELECT moved.id, $1, x.n, x.v FROM moved, json_to_recordset($8::json) AS x(n text, v bigint) \
+    ) \
+    SELECT count(*) AS moved FROM moved";
+
+/// The values `v` sets, for [`WRITE_VERSION_IN_ONE_STATEMENT`]: a JSON array of {n: name,
+/// ct: the ciphertext in hex, d, l, c, u as in the version's listing `entries`}. Holds only
+/// ciphertext, like the column it goes to.
+fn values_json(v: &NewVersion, entries: &[ListingEntry]) -> String {
+    #[derive(serde::Serialize)]
+    struct ValueRow<'a> {
+        n: &'a str,
+        ct: String,
+        d: &'a str,
+        l: i64,
+        c: Micros,
+        u: Micros,
+    }
+    let by_name: HashMap<&str, &ListingEntry> =
+        entries.iter().map(|e| (e.name.as_str(), e)).collect();
+    let rows: Vec<ValueRow<'_>> = v
+        .sets
+        .iter()
+        .map(|set| {
+            let entry = by_name[set.name.as_str()];
+            ValueRow {
+                n: set.name.as_str(),
+                ct: hex::encode(&set.ciphertext),
+                d: &set.digest,
+                l: set.value_len,
+                c: entry.created_at,
+                u: entry.updated_at,
+            }
+        })
+        .collect();
+    serde_json::to_string(&rows).expect("values serialize")
 }
 
 /// Multi-row INSERTs of up to [`PREPARED_ROWS_MAX`] rows stay prepared.

@@ -7,8 +7,8 @@
 
 use coffer_core::{Action, AppName, SecretName};
 use coffer_store::{
-    testing, AppKeyRecord, ChangeKind, ChangeRecord, DatabaseUrl, Engine, ListedSecret, NewToken,
-    NewValue, NewVersion, OpenMode, Store, StoreError, StoredSecret,
+    testing, AppKeyRecord, AppRecord, ChangeKind, ChangeRecord, DatabaseUrl, Engine, ListedSecret,
+    NewToken, NewValue, NewVersion, OpenMode, Store, StoreError, StoredSecret,
 };
 use std::future::Future;
 
@@ -69,6 +69,7 @@ conformance!(
     delete_app_cascades,
     write_versions,
     stale_base_conflicts,
+    writes_with_the_callers_base,
     unset_of_a_missing_name_rolls_back,
     deploy_flag_and_mark_deployed,
     app_with_listing,
@@ -116,6 +117,7 @@ fn change(
     NewVersion {
         app_id: app_id.into(),
         base_version: base,
+        base_listing: None,
         version: base + 1,
         actor: "tester".into(),
         sets,
@@ -474,6 +476,157 @@ mod scenarios {
         assert_eq!(v7.len(), 249);
         assert_eq!(find(&v7, "K000").value_version, 7);
         assert_eq!(find(&v7, "K249").value_version, 6);
+    }
+
+    /// A write whose caller gives the base's listing (as the API does; on PostgreSQL one
+    /// statement) leaves exactly what a write whose base the store reads leaves (a
+    /// transaction of several statements): the same changes to two apps, one written each
+    /// way, compared after every step through every read of a version.
+    pub async fn writes_with_the_callers_base(store: Store) {
+        let read = store
+            .create_app("id-read", &app_name("read"))
+            .await
+            .unwrap();
+        let given = store
+            .create_app("id-given", &app_name("given"))
+            .await
+            .unwrap();
+        let steps: Vec<(Vec<NewValue>, &[&str], bool)> = vec![
+            (vec![value("B", "b1"), value("A", "a1")], &[], false),
+            (vec![value("B", "b2"), value("C", "c2")], &[], true),
+            (vec![], &["A"], false),
+            (vec![value("A", "a4")], &["C"], true),
+            (vec![], &["A", "B"], false),
+            (vec![value("Z", "z6")], &[], false),
+        ];
+        for (base, (sets, unsets, deploy)) in (0..).zip(steps) {
+            store
+                .write_v(change(&read.id, base, sets.clone(), unsets, deploy))
+                .await
+                .unwrap();
+            let v = with_callers_base(&store, &given.name, sets, unsets, deploy).await;
+            assert_eq!(store.write_version(v).await.unwrap().version, base + 1);
+            assert_same_secrets(&store, &read, &given).await;
+        }
+
+        // Refusals change nothing either way.
+        let v = with_callers_base(&store, &given.name, vec![value("Q", "q")], &["A"], false).await;
+        assert_conflict(store.write_version(v).await, "cannot unset A");
+        let mut stale =
+            with_callers_base(&store, &given.name, vec![value("Q", "q")], &[], true).await;
+        store
+            .write_v(change(&given.id, 6, vec![value("Z", "z7")], &[], false))
+            .await
+            .unwrap();
+        assert_conflict(store.write_version(stale.clone()).await, "now at version 7");
+        let app = store.app_by_id(&given.id).await.unwrap();
+        assert_eq!((app.secrets_version, app.deployed_version), (7, 4));
+        assert_eq!(names(&store.snapshot(&given.id, 7).await.unwrap()), ["Z"]);
+        assert_not_found(store.snapshot(&given.id, 8).await, "secrets version");
+        store.delete_app(&given.id).await.unwrap();
+        stale.base_version = 7;
+        stale.version = 8;
+        assert_not_found(store.write_version(stale).await, "app");
+    }
+
+    /// The next version of app `name`, with its base's listing as the API reads it.
+    async fn with_callers_base(
+        store: &Store,
+        name: &AppName,
+        sets: Vec<NewValue>,
+        unsets: &[&str],
+        deploy: bool,
+    ) -> NewVersion {
+        let (app, listing) = store.app_with_listing(name).await.unwrap();
+        NewVersion {
+            base_listing: Some(listing),
+            ..change(&app.id, app.secrets_version, sets, unsets, deploy)
+        }
+    }
+
+    /// Apps `a` and `b` have the same versions, secrets, listings and history (dates aside,
+    /// and values sealed to the same tags).
+    async fn assert_same_secrets(store: &Store, a: &AppRecord, b: &AppRecord) {
+        let (app_a, app_b) = (
+            store.app_by_id(&a.id).await.unwrap(),
+            store.app_by_id(&b.id).await.unwrap(),
+        );
+        assert_eq!(
+            (app_a.secrets_version, app_a.deployed_version),
+            (app_b.secrets_version, app_b.deployed_version)
+        );
+        let stored = |s: &StoredSecret| {
+            let dates = (s.created_at == s.updated_at, s.created_at <= s.updated_at);
+            let ct = s.ciphertext.clone();
+            (
+                s.name.clone(),
+                s.value_version,
+                ct,
+                s.digest.clone(),
+                s.value_len,
+                dates,
+            )
+        };
+        let listed = |s: &ListedSecret| {
+            let dates = (s.created_at == s.updated_at, s.created_at <= s.updated_at);
+            (
+                s.name.clone(),
+                s.value_version,
+                s.digest.clone(),
+                s.value_len,
+                s.deployed,
+                dates,
+            )
+        };
+        for version in 0..=app_a.secrets_version {
+            let (sa, sb) = (
+                store.snapshot(&a.id, version).await.unwrap(),
+                store.snapshot(&b.id, version).await.unwrap(),
+            );
+            assert_eq!(
+                sa.iter().map(stored).collect::<Vec<_>>(),
+                sb.iter().map(stored).collect::<Vec<_>>(),
+                "version {version}"
+            );
+            let (la, lb) = (
+                store
+                    .listing(&a.id, version, app_a.deployed_version)
+                    .await
+                    .unwrap(),
+                store
+                    .listing(&b.id, version, app_b.deployed_version)
+                    .await
+                    .unwrap(),
+            );
+            assert_eq!(
+                la.iter().map(listed).collect::<Vec<_>>(),
+                lb.iter().map(listed).collect::<Vec<_>>()
+            );
+        }
+        // The kept listings (what `secrets list` and the next write read).
+        let (ka, kb) = (
+            store.app_with_listing(&a.name).await.unwrap().1,
+            store.app_with_listing(&b.name).await.unwrap().1,
+        );
+        assert_eq!(
+            ka.iter().map(listed).collect::<Vec<_>>(),
+            kb.iter().map(listed).collect::<Vec<_>>()
+        );
+        // A name keeps its creation time across values; the listing and the record agree.
+        let current = store.snapshot(&b.id, app_b.secrets_version).await.unwrap();
+        for (k, s) in kb.iter().zip(&current) {
+            assert_eq!((k.created_at, k.updated_at), (s.created_at, s.updated_at));
+        }
+        let (ha, hb) = (
+            store.versions(&a.id).await.unwrap(),
+            store.versions(&b.id).await.unwrap(),
+        );
+        let history = |h: &[coffer_store::VersionRecord]| {
+            h.iter()
+                .map(|r| (r.version, r.actor.clone(), r.changes.clone()))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(history(&ha), history(&hb));
     }
 
     pub async fn stale_base_conflicts(store: Store) {
