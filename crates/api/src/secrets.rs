@@ -16,7 +16,7 @@ use coffer_core::wire::{
 use coffer_core::{Action, ChangeSet, SecretName, SecretValue};
 use coffer_crypto::{digest_hex, seal_values};
 use coffer_http::{ApiError, ApiResult};
-use coffer_store::{NewRelease, NewValue, NewVersion, StoreError};
+use coffer_store::{BaseRead, NewRelease, NewValue, NewVersion, StoreError};
 use std::collections::HashMap;
 
 /// How often a write is recomputed when another write to the same app won the race (with
@@ -162,8 +162,11 @@ async fn write_and_release(
         let new = NewVersion {
             app_id: app.id.clone(),
             base_version: base,
-            // Read with the app's row, so it is version `base`'s.
-            base_listing: Some(current),
+            // What the change was computed against.
+            base: Some(BaseRead {
+                app: app.clone(),
+                listing: current,
+            }),
             version,
             actor: caller.actor.clone(),
             sets: new_values,

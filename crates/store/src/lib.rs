@@ -214,12 +214,10 @@ pub struct NewVersion {
     /// The version the change was computed against; the write fails with `Conflict` if the
     /// app's current version is another one.
     pub base_version: i64,
-    /// The secrets of `base_version` as the caller read them ([`Store::app_with_listing`] or
-    /// [`Store::listing`] of that very version), or `None` for the store to read them inside
-    /// the write. A version never changes once written, so a listing read before the write
-    /// stays right for it; the write still refuses if the app is no longer at `base_version`.
-    /// With it, a write on PostgreSQL without a release is one statement (one round trip).
-    pub base_listing: Option<Vec<ListedSecret>>,
+    /// What the caller read of the app to compute the change (its `secrets_version` must be
+    /// `base_version`), or `None` for the store to read what it needs inside the write. With
+    /// it, a write on PostgreSQL is one statement (one round trip). See [`BaseRead`].
+    pub base: Option<BaseRead>,
     /// The version to create (must be `base_version + 1`; the caller sealed the values for it).
     pub version: i64,
     pub actor: String,
@@ -230,6 +228,18 @@ pub struct NewVersion {
     /// With `deploy`: start a release for the new version in the same transaction. `Conflict`
     /// (and nothing written) if the app has a release running.
     pub release: Option<NewRelease>,
+}
+
+/// The app and its current secrets, read together ([`Store::app_with_listing`]): what a write
+/// was computed against. A version never changes once written, so the listing stays right
+/// for `app.secrets_version`; the write applies only if the app is still at that version (and,
+/// for a write with a release on PostgreSQL, still has the deployed and release versions
+/// read here, which the release records as what ran before it). Otherwise: `Conflict`, and
+/// the caller reads again.
+#[derive(Debug, Clone)]
+pub struct BaseRead {
+    pub app: AppRecord,
+    pub listing: Vec<ListedSecret>,
 }
 
 /// What `write_version` did.

@@ -58,7 +58,7 @@ impl ReleaseStatus {
 /// API replica may take the release over. Replicas' clocks must agree to well within this.
 pub const RELEASE_LEASE: std::time::Duration = std::time::Duration::from_secs(15);
 
-fn lease_end(now: Micros) -> Micros {
+pub(crate) fn lease_end(now: Micros) -> Micros {
     now + RELEASE_LEASE.as_micros() as i64
 }
 
@@ -528,7 +528,7 @@ fn restore_in(
     )
 }
 
-fn release_from_row(row: &dyn StoreRow) -> Result<ReleaseRecord> {
+pub(crate) fn release_from_row(row: &dyn StoreRow) -> Result<ReleaseRecord> {
     let status = row.text("status")?;
     Ok(ReleaseRecord {
         app_id: row.text("app_id")?,

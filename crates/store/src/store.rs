@@ -585,12 +585,23 @@ impl Store {
         let changes = serde_json::to_string(&changes)
             .map_err(|e| StoreError::Corrupt(format!("cannot encode the changes: {e}")))?;
 
-        let base_given = v.base_listing.take().map(base_members_from);
-        if let (Engine::Postgres, None, Some(base)) = (self.engine, &v.release, &base_given) {
-            return self
-                .write_version_in_one_statement(&v, base, &changes)
-                .await;
+        let base_read = v.base.take();
+        if let Some(read) = &base_read {
+            if (read.app.id.as_str(), read.app.secrets_version) != (&v.app_id, v.base_version) {
+                return Err(StoreError::Conflict(format!(
+                    "the write was computed against version {} of app {}, not version {} of {}",
+                    read.app.secrets_version, read.app.id, v.base_version, v.app_id
+                )));
+            }
         }
+        let base_given = match (self.engine, base_read) {
+            (Engine::Postgres, Some(read)) => {
+                return self
+                    .write_version_in_one_statement(&v, read, &changes)
+                    .await;
+            }
+            (_, read) => read.map(|read| base_members_from(read.listing)),
+        };
         self.write_tx(move |tx| {
             let release = write_version_body(tx, &v, base_given.as_ref(), &changes)?;
             Ok(WriteOutcome {
@@ -601,60 +612,102 @@ impl Store {
         .await
     }
 
-    /// [`Store::write_version`] on PostgreSQL for a write without a release whose caller read
-    /// the base: [`WRITE_VERSION_IN_ONE_STATEMENT`], in PostgreSQL's implicit transaction. One
-    /// round trip, where the transaction of [`write_version_body`] takes seven (`BEGIN`, the
-    /// base's listing, the app's row, the version, its values, its members, `COMMIT`), and
-    /// each round trip cost PostgreSQL more CPU than the statement's own work (BENCHMARKS.md,
-    /// *coffer on PostgreSQL*). The same rows as `write_version_body`: the conformance suite
-    /// compares the two.
+    /// [`Store::write_version`] on PostgreSQL when the caller read the base: one statement
+    /// ([`WRITE_VERSION_STATEMENT`], or [`WRITE_VERSION_WITH_RELEASE_STATEMENT`]) in
+    /// PostgreSQL's implicit transaction. One round trip, where the transaction of
+    /// [`write_version_body`] takes seven without a release and eleven with one, and each
+    /// round trip cost PostgreSQL more CPU than the statement's own work (BENCHMARKS.md,
+    /// *coffer on PostgreSQL*). The same rows and refusals as `write_version_body`: the
+    /// conformance suite compares the two.
     async fn write_version_in_one_statement(
         &self,
         v: &NewVersion,
-        base_members: &BaseMembers,
+        read: crate::BaseRead,
         changes: &str,
     ) -> Result<WriteOutcome> {
-        check_unsets(v, base_members)?;
+        let base_members = base_members_from(read.listing);
+        check_unsets(v, &base_members)?;
         let now = crate::now_micros();
-        let entries = new_entries(base_members, v, now);
+        let entries = new_entries(&base_members, v, now);
         let listing = listing_json(&entries);
         let values = values_json(v, &entries);
-        let row = sqlx_query(
-            WRITE_VERSION_IN_ONE_STATEMENT,
-            args![
-                v.version,
-                &v.app_id,
-                v.base_version,
-                i64::from(v.deploy),
-                &v.actor,
-                now,
-                changes,
-                &listing,
-                &values
-            ],
-        )
-        .persistent(true)
-        .fetch_one(&self.write)
-        .await?;
-        if row.try_get::<i64, _>("moved")? == 1 {
+        let common = args![
+            v.version,
+            &v.app_id,
+            v.base_version,
+            i64::from(v.deploy),
+            &v.actor,
+            now,
+            changes,
+            &listing,
+            &values
+        ];
+        let written = match &v.release {
+            None => sqlx_query(WRITE_VERSION_STATEMENT, common)
+                .persistent(true)
+                .fetch_optional(&self.write)
+                .await?
+                .map(|_| None),
+            Some(r) => {
+                let release = args![
+                    read.app.deployed_version,
+                    read.app.release_version,
+                    &r.description,
+                    &r.actor,
+                    &r.owner,
+                    crate::releases::lease_end(now)
+                ];
+                let args: Vec<Arg<'_>> = common.iter().chain(release).copied().collect();
+                let row = sqlx_query(WRITE_VERSION_WITH_RELEASE_STATEMENT, &args)
+                    .persistent(true)
+                    .fetch_optional(&self.write)
+                    .await
+                    .map_err(StoreError::from);
+                match row {
+                    Ok(row) => row
+                        .map(|row| crate::releases::release_from_row(&row).map(Some))
+                        .transpose()?,
+                    // Another replica's release started between the check and the insert.
+                    Err(e) if e.is_unique_violation() => {
+                        return Err(StoreError::Conflict(
+                            crate::releases::RELEASE_RUNNING.into(),
+                        ))
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+        };
+        if let Some(release) = written {
             return Ok(WriteOutcome {
                 version: v.version,
-                release: None,
+                release,
             });
         }
-        // Nothing was written: say why.
-        let now_at = sqlx::query("SELECT secrets_version FROM apps WHERE id = $1")
-            .bind(&v.app_id)
-            .fetch_optional(&self.read)
-            .await?
-            .map(|row| row.try_get::<i64, _>("secrets_version"))
-            .transpose()?;
-        Err(match now_at {
-            None => StoreError::NotFound("app"),
-            Some(n) => StoreError::Conflict(format!(
-                "the app's secrets changed meanwhile (now at version {n}); retry"
-            )),
-        })
+        // Nothing was written: say why, in the order the transaction checks.
+        let now_at = sqlx::query(
+            "SELECT a.secrets_version, CASE WHEN EXISTS (SELECT 1 FROM releases r \
+             WHERE r.app_id = a.id AND r.status = 'running') THEN 1 ELSE 0 END AS running \
+             FROM apps a WHERE a.id = $1",
+        )
+        .bind(&v.app_id)
+        .fetch_optional(&self.read)
+        .await?;
+        let Some(now_at) = now_at else {
+            return Err(StoreError::NotFound("app"));
+        };
+        if v.release.is_some() && now_at.try_get::<i64, _>("running")? == 1 {
+            return Err(StoreError::Conflict(
+                crate::releases::RELEASE_RUNNING.into(),
+            ));
+        }
+        let secrets_version = now_at.try_get::<i64, _>("secrets_version")?;
+        Err(StoreError::Conflict(if secrets_version == v.base_version {
+            // Only what runs moved (a release rolled back, a deploy): what the release would
+            // record as before it is no longer what was read.
+            "the app's deployed secrets changed meanwhile; retry".into()
+        } else {
+            format!("the app's secrets changed meanwhile (now at version {secrets_version}); retry")
+        }))
     }
 
     /// Runs the statements of one write transaction: on SQLite through group commit (with the
@@ -1222,34 +1275,81 @@ fn apply_version(
     }
 }
 
+/// The rows of a new version, for PostgreSQL's one-statement writes: the CTEs that follow
+/// `moved` (the app, if it moved to version `$1`; see [`WRITE_VERSION_STATEMENT`]): the
+/// version's row, its values (`$9`, from [`values_json`]) and its members (the listing `$8`,
+/// which names each member's value version). Each reads `moved`, so none inserts a row unless
+/// the app moved. Data-modifying CTEs all run, on one snapshot, and commit or fail together.
+macro_rules! version_rows_ctes {
+    () => {
+        "version_row AS ( \
+            INSERT INTO secret_versions (app_id, version, actor, created_at, changes, listing) \
+            SELECT id, $1, $5, $6, $7, $8 FROM moved \
+        ), value_rows AS ( \
+            INSERT INTO secret_values \
+                (app_id, name, version, ciphertext, digest, value_len, created_at, updated_at) \
+            SELECT moved.id, x.n, $1, decode(x.ct, 'hex'), x.d, x.l, x.c, x.u \
+            FROM moved, json_to_recordset($9::json) \
+                AS x(n text, ct text, d text, l bigint, c bigint, u bigint) \
+        ), member_rows AS ( \
+            INSERT INTO secret_members (app_id, version, name, value_version) \
+            SELECT moved.id, $1, x.n, x.v \
+            FROM moved, json_to_recordset($8::json) AS x(n text, v bigint) \
+        )"
+    };
+}
+
 /// PostgreSQL: a write without a release as one statement (see
 /// [`Store::write_version_in_one_statement`]). The app moves from version `$3` to `$1` (and
-/// `deployed_version` with it if `$4` is 1); only if it did, the version's row, its values
-/// (`$9`, from [`values_json`]) and its members (the listing `$8`, which names each member's
-/// value version) are inserted. Data-modifying CTEs all run, on one snapshot, and commit or
-/// fail together; each insert reads `moved`, so none inserts a row unless the app moved.
-/// SQLite has no data-modifying CTEs, and there a statement is a function call anyway.
-const WRITE_VERSION_IN_ONE_STATEMENT: &str = "\
-    WITH moved AS ( \
+/// `deployed_version` with it if `$4` is 1), then [`version_rows_ctes`]. A row if it moved,
+/// none if not. (SQLite has no data-modifying CTEs, and there a statement is a function call
+/// anyway.)
+const WRITE_VERSION_STATEMENT: &str = concat!(
+    "WITH moved AS ( \
         UPDATE apps SET secrets_version = $1, \
             deployed_version = CASE WHEN $4 = 1 THEN $1 ELSE deployed_version END \
         WHERE id = $2 AND secrets_version = $3 RETURNING id \
-    ), version_row AS ( \
-        INSERT INTO secret_versions (app_id, version, actor, created_at, changes, listing) \
-        SELECT id, $1, $5, $6, $7, $8 FROM moved \
-    ), value_rows AS ( \
-        INSERT INTO secret_values \
-            (app_id, name, version, ciphertext, digest, value_len, created_at, updated_at) \
-        SELECT moved.id, x.n, $1, decode(x.ct, 'hex'), x.d, x.l, x.c, x.u \
-        FROM moved, json_to_recordset($9::json) \
-            AS x(n text, ct text, d text, l bigint, c bigint, u bigint) \
-    ), member_rows AS ( \
-        INSERT INTO secret_members (app_id, version, name, value_version) \
-        SELECT moved.id, $1, x.n, x.v FROM moved, json_to_recordset($8::json) AS x(n text, v bigint) \
-    ) \
-    SELECT count(*) AS moved FROM moved";
+    ), ",
+    version_rows_ctes!(),
+    " SELECT id FROM moved"
+);
 
-/// The values `v` sets, for [`WRITE_VERSION_IN_ONE_STATEMENT`]: a JSON array of {n: name,
+/// PostgreSQL: a write with a release as one statement. The app moves from version `$3` to
+/// `$1`, deployed, with its next release version, only if no release of it is running and it
+/// still has the deployed version `$10` and release version `$11` its writer read (what ran
+/// before the release); then [`version_rows_ctes`] and the release: `running` under owner
+/// `$14` until `$15` if the app has a machine (destroyed ones aside), else `complete` at once,
+/// as `releases::insert_release_in` does. The release's row if the app moved, none if not. A
+/// release started meanwhile by another replica fails the statement on the unique index of
+/// running releases.
+const WRITE_VERSION_WITH_RELEASE_STATEMENT: &str = concat!(
+    "WITH moved AS ( \
+        UPDATE apps SET secrets_version = $1, \
+            deployed_version = CASE WHEN $4 = 1 THEN $1 ELSE deployed_version END, \
+            release_version = release_version + 1 \
+        WHERE id = $2 AND secrets_version = $3 \
+            AND deployed_version = $10 AND release_version = $11 \
+            AND NOT EXISTS (SELECT 1 FROM releases WHERE app_id = $2 AND status = 'running') \
+        RETURNING id, release_version \
+    ), ",
+    version_rows_ctes!(),
+    ", live AS ( \
+        SELECT EXISTS (SELECT 1 FROM machines WHERE app_id = $2 AND desired <> 'destroyed') \
+            AS live \
+    ) \
+    INSERT INTO releases (app_id, version, secrets_version, previous_secrets_version, \
+        previous_release_version, description, actor, status, reason, progress, created_at, \
+        updated_at, owner, lease_until) \
+    SELECT moved.id, moved.release_version, $1, $10, $11, $12, $13, \
+        CASE WHEN live.live THEN 'running' ELSE 'complete' END, NULL, '', $6, $6, \
+        CASE WHEN live.live THEN $14 END, CASE WHEN live.live THEN $15 ELSE 0 END \
+    FROM moved, live \
+    RETURNING app_id, version, secrets_version, previous_secrets_version, \
+        previous_release_version, description, actor, status, reason, progress, created_at, \
+        updated_at, owner, lease_until"
+);
+
+/// The values `v` sets, for [`version_rows_ctes`]: a JSON array of {n: name,
 /// ct: the ciphertext in hex, d, l, c, u as in the version's listing `entries`}. Holds only
 /// ciphertext, like the column it goes to.
 fn values_json(v: &NewVersion, entries: &[ListingEntry]) -> String {

@@ -7,8 +7,8 @@
 
 use coffer_core::{Action, AppName, SecretName};
 use coffer_store::{
-    testing, AppKeyRecord, AppRecord, ChangeKind, ChangeRecord, DatabaseUrl, Engine, ListedSecret,
-    NewToken, NewValue, NewVersion, OpenMode, Store, StoreError, StoredSecret,
+    testing, AppKeyRecord, AppRecord, BaseRead, ChangeKind, ChangeRecord, DatabaseUrl, Engine,
+    ListedSecret, NewToken, NewValue, NewVersion, OpenMode, Store, StoreError, StoredSecret,
 };
 use std::future::Future;
 
@@ -70,6 +70,7 @@ conformance!(
     write_versions,
     stale_base_conflicts,
     writes_with_the_callers_base,
+    release_writes_with_the_callers_base,
     unset_of_a_missing_name_rolls_back,
     deploy_flag_and_mark_deployed,
     app_with_listing,
@@ -117,13 +118,25 @@ fn change(
     NewVersion {
         app_id: app_id.into(),
         base_version: base,
-        base_listing: None,
+        base: None,
         version: base + 1,
         actor: "tester".into(),
         sets,
         unsets: unsets.iter().map(|n| secret(n)).collect(),
         deploy,
         release: None,
+    }
+}
+
+/// A write computed against `base`, as the API computes it.
+trait WithBase {
+    fn with_base(self, base: BaseRead) -> Self;
+}
+
+impl WithBase for NewVersion {
+    fn with_base(mut self, base: BaseRead) -> Self {
+        self.base = Some(base);
+        self
     }
 }
 
@@ -512,24 +525,31 @@ mod scenarios {
         // Refusals change nothing either way.
         let v = with_callers_base(&store, &given.name, vec![value("Q", "q")], &["A"], false).await;
         assert_conflict(store.write_version(v).await, "cannot unset A");
-        let mut stale =
-            with_callers_base(&store, &given.name, vec![value("Q", "q")], &[], true).await;
+        let stale = with_callers_base(&store, &given.name, vec![value("Q", "q")], &[], true).await;
         store
             .write_v(change(&given.id, 6, vec![value("Z", "z7")], &[], false))
             .await
             .unwrap();
-        assert_conflict(store.write_version(stale.clone()).await, "now at version 7");
+        assert_conflict(store.write_version(stale).await, "now at version 7");
         let app = store.app_by_id(&given.id).await.unwrap();
         assert_eq!((app.secrets_version, app.deployed_version), (7, 4));
         assert_eq!(names(&store.snapshot(&given.id, 7).await.unwrap()), ["Z"]);
         assert_not_found(store.snapshot(&given.id, 8).await, "secrets version");
+        // A base read of another version than the write's base is refused.
+        let mut mismatched =
+            with_callers_base(&store, &given.name, vec![value("Q", "q")], &[], false).await;
+        mismatched.base_version = 6;
+        mismatched.version = 7;
+        assert_conflict(
+            store.write_version(mismatched).await,
+            "computed against version 7",
+        );
+        let gone = with_callers_base(&store, &given.name, vec![value("Q", "q")], &[], false).await;
         store.delete_app(&given.id).await.unwrap();
-        stale.base_version = 7;
-        stale.version = 8;
-        assert_not_found(store.write_version(stale).await, "app");
+        assert_not_found(store.write_version(gone).await, "app");
     }
 
-    /// The next version of app `name`, with its base's listing as the API reads it.
+    /// The next version of app `name`, computed against its base as the API reads it.
     async fn with_callers_base(
         store: &Store,
         name: &AppName,
@@ -538,15 +558,13 @@ mod scenarios {
         deploy: bool,
     ) -> NewVersion {
         let (app, listing) = store.app_with_listing(name).await.unwrap();
-        NewVersion {
-            base_listing: Some(listing),
-            ..change(&app.id, app.secrets_version, sets, unsets, deploy)
-        }
+        change(&app.id, app.secrets_version, sets, unsets, deploy)
+            .with_base(BaseRead { app, listing })
     }
 
     /// Apps `a` and `b` have the same versions, secrets, listings and history (dates aside,
     /// and values sealed to the same tags).
-    async fn assert_same_secrets(store: &Store, a: &AppRecord, b: &AppRecord) {
+    pub(super) async fn assert_same_secrets(store: &Store, a: &AppRecord, b: &AppRecord) {
         let (app_a, app_b) = (
             store.app_by_id(&a.id).await.unwrap(),
             store.app_by_id(&b.id).await.unwrap(),
@@ -1564,7 +1582,7 @@ mod machine_scenarios {
 
 mod release_scenarios {
     use super::*;
-    use coffer_store::{NewRelease, ReleaseStatus};
+    use coffer_store::{NewRelease, ReleaseRecord, ReleaseStatus};
 
     fn rel(d: &str) -> NewRelease {
         NewRelease {
@@ -1581,23 +1599,199 @@ mod release_scenarios {
             .register_host("h1", "dev", "http://127.0.0.1:1", "ab", b"hash")
             .await
             .unwrap();
+        store.create_machine(new_machine_of(app_id)).await.unwrap()
+    }
+
+    /// Machine `m1` of `app_id`, on host `h1`.
+    fn new_machine_of(app_id: &str) -> coffer_store::NewMachine {
+        coffer_store::NewMachine {
+            id: "m1".into(),
+            app_id: app_id.into(),
+            host_id: "h1".into(),
+            name: "m-1".into(),
+            config: coffer_store::MachineConfig {
+                command: vec!["sleep".into(), "1".into()],
+                env: Default::default(),
+                restart: coffer_core::wire::machines::RestartPolicy::OnFailure,
+                check: None,
+            },
+            secrets_version: 0,
+            release_version: 0,
+        }
+    }
+
+    /// Writes with a release computed against the caller's read of the app (on PostgreSQL one
+    /// statement) start the same releases and refuse the same writes as writes whose base the
+    /// store reads (a transaction): the same steps on two apps, one written each way.
+    pub async fn release_writes_with_the_callers_base(store: Store) {
         store
-            .create_machine(coffer_store::NewMachine {
-                id: "m1".into(),
-                app_id: app_id.into(),
-                host_id: "h1".into(),
-                name: "m-1".into(),
-                config: coffer_store::MachineConfig {
-                    command: vec!["sleep".into(), "1".into()],
-                    env: Default::default(),
-                    restart: coffer_core::wire::machines::RestartPolicy::OnFailure,
-                    check: None,
-                },
-                secrets_version: 0,
-                release_version: 0,
-            })
+            .register_host("h1", "dev", "http://127.0.0.1:1", "ab", b"hash")
             .await
-            .unwrap()
+            .unwrap();
+        let read = store
+            .create_app("id-read", &app_name("read"))
+            .await
+            .unwrap();
+        let given = store
+            .create_app("id-given", &app_name("given"))
+            .await
+            .unwrap();
+        // Each step: the release of one write per app, or the refusal of both.
+        async fn step(
+            store: &Store,
+            (read, given): (&AppRecord, &AppRecord),
+            sets: Vec<NewValue>,
+            release: bool,
+        ) -> Result<(Option<ReleaseRecord>, Option<ReleaseRecord>), (StoreError, StoreError)>
+        {
+            let app = store.app_by_id(&read.id).await.unwrap();
+            let mut v = change(&read.id, app.secrets_version, sets.clone(), &[], release);
+            v.release = release.then(|| rel("step"));
+            let by_store = store.write_version(v).await;
+            let (app, listing) = store.app_with_listing(&given.name).await.unwrap();
+            let mut v = change(&given.id, app.secrets_version, sets, &[], release)
+                .with_base(BaseRead { app, listing });
+            v.release = release.then(|| rel("step"));
+            let by_caller = store.write_version(v).await;
+            match (by_store, by_caller) {
+                (Ok(a), Ok(b)) => Ok((a.release, b.release)),
+                (Err(a), Err(b)) => Err((a, b)),
+                (a, b) => panic!("the two ways differ: {a:?} against {b:?}"),
+            }
+        }
+        let same = |a: &ReleaseRecord, b: &ReleaseRecord| {
+            let fields = |r: &ReleaseRecord| {
+                (
+                    r.version,
+                    r.secrets_version,
+                    r.previous_secrets_version,
+                    r.previous_release_version,
+                    r.description.clone(),
+                    r.actor.clone(),
+                    r.status,
+                    r.reason.clone(),
+                    r.progress.clone(),
+                    r.owner.clone(),
+                    r.lease_until > r.created_at,
+                    r.created_at == r.updated_at,
+                )
+            };
+            assert_eq!(fields(a), fields(b));
+        };
+        let apps = (&read, &given);
+
+        // No machine: the release completes at once.
+        let (a, b) = step(&store, apps, vec![value("A", "1")], true)
+            .await
+            .unwrap();
+        let (a, b) = (a.unwrap(), b.unwrap());
+        same(&a, &b);
+        assert_eq!(
+            (a.status, a.owner.as_deref(), a.lease_until),
+            (ReleaseStatus::Complete, None, 0)
+        );
+
+        // With a machine: it runs, owned, until its lease ends; meanwhile no other release.
+        for app in [&read, &given] {
+            let mut m = new_machine_of(&app.id);
+            m.id = format!("m-{}", app.id);
+            m.name = format!("m-{}", app.name);
+            store.create_machine(m).await.unwrap();
+        }
+        let (a, b) = step(&store, apps, vec![value("A", "2")], true)
+            .await
+            .unwrap();
+        let (a, b) = (a.unwrap(), b.unwrap());
+        same(&a, &b);
+        assert_eq!(a.status, ReleaseStatus::Running);
+        assert_eq!(
+            (a.owner.as_deref(), a.previous_secrets_version),
+            (Some("api-a-1"), 1)
+        );
+        let (ea, eb) = step(&store, apps, vec![value("A", "3")], true)
+            .await
+            .unwrap_err();
+        for e in [ea, eb] {
+            assert!(
+                matches!(&e, StoreError::Conflict(m) if m.contains("already running")),
+                "{e:?}"
+            );
+        }
+        // A staged write goes on while the release runs.
+        let (a3, b3) = step(&store, apps, vec![value("B", "3")], false)
+            .await
+            .unwrap();
+        assert_eq!((a3, b3), (None, None));
+        super::scenarios::assert_same_secrets(&store, &read, &given).await;
+
+        // Once it is over, the next release records what ran before it.
+        for app in [&read, &given] {
+            let running = store.release(&app.id, 2).await.unwrap();
+            store
+                .complete_release(&running.lease().unwrap())
+                .await
+                .unwrap();
+        }
+        let (a, b) = step(&store, apps, vec![value("A", "4")], true)
+            .await
+            .unwrap();
+        let (a, b) = (a.unwrap(), b.unwrap());
+        same(&a, &b);
+        assert_eq!(
+            (
+                a.version,
+                a.previous_secrets_version,
+                a.previous_release_version
+            ),
+            (3, 2, 2)
+        );
+        super::scenarios::assert_same_secrets(&store, &read, &given).await;
+        let (ra, rb) = (
+            store.releases(&read.id).await.unwrap(),
+            store.releases(&given.id).await.unwrap(),
+        );
+        assert_eq!(ra.len(), 3);
+        for (a, b) in ra.iter().zip(&rb) {
+            same(a, b);
+        }
+
+        // A read of the app that is no longer what runs is not what the release records: the
+        // write either conflicts (and the caller reads again) or records what the store has.
+        let running = store.release(&given.id, 3).await.unwrap();
+        store
+            .complete_release(&running.lease().unwrap())
+            .await
+            .unwrap();
+        let (app, listing) = store.app_with_listing(&given.name).await.unwrap();
+        store.mark_deployed(&given.id, 1).await.unwrap();
+        let mut v = change(
+            &given.id,
+            app.secrets_version,
+            vec![value("A", "5")],
+            &[],
+            true,
+        )
+        .with_base(BaseRead { app, listing });
+        v.release = Some(rel("stale read"));
+        let release = match store.write_version(v.clone()).await {
+            Ok(outcome) => outcome.release.unwrap(),
+            Err(e) => {
+                assert!(
+                    matches!(&e, StoreError::Conflict(m) if m.contains("retry")),
+                    "{e:?}"
+                );
+                let (app, listing) = store.app_with_listing(&given.name).await.unwrap();
+                v.base = Some(BaseRead { app, listing });
+                store.write_version(v).await.unwrap().release.unwrap()
+            }
+        };
+        assert_eq!(
+            (
+                release.previous_secrets_version,
+                release.previous_release_version
+            ),
+            (1, 3)
+        );
     }
 
     pub async fn releases_without_machines_complete_at_once(store: Store) {
