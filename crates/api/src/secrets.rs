@@ -16,7 +16,7 @@ use coffer_core::wire::{
 use coffer_core::{Action, ChangeSet, SecretName, SecretValue};
 use coffer_crypto::{digest_hex, seal_values};
 use coffer_http::{ApiError, ApiResult};
-use coffer_store::{BaseRead, NewRelease, NewValue, NewVersion, StoreError};
+use coffer_store::{NewRelease, NewValue, NewVersion, StoreError};
 use std::collections::HashMap;
 
 /// How often a write is recomputed when another write to the same app won the race (with
@@ -130,7 +130,8 @@ async fn write_and_release(
     for attempt in 1..=WRITE_ATTEMPTS {
         // The app and its current secrets in one read; a write that lost a race reads them
         // again.
-        let (app, current) = s.store.app_with_listing(&name).await?;
+        let read = s.store.base_read(&name).await?;
+        let (app, current) = (read.app().clone(), read.listing());
         let keys = s.keys.get(&app.id).await?;
         let base = app.secrets_version;
         let sizes: Vec<(SecretName, usize)> = current
@@ -163,10 +164,7 @@ async fn write_and_release(
             app_id: app.id.clone(),
             base_version: base,
             // What the change was computed against.
-            base: Some(BaseRead {
-                app: app.clone(),
-                listing: current,
-            }),
+            base: Some(read),
             version,
             actor: caller.actor.clone(),
             sets: new_values,

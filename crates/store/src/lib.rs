@@ -84,6 +84,13 @@ impl StoreError {
         }
     }
 
+    /// The unique index or constraint `name` refused the statement (PostgreSQL names it).
+    pub(crate) fn is_violation_of(&self, name: &str) -> bool {
+        matches!(self, StoreError::Backend(sqlx::Error::Database(db))
+            if db.kind() == sqlx::error::ErrorKind::UniqueViolation
+                && db.constraint() == Some(name))
+    }
+
     /// A UNIQUE or PRIMARY KEY constraint refused the statement, on either engine.
     pub(crate) fn is_unique_violation(&self) -> bool {
         match self {
@@ -230,16 +237,27 @@ pub struct NewVersion {
     pub release: Option<NewRelease>,
 }
 
-/// The app and its current secrets, read together ([`Store::app_with_listing`]): what a write
-/// was computed against. A version never changes once written, so the listing stays right
-/// for `app.secrets_version`; the write applies only if the app is still at that version (and,
+/// The app and its current secrets, read together ([`Store::base_read`]): what a write was
+/// computed against. A version never changes once written, so the listing stays right for
+/// `app().secrets_version`; the write applies only if the app is still at that version (and,
 /// for a write with a release on PostgreSQL, still has the deployed and release versions
 /// read here, which the release records as what ran before it). Otherwise: `Conflict`, and
-/// the caller reads again.
+/// the caller reads again. Only the store makes one, so the listing is always the version's.
 #[derive(Debug, Clone)]
 pub struct BaseRead {
-    pub app: AppRecord,
-    pub listing: Vec<ListedSecret>,
+    app: AppRecord,
+    listing: Vec<ListedSecret>,
+}
+
+impl BaseRead {
+    pub fn app(&self) -> &AppRecord {
+        &self.app
+    }
+
+    /// What `secrets list` shows of the app's current version.
+    pub fn listing(&self) -> &[ListedSecret] {
+        &self.listing
+    }
 }
 
 /// What `write_version` did.

@@ -446,6 +446,12 @@ impl Store {
         Ok(secrets)
     }
 
+    /// [`Store::app_with_listing`], as what a write is computed against ([`NewVersion::base`]).
+    pub async fn base_read(&self, name: &AppName) -> Result<crate::BaseRead> {
+        let (app, listing) = self.app_with_listing(name).await?;
+        Ok(crate::BaseRead { app, listing })
+    }
+
     /// The app named `name` and what `secrets list` shows of its current version (as
     /// [`Store::listing`] with the app's own versions): the hot path of `secrets list` and of
     /// every write. One statement reads the app and the kept listings of its current and
@@ -668,7 +674,7 @@ impl Store {
                         .map(|row| crate::releases::release_from_row(&row).map(Some))
                         .transpose()?,
                     // Another replica's release started between the check and the insert.
-                    Err(e) if e.is_unique_violation() => {
+                    Err(e) if e.is_violation_of("releases_one_running") => {
                         return Err(StoreError::Conflict(
                             crate::releases::RELEASE_RUNNING.into(),
                         ))
@@ -1010,7 +1016,7 @@ pub(crate) fn write_version_body(
 /// A version's secrets, by name.
 pub(crate) type BaseMembers = HashMap<String, ListingEntry>;
 
-/// The caller's listing of a version ([`NewVersion::base_listing`]), by name.
+/// The caller's listing of a version ([`NewVersion::base`]), by name.
 fn base_members_from(listing: Vec<ListedSecret>) -> BaseMembers {
     listing
         .into_iter()
@@ -1319,9 +1325,11 @@ const WRITE_VERSION_STATEMENT: &str = concat!(
 /// still has the deployed version `$10` and release version `$11` its writer read (what ran
 /// before the release); then [`version_rows_ctes`] and the release: `running` under owner
 /// `$14` until `$15` if the app has a machine (destroyed ones aside), else `complete` at once,
-/// as `releases::insert_release_in` does. The release's row if the app moved, none if not. A
-/// release started meanwhile by another replica fails the statement on the unique index of
-/// running releases.
+/// as `releases::insert_release_in` does. The release's row if the app moved, none if not.
+/// `NOT EXISTS` sees the statement's snapshot only; a release started after it by another
+/// replica bumped `release_version` under the app row's lock (every path that starts a release
+/// does), so the re-check of `release_version = $11` once the lock is ours refuses the write.
+/// The unique index of running releases is the backstop (`releases_one_running`).
 const WRITE_VERSION_WITH_RELEASE_STATEMENT: &str = concat!(
     "WITH moved AS ( \
         UPDATE apps SET secrets_version = $1, \

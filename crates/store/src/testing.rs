@@ -124,6 +124,22 @@ pub async fn forget_listings(store: &crate::Store) -> crate::Result<u64> {
         .await
 }
 
+/// How many rows app `app_id` has in `secret_values`, `secret_members` and `secret_versions`:
+/// what a test counts to see that a refused write left nothing behind (on PostgreSQL values and
+/// members have no foreign keys, so a stray row would show in no read of a version).
+pub async fn rows_of_app(store: &crate::Store, app_id: &str) -> crate::Result<(i64, i64, i64)> {
+    use sqlx::Row;
+    let row = sqlx::query(
+        "SELECT (SELECT count(*) FROM secret_values WHERE app_id = $1) AS v, \
+         (SELECT count(*) FROM secret_members WHERE app_id = $1) AS m, \
+         (SELECT count(*) FROM secret_versions WHERE app_id = $1) AS s",
+    )
+    .bind(app_id)
+    .fetch_one(&store.read)
+    .await?;
+    Ok((row.try_get("v")?, row.try_get("m")?, row.try_get("s")?))
+}
+
 fn non_empty(var: &str) -> Option<String> {
     std::env::var(var).ok().filter(|v| !v.is_empty())
 }

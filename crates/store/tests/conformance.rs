@@ -522,7 +522,9 @@ mod scenarios {
             assert_same_secrets(&store, &read, &given).await;
         }
 
-        // Refusals change nothing either way.
+        // Refusals change nothing either way (the rows are counted too: on PostgreSQL values
+        // and members have no foreign keys, so stray rows would not show in any read).
+        let rows = testing::rows_of_app(&store, &given.id).await.unwrap();
         let v = with_callers_base(&store, &given.name, vec![value("Q", "q")], &["A"], false).await;
         assert_conflict(store.write_version(v).await, "cannot unset A");
         let stale = with_callers_base(&store, &given.name, vec![value("Q", "q")], &[], true).await;
@@ -530,7 +532,13 @@ mod scenarios {
             .write_v(change(&given.id, 6, vec![value("Z", "z7")], &[], false))
             .await
             .unwrap();
+        let rows_at_7 = testing::rows_of_app(&store, &given.id).await.unwrap();
+        assert_eq!(rows_at_7, (rows.0 + 1, rows.1 + 1, rows.2 + 1));
         assert_conflict(store.write_version(stale).await, "now at version 7");
+        assert_eq!(
+            testing::rows_of_app(&store, &given.id).await.unwrap(),
+            rows_at_7
+        );
         let app = store.app_by_id(&given.id).await.unwrap();
         assert_eq!((app.secrets_version, app.deployed_version), (7, 4));
         assert_eq!(names(&store.snapshot(&given.id, 7).await.unwrap()), ["Z"]);
@@ -544,6 +552,51 @@ mod scenarios {
             store.write_version(mismatched).await,
             "computed against version 7",
         );
+        assert_eq!(
+            testing::rows_of_app(&store, &given.id).await.unwrap(),
+            rows_at_7
+        );
+
+        // Writers racing from one read: exactly one wins, the others conflict and leave nothing.
+        let read = store.base_read(&given.name).await.unwrap();
+        let racers: Vec<_> = (0..8)
+            .map(|i| {
+                let (store, read) = (store.clone(), read.clone());
+                tokio::spawn(async move {
+                    let sets = vec![value("R", &format!("r{i}")), value("S", "s")];
+                    let with_release = i % 2 == 0;
+                    let mut v =
+                        change(&read.app().id, 7, sets, &["Z"], with_release).with_base(read);
+                    v.release = with_release.then(|| coffer_store::NewRelease {
+                        description: format!("racer {i}"),
+                        actor: "tester".into(),
+                        owner: format!("api-{i}"),
+                    });
+                    store.write_version(v).await
+                })
+            })
+            .collect();
+        let mut won = 0;
+        for racer in racers {
+            match racer.await.unwrap() {
+                Ok(outcome) => {
+                    assert_eq!(outcome.version, 8);
+                    won += 1;
+                }
+                Err(e) => assert_conflict::<()>(Err(e), "retry"),
+            }
+        }
+        assert_eq!(won, 1, "one write of version 8");
+        // Two values and two members (R, S; Z unset), one version.
+        assert_eq!(
+            testing::rows_of_app(&store, &given.id).await.unwrap(),
+            (rows_at_7.0 + 2, rows_at_7.1 + 2, rows_at_7.2 + 1)
+        );
+        assert_eq!(
+            names(&store.snapshot(&given.id, 8).await.unwrap()),
+            ["R", "S"]
+        );
+
         let gone = with_callers_base(&store, &given.name, vec![value("Q", "q")], &[], false).await;
         store.delete_app(&given.id).await.unwrap();
         assert_not_found(store.write_version(gone).await, "app");
@@ -557,9 +610,15 @@ mod scenarios {
         unsets: &[&str],
         deploy: bool,
     ) -> NewVersion {
-        let (app, listing) = store.app_with_listing(name).await.unwrap();
-        change(&app.id, app.secrets_version, sets, unsets, deploy)
-            .with_base(BaseRead { app, listing })
+        let read = store.base_read(name).await.unwrap();
+        change(
+            &read.app().id,
+            read.app().secrets_version,
+            sets,
+            unsets,
+            deploy,
+        )
+        .with_base(read)
     }
 
     /// Apps `a` and `b` have the same versions, secrets, listings and history (dates aside,
@@ -568,6 +627,11 @@ mod scenarios {
         let (app_a, app_b) = (
             store.app_by_id(&a.id).await.unwrap(),
             store.app_by_id(&b.id).await.unwrap(),
+        );
+        assert_eq!(
+            testing::rows_of_app(store, &a.id).await.unwrap(),
+            testing::rows_of_app(store, &b.id).await.unwrap(),
+            "value, member and version rows"
         );
         assert_eq!(
             (app_a.secrets_version, app_a.deployed_version),
@@ -1648,9 +1712,9 @@ mod release_scenarios {
             let mut v = change(&read.id, app.secrets_version, sets.clone(), &[], release);
             v.release = release.then(|| rel("step"));
             let by_store = store.write_version(v).await;
-            let (app, listing) = store.app_with_listing(&given.name).await.unwrap();
-            let mut v = change(&given.id, app.secrets_version, sets, &[], release)
-                .with_base(BaseRead { app, listing });
+            let read = store.base_read(&given.name).await.unwrap();
+            let mut v =
+                change(&given.id, read.app().secrets_version, sets, &[], release).with_base(read);
             v.release = release.then(|| rel("step"));
             let by_caller = store.write_version(v).await;
             match (by_store, by_caller) {
@@ -1755,35 +1819,35 @@ mod release_scenarios {
             same(a, b);
         }
 
-        // A read of the app that is no longer what runs is not what the release records: the
-        // write either conflicts (and the caller reads again) or records what the store has.
+        // A read of the app that is no longer what runs is not what the release records. On
+        // PostgreSQL (one statement, checked against the read) the write conflicts and the
+        // caller reads again; on SQLite the transaction reads what runs itself.
         let running = store.release(&given.id, 3).await.unwrap();
         store
             .complete_release(&running.lease().unwrap())
             .await
             .unwrap();
-        let (app, listing) = store.app_with_listing(&given.name).await.unwrap();
+        let read = store.base_read(&given.name).await.unwrap();
         store.mark_deployed(&given.id, 1).await.unwrap();
+        let rows = testing::rows_of_app(&store, &given.id).await.unwrap();
         let mut v = change(
             &given.id,
-            app.secrets_version,
+            read.app().secrets_version,
             vec![value("A", "5")],
             &[],
             true,
         )
-        .with_base(BaseRead { app, listing });
+        .with_base(read);
         v.release = Some(rel("stale read"));
-        let release = match store.write_version(v.clone()).await {
-            Ok(outcome) => outcome.release.unwrap(),
-            Err(e) => {
-                assert!(
-                    matches!(&e, StoreError::Conflict(m) if m.contains("retry")),
-                    "{e:?}"
-                );
-                let (app, listing) = store.app_with_listing(&given.name).await.unwrap();
-                v.base = Some(BaseRead { app, listing });
+        let release = match (store.engine(), store.write_version(v.clone()).await) {
+            (Engine::Sqlite, Ok(outcome)) => outcome.release.unwrap(),
+            (Engine::Postgres, Err(e)) => {
+                assert_conflict::<()>(Err(e), "deployed secrets changed meanwhile; retry");
+                assert_eq!(testing::rows_of_app(&store, &given.id).await.unwrap(), rows);
+                v.base = Some(store.base_read(&given.name).await.unwrap());
                 store.write_version(v).await.unwrap().release.unwrap()
             }
+            (engine, other) => panic!("{engine:?}: {other:?}"),
         };
         assert_eq!(
             (
