@@ -602,9 +602,17 @@ impl Store {
         }
         let base_given = match (self.engine, base_read) {
             (Engine::Postgres, Some(read)) => {
-                return self
-                    .write_version_in_one_statement(&v, read, &changes)
-                    .await;
+                // On a task of its own, as every write transaction here: once started it runs
+                // to the end even if the caller stops waiting, so its outcome is never half
+                // known to this process.
+                let store = self.clone();
+                return tokio::spawn(async move {
+                    store
+                        .write_version_in_one_statement(&v, read, &changes)
+                        .await
+                })
+                .await
+                .map_err(crate::write_tx::stopped)?;
             }
             (_, read) => read.map(|read| base_members_from(read.listing)),
         };

@@ -315,12 +315,14 @@ pub(crate) async fn run_pooled<T: Send + 'static>(
         }
     })
     .await
-    .map_err(|e| {
-        tracing::error!(error = %e, "a write stopped before it committed");
-        StoreError::NotCommitted(
-            "the write stopped before it committed (see the daemon's log)".into(),
-        )
-    })?
+    .map_err(stopped)?
+}
+
+/// The error of a write whose task ended before it answered (it panicked, or the runtime is
+/// shutting down): whether it committed is unknown here, the log says why.
+pub(crate) fn stopped(e: tokio::task::JoinError) -> StoreError {
+    tracing::error!(error = %e, "a write stopped before it committed");
+    StoreError::NotCommitted("the write stopped before it committed (see the daemon's log)".into())
 }
 
 #[cfg(test)]
