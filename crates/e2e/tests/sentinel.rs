@@ -956,7 +956,6 @@ async fn sentinel_scan(engine: Engine) {
             "apps",
             "secret_values",
             "secret_versions",
-            "secret_members",
             "api_tokens",
             "vault_app_keys",
         ] {

@@ -411,11 +411,28 @@ pub(crate) fn migration_lock(engine: Engine) -> Option<&'static str> {
     }
 }
 
-/// An aggregate that joins the text `expr` of a group's rows with commas (order unspecified).
-pub(crate) fn comma_joined(engine: Engine, expr: &str) -> String {
+/// The members of the kept listing of the secrets version aliased `sv` (`sv.listing`, a JSON
+/// array of {n, v, …}; see schema v7), one row each: the join that follows `sv` in a `FROM`,
+/// and the expressions of a member's name and value version.
+pub(crate) struct ListingMembers {
+    pub join: &'static str,
+    pub name: &'static str,
+    pub value_version: &'static str,
+}
+
+pub(crate) fn listing_members(engine: Engine) -> ListingMembers {
     match engine {
-        Engine::Sqlite => format!("group_concat({expr}, ',')"),
-        Engine::Postgres => format!("string_agg({expr}, ',')"),
+        // A table-valued function may read the tables before it in the join.
+        Engine::Sqlite => ListingMembers {
+            join: "CROSS JOIN json_each(sv.listing) AS lm",
+            name: "(lm.value ->> 'n')",
+            value_version: "(lm.value ->> 'v')",
+        },
+        Engine::Postgres => ListingMembers {
+            join: "CROSS JOIN LATERAL json_to_recordset(sv.listing::json) AS lm(n text, v bigint)",
+            name: "lm.n",
+            value_version: "lm.v",
+        },
     }
 }
 
@@ -447,6 +464,10 @@ const SQLITE_MIGRATIONS: &[Migration] = &[
         version: 6,
         sql: include_str!("migrations/sqlite/0006_release_leases.sql"),
     },
+    Migration {
+        version: 7,
+        sql: include_str!("migrations/sqlite/0007_listing_is_the_record.sql"),
+    },
 ];
 
 const POSTGRES_MIGRATIONS: &[Migration] = &[
@@ -473,6 +494,10 @@ const POSTGRES_MIGRATIONS: &[Migration] = &[
     Migration {
         version: 6,
         sql: include_str!("migrations/postgres/0006_release_leases.sql"),
+    },
+    Migration {
+        version: 7,
+        sql: include_str!("migrations/postgres/0007_listing_is_the_record.sql"),
     },
 ];
 

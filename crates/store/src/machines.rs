@@ -211,23 +211,21 @@ impl Store {
     /// the machine, the public key its host has now, and which value of each name the
     /// machine's secrets version holds. `NotFound("machine")` if there is no such machine.
     pub async fn boot_facts(&self, machine_id: &str) -> Result<BootFacts> {
-        // One row: the members come packed as "NAME:VERSION,…" (names are [A-Z0-9_]). A join
-        // would repeat every machine column on every member row, and copying those values was
-        // most of the cost of a boot's read.
+        // One row: the members come as the kept listing of the machine's secrets version (its
+        // record since schema v7). A join of a row per member would repeat every machine
+        // column on each, and copying those values was most of the cost of a boot's read.
         let columns: Vec<String> = MACHINE_COLUMNS
             .split(',')
             .map(|c| format!("m.{}", c.trim()))
             .collect();
-        let packed = crate::engine::comma_joined(
-            self.engine(),
-            "s.name || ':' || CAST(s.value_version AS TEXT)",
-        );
         let sql = format!(
             "SELECT {}, h.public_key AS host_public_key, k.public_key AS app_public_key, \
-             (SELECT {packed} FROM secret_members s \
-              WHERE s.app_id = m.app_id AND s.version = m.secrets_version) AS members \
+             sv.listing AS listing \
              FROM machines m JOIN hosts h ON h.id = m.host_id \
-             LEFT JOIN vault_app_keys k ON k.app_id = m.app_id WHERE m.id = $1",
+             LEFT JOIN vault_app_keys k ON k.app_id = m.app_id \
+             LEFT JOIN secret_versions sv \
+             ON sv.app_id = m.app_id AND sv.version = m.secrets_version \
+             WHERE m.id = $1",
             columns.join(", "),
         );
         let row = self
@@ -236,25 +234,22 @@ impl Store {
                     machine_from_row(row)?,
                     row.text("host_public_key")?,
                     row.bytes_opt("app_public_key")?,
-                    row.text_opt("members")?,
+                    row.text_opt("listing")?,
                 ))
             })
             .await?
             .pop();
-        let (machine, host_public_key, app_public_key, packed) =
+        let (machine, host_public_key, app_public_key, listing) =
             row.ok_or(StoreError::NotFound("machine"))?;
-        let mut members = std::collections::HashMap::new();
-        for member in packed.iter().flat_map(|p| p.split(',')) {
-            let parsed = member
-                .rsplit_once(':')
-                .and_then(|(name, v)| Some((name.to_string(), v.parse::<i64>().ok()?)));
-            let Some((name, version)) = parsed else {
+        let members = match (machine.secrets_version, listing) {
+            (0, _) => std::collections::HashMap::new(),
+            (_, Some(listing)) => crate::store::listing_members(&listing)?,
+            (version, None) => {
                 return Err(StoreError::Corrupt(format!(
-                    "secret member {member:?} of machine {machine_id}"
-                )));
-            };
-            members.insert(name, version);
-        }
+                    "machine {machine_id} runs secrets version {version}, which has no listing"
+                )))
+            }
+        };
         Ok(BootFacts {
             machine,
             host_public_key,

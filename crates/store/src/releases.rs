@@ -503,12 +503,6 @@ fn restore_in(
             &listing_json(before.values())
         ],
     )?;
-    tx.execute(
-        "INSERT INTO secret_members (app_id, version, name, value_version) \
-         SELECT app_id, $1, name, value_version FROM secret_members \
-         WHERE app_id = $2 AND version = $3",
-        args![restored, app_id, failed.previous_secrets_version],
-    )?;
     insert_in(
         tx,
         app_id,

@@ -20,16 +20,6 @@ use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::sync::Arc;
 
-/// The members of version `$2` of app `$1`, each joined to its value (`m`, `v`): the end of a
-/// statement that reads a version's secrets from the record.
-macro_rules! members_of_version {
-    () => {
-        "FROM secret_members m JOIN secret_values v \
-         ON v.app_id = m.app_id AND v.name = m.name AND v.version = m.value_version \
-         WHERE m.app_id = $1 AND m.version = $2"
-    };
-}
-
 /// The store of record. Cheap to clone: the pools are shared.
 #[derive(Clone)]
 pub struct Store {
@@ -217,7 +207,7 @@ impl Store {
 
     async fn migrate(&self) -> Result<()> {
         let mut tx = self.begin_write().await?;
-        match self.migrate_in(&mut tx).await {
+        match migrate_in(self.engine, &mut tx, i64::MAX).await {
             Ok(()) => Ok(tx.commit().await?),
             Err(e) => {
                 let _ = tx.rollback().await;
@@ -225,9 +215,13 @@ impl Store {
             }
         }
     }
+}
 
-    async fn migrate_in(&self, tx: &mut AnyConnection) -> Result<()> {
-        if let Some(lock) = engine::migration_lock(self.engine) {
+/// Applies the migrations after the database's schema version, up to version `upto` (tests
+/// stop early, to write what an older coffer wrote).
+pub(crate) async fn migrate_in(engine: Engine, tx: &mut AnyConnection, upto: i64) -> Result<()> {
+    {
+        if let Some(lock) = engine::migration_lock(engine) {
             sqlx::query(lock).execute(&mut *tx).await?;
         }
         sqlx::query("CREATE TABLE IF NOT EXISTS coffer_schema (version BIGINT NOT NULL)")
@@ -237,7 +231,7 @@ impl Store {
             .fetch_one(&mut *tx)
             .await?;
         let current = current.unwrap_or(0);
-        let migrations = engine::migrations(self.engine);
+        let migrations = engine::migrations(engine);
         let known = migrations.last().map_or(0, |m| m.version);
         if current > known {
             return Err(StoreError::Corrupt(format!(
@@ -245,7 +239,10 @@ impl Store {
                  ({known}); upgrade coffer"
             )));
         }
-        for m in migrations.iter().filter(|m| m.version > current) {
+        for m in migrations
+            .iter()
+            .filter(|m| m.version > current && m.version <= upto)
+        {
             // A plain `&str` runs unprepared, so a file of several statements is fine on both
             // engines. (`sqlx::raw_sql` would do the same, but its future is not `Send` for
             // every lifetime, which makes `Store::open` unusable in `tokio::spawn`.)
@@ -254,11 +251,13 @@ impl Store {
                 .bind(m.version)
                 .execute(&mut *tx)
                 .await?;
-            tracing::info!(engine = %self.engine, version = m.version, "applied schema migration");
+            tracing::info!(engine = %engine, version = m.version, "applied schema migration");
         }
         Ok(())
     }
+}
 
+impl Store {
     // ---------------------------------------------------------------------------------- apps
 
     /// Creates an app at secrets version 0. `Conflict` if the name is taken.
@@ -335,16 +334,14 @@ impl Store {
             )
             .map_err(BodyError::before_changes)?;
             // Then the app's row: on PostgreSQL that waits for a write of the app still under
-            // way, whose members and values the deletes below then see. Versions, tokens,
-            // machines and releases go with it by foreign-key cascade; members and values have
-            // no foreign keys on PostgreSQL (schema v5: checking them row by row was half of a
-            // write's time), so they are deleted here, on both engines alike.
+            // way, whose values the delete below then sees. Versions, tokens, machines and
+            // releases go with it by foreign-key cascade; values have no foreign key on
+            // PostgreSQL (schema v5: checking them row by row was a large part of a write's
+            // time), so they are deleted here, on both engines alike.
             let deleted = tx
                 .execute("DELETE FROM apps WHERE id = $1", args![&id])
                 .map_err(BodyError::Failed)?;
             found_if(deleted > 0, "app")?;
-            tx.execute("DELETE FROM secret_members WHERE app_id = $1", args![&id])
-                .map_err(BodyError::Failed)?;
             tx.execute("DELETE FROM secret_values WHERE app_id = $1", args![&id])
                 .map_err(BodyError::Failed)?;
             Ok(())
@@ -377,27 +374,41 @@ impl Store {
         if version < 0 {
             return Err(StoreError::NotFound("secrets version"));
         }
-        // On the path of every boot grant.
+        // On the path of every boot grant. The version's kept listing names the value of each
+        // of its secrets; each is read by its key. A value the listing names but the store
+        // lacks is corruption, never a smaller snapshot.
+        let lm = engine::listing_members(self.engine);
+        let sql = format!(
+            "SELECT {name} AS name, {vv} AS value_version, v.ciphertext, v.digest, \
+             v.value_len, v.created_at, v.updated_at \
+             FROM secret_versions sv {join} \
+             LEFT JOIN secret_values v \
+             ON v.app_id = sv.app_id AND v.name = {name} AND v.version = {vv} \
+             WHERE sv.app_id = $1 AND sv.version = $2",
+            name = lm.name,
+            vv = lm.value_version,
+            join = lm.join,
+        );
         let mut secrets = self
-            .hot_read(
-                concat!(
-                    "SELECT m.name, m.value_version, v.ciphertext, v.digest, v.value_len, \
-                     v.created_at, v.updated_at ",
-                    members_of_version!()
-                ),
-                args![app_id, version],
-                |row| {
-                    Ok(StoredSecret {
-                        name: secret_name(row.text("name")?)?,
-                        value_version: row.int("value_version")?,
-                        ciphertext: row.bytes("ciphertext")?,
-                        digest: row.text("digest")?,
-                        value_len: row.int("value_len")?,
-                        created_at: row.int("created_at")?,
-                        updated_at: row.int("updated_at")?,
-                    })
-                },
-            )
+            .hot_read(&sql, args![app_id, version], |row| {
+                let name = secret_name(row.text("name")?)?;
+                let value_version = row.int("value_version")?;
+                let Some(ciphertext) = row.bytes_opt("ciphertext")? else {
+                    return Err(StoreError::Corrupt(format!(
+                        "secrets version {version} names value {value_version} of {name}, \
+                         which is not stored"
+                    )));
+                };
+                Ok(StoredSecret {
+                    name,
+                    value_version,
+                    ciphertext,
+                    digest: row.text("digest")?,
+                    value_len: row.int("value_len")?,
+                    created_at: row.int("created_at")?,
+                    updated_at: row.int("updated_at")?,
+                })
+            })
             .await?;
         // A version may be empty (everything unset): tell that apart from a missing one.
         if secrets.is_empty() && !self.version_exists(app_id, version).await? {
@@ -409,7 +420,7 @@ impl Store {
 
     /// What `secrets list` shows of one version, without reading any ciphertext: each name's
     /// digest, length and dates, and whether the value is also the one in `deployed_version`.
-    /// One statement.
+    /// One statement: the kept listings of both versions.
     pub async fn listing(
         &self,
         app_id: &str,
@@ -422,28 +433,29 @@ impl Store {
         if version < 0 {
             return Err(StoreError::NotFound("secrets version"));
         }
-        let sql = format!(
-            "SELECT {LISTED_COLUMNS}, {} \
-             FROM secret_members m JOIN secret_values v \
-             ON v.app_id = m.app_id AND v.name = m.name AND v.version = m.value_version \
-             WHERE m.app_id = $2 AND m.version = $3",
-            deployed_value_version("$1"),
-        );
-        let rows = sqlx::query(&sql)
-            .bind(deployed_version)
-            .bind(app_id)
-            .bind(version)
-            .fetch_all(&self.read)
+        let rows = self
+            .hot_read(
+                "SELECT version, listing FROM secret_versions \
+                 WHERE app_id = $1 AND version IN ($2, $3)",
+                args![app_id, version, deployed_version],
+                |row| Ok((row.int("version")?, row.text_opt("listing")?)),
+            )
             .await?;
-        if rows.is_empty() && !self.version_exists(app_id, version).await? {
-            return Err(StoreError::NotFound("secrets version"));
-        }
-        let mut secrets = Vec::with_capacity(rows.len());
-        for row in &rows {
-            secrets.extend(listed_from_row(row)?);
-        }
-        secrets.sort_by(|a, b| a.name.cmp(&b.name));
-        Ok(secrets)
+        let listing_of = |wanted: i64| rows.iter().find(|(v, _)| *v == wanted).map(|(_, l)| l);
+        let current = listing_of(version).ok_or(StoreError::NotFound("secrets version"))?;
+        let current = kept_listing(current.as_deref(), version)?;
+        let deployed = if deployed_version == version {
+            None
+        } else {
+            // No such version deploys nothing of this one.
+            Some(match listing_of(deployed_version) {
+                Some(listing) => {
+                    listing_members(kept_listing(listing.as_deref(), deployed_version)?)?
+                }
+                None => HashMap::new(),
+            })
+        };
+        listed_secrets(current, deployed.as_ref())
     }
 
     /// [`Store::app_with_listing`], as what a write is computed against ([`NewVersion::base`]).
@@ -455,8 +467,7 @@ impl Store {
     /// The app named `name` and what `secrets list` shows of its current version (as
     /// [`Store::listing`] with the app's own versions): the hot path of `secrets list` and of
     /// every write. One statement reads the app and the kept listings of its current and
-    /// deployed versions (`secret_versions.listing`); versions written before listings were
-    /// kept are read through their members instead.
+    /// deployed versions (`secret_versions.listing`).
     pub async fn app_with_listing(&self, name: &AppName) -> Result<(AppRecord, Vec<ListedSecret>)> {
         let row = self
             .hot_read(&APP_WITH_LISTING, args![name.as_str()], |row| {
@@ -479,69 +490,13 @@ impl Store {
         } else if app.deployed_version == 0 {
             Some(HashMap::new())
         } else {
-            match deployed {
-                Some(json) => Some(
-                    parse_listing(&json)?
-                        .into_iter()
-                        .map(|e| (e.name, e.value_version))
-                        .collect(),
-                ),
-                // A version written before listings were kept (schema v4).
-                None => return self.app_with_listing_joined(name).await,
-            }
+            Some(listing_members(kept_listing(
+                deployed.as_deref(),
+                app.deployed_version,
+            )?)?)
         };
-        let Some(current) = current else {
-            return self.app_with_listing_joined(name).await;
-        };
-        let mut secrets = parse_listing(&current)?
-            .into_iter()
-            .map(|e| {
-                Ok(ListedSecret {
-                    deployed: deployed
-                        .as_ref()
-                        .is_none_or(|d| d.get(&e.name) == Some(&e.value_version)),
-                    name: secret_name(e.name)?,
-                    value_version: e.value_version,
-                    digest: e.digest,
-                    value_len: e.value_len,
-                    created_at: e.created_at,
-                    updated_at: e.updated_at,
-                })
-            })
-            .collect::<Result<Vec<_>>>()?;
-        secrets.sort_by(|a, b| a.name.cmp(&b.name));
-        Ok((app, secrets))
-    }
-
-    /// [`Store::app_with_listing`] through the members of the versions and their values.
-    async fn app_with_listing_joined(
-        &self,
-        name: &AppName,
-    ) -> Result<(AppRecord, Vec<ListedSecret>)> {
-        let sql = format!(
-            "SELECT {}, {LISTED_COLUMNS}, {} \
-             FROM apps a \
-             LEFT JOIN secret_members m ON m.app_id = a.id AND m.version = a.secrets_version \
-             LEFT JOIN secret_values v \
-             ON v.app_id = m.app_id AND v.name = m.name AND v.version = m.value_version \
-             WHERE a.name = $1",
-            prefixed_app_columns("a"),
-            deployed_value_version("a.deployed_version"),
-        );
-        let mut app = None;
-        let mut secrets = Vec::new();
-        self.hot_read(&sql, args![name.as_str()], |row| {
-            if app.is_none() {
-                app = Some(app_from_row(row)?);
-            }
-            // An app without secrets is one row of NULLs on the right.
-            secrets.extend(listed_from_row(row)?);
-            Ok(())
-        })
-        .await?;
-        let app = app.ok_or(StoreError::NotFound("app"))?;
-        secrets.sort_by(|a, b| a.name.cmp(&b.name));
-        Ok((app, secrets))
+        let current = kept_listing(current.as_deref(), app.secrets_version)?;
+        Ok((app, listed_secrets(current, deployed.as_ref())?))
     }
 
     async fn version_exists(&self, app_id: &str, version: i64) -> Result<bool> {
@@ -1111,10 +1066,10 @@ pub(crate) struct ListingEntry {
     pub updated_at: Micros,
 }
 
-/// A version's secrets, by name: from the listing kept with the version, which was derived from
-/// its members and their values in the transaction that wrote them all, and like them never
-/// changes. One row instead of two index lookups per secret, on the path of every write.
-/// Versions written before listings were kept (schema v4) are read through their members.
+/// A version's secrets, by name: from the listing kept with the version (the record of which
+/// value of each name it holds since schema v7), written with the version and never changed.
+/// Empty for a version that does not exist (the caller's check of the app's version then
+/// refuses the write).
 pub(crate) fn version_entries(
     tx: &mut dyn WriteTx,
     app_id: &str,
@@ -1129,38 +1084,12 @@ pub(crate) fn version_entries(
         |row| row.text_opt("listing"),
     )?;
     match kept {
-        Some(Some(json)) => Ok(parse_listing(&json)?
+        Some(listing) => Ok(parse_listing(kept_listing(listing.as_deref(), version)?)?
             .into_iter()
             .map(|e| (e.name.clone(), e))
             .collect()),
-        _ => version_entries_joined(tx, app_id, version),
+        None => Ok(HashMap::new()),
     }
-}
-
-/// [`version_entries`] from the record: the version's members and their values.
-fn version_entries_joined(
-    tx: &mut dyn WriteTx,
-    app_id: &str,
-    version: i64,
-) -> Result<HashMap<String, ListingEntry>> {
-    let entries = tx.fetch_all(
-        concat!(
-            "SELECT m.name, m.value_version, v.digest, v.value_len, v.created_at, v.updated_at ",
-            members_of_version!()
-        ),
-        args![app_id, version],
-        |row| {
-            Ok(ListingEntry {
-                name: row.text("name")?,
-                value_version: row.int("value_version")?,
-                digest: row.text("digest")?,
-                value_len: row.int("value_len")?,
-                created_at: row.int("created_at")?,
-                updated_at: row.int("updated_at")?,
-            })
-        },
-    )?;
-    Ok(entries.into_iter().map(|e| (e.name.clone(), e)).collect())
 }
 
 /// The `listing` column of a version with these secrets: sorted by name, so that equal
@@ -1268,18 +1197,11 @@ fn apply_version(
         ],
     )?;
 
-    // The new values, then the members.
+    // The new values; the listing above names each of the version's values.
     let by_name: HashMap<&str, &ListingEntry> =
         entries.iter().map(|e| (e.name.as_str(), e)).collect();
     for chunk in v.sets.chunks(ROWS_PER_INSERT) {
         insert_values(tx, v, chunk, &by_name)?;
-    }
-    let members: Vec<(&str, i64)> = entries
-        .iter()
-        .map(|e| (e.name.as_str(), e.value_version))
-        .collect();
-    for chunk in members.chunks(ROWS_PER_INSERT) {
-        insert_members(tx, &v.app_id, v.version, chunk)?;
     }
     match (&v.release, before) {
         (Some(r), Some(before)) => Ok(Some(crate::releases::insert_release_in(
@@ -1291,9 +1213,9 @@ fn apply_version(
 
 /// The rows of a new version, for PostgreSQL's one-statement writes: the CTEs that follow
 /// `moved` (the app, if it moved to version `$1`; see [`WRITE_VERSION_STATEMENT`]): the
-/// version's row, its values (`$9`, from [`values_json`]) and its members (the listing `$8`,
-/// which names each member's value version). Each reads `moved`, so none inserts a row unless
-/// the app moved. Data-modifying CTEs all run, on one snapshot, and commit or fail together.
+/// version's row with its listing `$8` (which names each of its values) and its new values
+/// (`$9`, from [`values_json`]). Each reads `moved`, so none inserts a row unless the app
+/// moved. Data-modifying CTEs all run, on one snapshot, and commit or fail together.
 macro_rules! version_rows_ctes {
     () => {
         "version_row AS ( \
@@ -1305,10 +1227,6 @@ macro_rules! version_rows_ctes {
             SELECT moved.id, x.n, $1, decode(x.ct, 'hex'), x.d, x.l, x.c, x.u \
             FROM moved, json_to_recordset($9::json) \
                 AS x(n text, ct text, d text, l bigint, c bigint, u bigint) \
-        ), member_rows AS ( \
-            INSERT INTO secret_members (app_id, version, name, value_version) \
-            SELECT moved.id, $1, x.n, x.v \
-            FROM moved, json_to_recordset($8::json) AS x(n text, v bigint) \
         )"
     };
 }
@@ -1438,25 +1356,6 @@ fn insert_values(
     Ok(())
 }
 
-fn insert_members(
-    tx: &mut dyn WriteTx,
-    app_id: &str,
-    version: i64,
-    members: &[(&str, i64)],
-) -> Result<()> {
-    let sql = multi_row_insert(
-        "INSERT INTO secret_members (app_id, version, name, value_version) VALUES ",
-        4,
-        members.len(),
-    );
-    let mut bound = Vec::with_capacity(members.len() * 4);
-    for (name, value_version) in members {
-        bound.extend_from_slice(args![app_id, version, *name, *value_version]);
-    }
-    tx.execute_with(&sql, &bound, prepare_for(members.len()))?;
-    Ok(())
-}
-
 /// `prefix ($1, $2), ($3, $4)`: placeholders numbered in order of appearance.
 fn multi_row_insert(prefix: &str, columns: usize, rows: usize) -> String {
     let mut sql = String::from(prefix);
@@ -1476,24 +1375,6 @@ fn multi_row_insert(prefix: &str, columns: usize, rows: usize) -> String {
     sql
 }
 
-/// The columns [`listed_from_row`] reads from `secret_members m` joined to `secret_values v`,
-/// besides [`deployed_value_version`].
-const LISTED_COLUMNS: &str = "m.name AS s_name, m.value_version AS s_value_version, \
-     v.digest AS s_digest, v.value_len AS s_value_len, v.created_at AS s_created_at, \
-     v.updated_at AS s_updated_at";
-
-/// The column of [`listed_from_row`] that says which value of `m.name` the deployed version
-/// (`deployed`, an SQL expression) holds. Usually the listed version is the deployed one, and
-/// then it is `m`'s own value: no second lookup per row, as a join would do.
-fn deployed_value_version(deployed: &str) -> String {
-    format!(
-        "CASE WHEN m.version = {deployed} THEN m.value_version \
-         ELSE (SELECT d.value_version FROM secret_members d \
-         WHERE d.app_id = m.app_id AND d.version = {deployed} AND d.name = m.name) END \
-         AS s_deployed_value_version"
-    )
-}
-
 /// `apps` columns as [`app_from_row`] reads them, from the table aliased `alias`.
 fn prefixed_app_columns(alias: &str) -> String {
     APP_COLUMNS
@@ -1508,22 +1389,47 @@ fn parse_listing(json: &str) -> Result<Vec<ListingEntry>> {
         .map_err(|e| StoreError::Corrupt(format!("listing of a secrets version: {e}")))
 }
 
-/// One listed secret, or `None` for a row whose secret columns are NULL (an outer join).
-fn listed_from_row(row: &dyn StoreRow) -> Result<Option<ListedSecret>> {
-    let Some(name) = row.text_opt("s_name")? else {
-        return Ok(None);
-    };
-    let value_version = row.int("s_value_version")?;
-    let deployed = row.int_opt("s_deployed_value_version")?;
-    Ok(Some(ListedSecret {
-        name: secret_name(name)?,
-        value_version,
-        digest: row.text("s_digest")?,
-        value_len: row.int("s_value_len")?,
-        created_at: row.int("s_created_at")?,
-        updated_at: row.int("s_updated_at")?,
-        deployed: deployed == Some(value_version),
-    }))
+/// A version's kept listing, which every version has since schema v7.
+fn kept_listing(listing: Option<&str>, version: i64) -> Result<&str> {
+    listing.ok_or_else(|| StoreError::Corrupt(format!("secrets version {version} has no listing")))
+}
+
+/// Which value of each name a listing holds, read without the rest of each entry (on the path
+/// of every boot, `Store::boot_facts`).
+pub(crate) fn listing_members(listing: &str) -> Result<HashMap<String, i64>> {
+    #[derive(serde::Deserialize)]
+    struct Member {
+        n: String,
+        v: i64,
+    }
+    let members: Vec<Member> = serde_json::from_str(listing)
+        .map_err(|e| StoreError::Corrupt(format!("listing of a secrets version: {e}")))?;
+    Ok(members.into_iter().map(|m| (m.n, m.v)).collect())
+}
+
+/// What `secrets list` shows of the version with listing `current`, each secret marked deployed
+/// if `deployed` (which value of each name the machines run) has its value, or if `deployed` is
+/// `None` (the machines run this version). Sorted by name.
+fn listed_secrets(
+    current: &str,
+    deployed: Option<&HashMap<String, i64>>,
+) -> Result<Vec<ListedSecret>> {
+    let mut secrets = parse_listing(current)?
+        .into_iter()
+        .map(|e| {
+            Ok(ListedSecret {
+                deployed: deployed.is_none_or(|d| d.get(&e.name) == Some(&e.value_version)),
+                name: secret_name(e.name)?,
+                value_version: e.value_version,
+                digest: e.digest,
+                value_len: e.value_len,
+                created_at: e.created_at,
+                updated_at: e.updated_at,
+            })
+        })
+        .collect::<Result<Vec<_>>>()?;
+    secrets.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(secrets)
 }
 
 fn app_from_row(row: &dyn StoreRow) -> Result<AppRecord> {

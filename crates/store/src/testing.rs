@@ -109,35 +109,37 @@ pub fn sqlite_url_in(dir: &std::path::Path) -> DatabaseUrl {
     DatabaseUrl::sqlite(dir.join("coffer.db"))
 }
 
-/// Makes every secrets version of `store` look written before schema v4 (no kept listing), so
-/// that a test can compare what is listed from the kept listings with what is listed from the
-/// members. Returns how many versions had a listing.
-pub async fn forget_listings(store: &crate::Store) -> crate::Result<u64> {
-    store
-        .write_tx(|tx| {
-            tx.execute(
-                "UPDATE secret_versions SET listing = NULL WHERE listing IS NOT NULL",
-                &[],
-            )
-            .map_err(crate::store::BodyError::Failed)
-        })
-        .await
+/// A database at schema `version`, with every migration up to it and none after: what an older
+/// coffer left behind, for a test of what a later migration does with its data. Write those
+/// rows through the returned pool and close it; `Store::open` then applies the rest.
+pub async fn database_at_schema(url: &DatabaseUrl, version: i64) -> crate::Result<sqlx::AnyPool> {
+    let pools = crate::engine::connect(url, crate::OpenMode::CreateIfMissing).await?;
+    // (On PostgreSQL the read pool is the write pool: dropped, not closed.)
+    drop(pools.read);
+    let engine = url.engine();
+    // As `Store::open` migrates: on the write pool, in one transaction.
+    let mut tx = match crate::engine::begin_write(engine) {
+        Some(begin) => pools.write.begin_with(begin).await?,
+        None => pools.write.begin().await?,
+    };
+    crate::store::migrate_in(engine, &mut tx, version).await?;
+    tx.commit().await?;
+    Ok(pools.write)
 }
 
-/// How many rows app `app_id` has in `secret_values`, `secret_members` and `secret_versions`:
-/// what a test counts to see that a refused write left nothing behind (on PostgreSQL values and
-/// members have no foreign keys, so a stray row would show in no read of a version).
-pub async fn rows_of_app(store: &crate::Store, app_id: &str) -> crate::Result<(i64, i64, i64)> {
+/// How many rows app `app_id` has in `secret_values` and `secret_versions`: what a test counts
+/// to see that a refused write left nothing behind (on PostgreSQL values have no foreign key,
+/// so a stray row would show in no read of a version).
+pub async fn rows_of_app(store: &crate::Store, app_id: &str) -> crate::Result<(i64, i64)> {
     use sqlx::Row;
     let row = sqlx::query(
         "SELECT (SELECT count(*) FROM secret_values WHERE app_id = $1) AS v, \
-         (SELECT count(*) FROM secret_members WHERE app_id = $1) AS m, \
          (SELECT count(*) FROM secret_versions WHERE app_id = $1) AS s",
     )
     .bind(app_id)
     .fetch_one(&store.read)
     .await?;
-    Ok((row.try_get("v")?, row.try_get("m")?, row.try_get("s")?))
+    Ok((row.try_get("v")?, row.try_get("s")?))
 }
 
 fn non_empty(var: &str) -> Option<String> {

@@ -523,7 +523,7 @@ mod scenarios {
         }
 
         // Refusals change nothing either way (the rows are counted too: on PostgreSQL values
-        // and members have no foreign keys, so stray rows would not show in any read).
+        // have no foreign key, so stray rows would not show in any read).
         let rows = testing::rows_of_app(&store, &given.id).await.unwrap();
         let v = with_callers_base(&store, &given.name, vec![value("Q", "q")], &["A"], false).await;
         assert_conflict(store.write_version(v).await, "cannot unset A");
@@ -533,7 +533,7 @@ mod scenarios {
             .await
             .unwrap();
         let rows_at_7 = testing::rows_of_app(&store, &given.id).await.unwrap();
-        assert_eq!(rows_at_7, (rows.0 + 1, rows.1 + 1, rows.2 + 1));
+        assert_eq!(rows_at_7, (rows.0 + 1, rows.1 + 1));
         assert_conflict(store.write_version(stale).await, "now at version 7");
         assert_eq!(
             testing::rows_of_app(&store, &given.id).await.unwrap(),
@@ -587,10 +587,10 @@ mod scenarios {
             }
         }
         assert_eq!(won, 1, "one write of version 8");
-        // Two values and two members (R, S; Z unset), one version.
+        // Two values (R, S; Z unset), one version.
         assert_eq!(
             testing::rows_of_app(&store, &given.id).await.unwrap(),
-            (rows_at_7.0 + 2, rows_at_7.1 + 2, rows_at_7.2 + 1)
+            (rows_at_7.0 + 2, rows_at_7.1 + 1)
         );
         assert_eq!(
             names(&store.snapshot(&given.id, 8).await.unwrap()),
@@ -631,7 +631,7 @@ mod scenarios {
         assert_eq!(
             testing::rows_of_app(store, &a.id).await.unwrap(),
             testing::rows_of_app(store, &b.id).await.unwrap(),
-            "value, member and version rows"
+            "value and version rows"
         );
         assert_eq!(
             (app_a.secrets_version, app_a.deployed_version),
@@ -895,27 +895,15 @@ mod scenarios {
                 .map(|l| (l.name.as_str(), l.value_version, l.deployed))
                 .collect()
         }
-        // What is listed from the versions' kept listings is what their members say.
+        // The app's read with its listing is the listing of its own versions.
         async fn agrees(store: &Store, name: &str) -> Vec<ListedSecret> {
             let (app, listed) = store.app_with_listing(&app_name(name)).await.unwrap();
             let joined = store
                 .listing(&app.id, app.secrets_version, app.deployed_version)
                 .await
                 .unwrap();
-            assert_eq!(listed, joined, "kept listing against members");
+            assert_eq!(listed, joined, "app_with_listing against listing");
             listed
-        }
-        // Versions written before listings were kept (all of them, after this) list the
-        // same through their members.
-        async fn forgotten(store: &Store, name: &str, kept: u64) {
-            let (app, listed) = store.app_with_listing(&app_name(name)).await.unwrap();
-            assert_eq!(
-                coffer_store::testing::forget_listings(store).await.unwrap(),
-                kept,
-                "every version written since the last time has its listing"
-            );
-            let (again, without) = store.app_with_listing(&app_name(name)).await.unwrap();
-            assert_eq!((again, without), (app, listed), "listed through members");
         }
         let app = store.create_app("id-web", &app_name("web")).await.unwrap();
         let (got, listed) = store.app_with_listing(&app_name("web")).await.unwrap();
@@ -951,8 +939,7 @@ mod scenarios {
         // Version 2 lists version 1's values with version 1's dates.
         let kept_a = listed[0].clone();
         agrees(&store, "web").await;
-        forgotten(&store, "web", 2).await;
-        // The current version's listing kept, the deployed one's forgotten: through members.
+        // The deployed version's listing read too.
         store
             .write_v(change(&app.id, 2, vec![value("D", "4")], &[], false))
             .await
@@ -993,7 +980,7 @@ mod scenarios {
         assert_eq!(listed[0].created_at, kept_a.created_at);
         assert!(listed[0].updated_at > kept_a.updated_at);
         assert_eq!(agrees(&store, "web").await, listed);
-        // Versions 3 (deployed, forgotten: through members) to 5 (current, kept).
+        // Versions 3 (deployed) to 5 (current).
         store.mark_deployed(&app.id, 4).await.unwrap();
         assert_eq!(
             shown(&agrees(&store, "web").await),
@@ -1004,7 +991,6 @@ mod scenarios {
             shown(&agrees(&store, "web").await),
             vec![("A", 5, true), ("C", 5, true)]
         );
-        forgotten(&store, "web", 3).await;
 
         // Everything unset: the app, no secrets.
         store
@@ -1015,7 +1001,6 @@ mod scenarios {
         assert_eq!(got.secrets_version, 6);
         assert!(listed.is_empty());
         assert!(agrees(&store, "web").await.is_empty());
-        forgotten(&store, "web", 1).await;
 
         // Staged before anything was deployed: nothing is deployed.
         let other = store.create_app("id-api", &app_name("api")).await.unwrap();
@@ -1025,7 +1010,6 @@ mod scenarios {
             .unwrap();
         let listed = agrees(&store, "api").await;
         assert_eq!(shown(&listed), vec![("K", 1, false)]);
-        forgotten(&store, "api", 1).await;
 
         assert_not_found(store.app_with_listing(&app_name("nope")).await, "app");
     }
@@ -1439,7 +1423,7 @@ mod machine_scenarios {
     use coffer_core::wire::machines::{DesiredState, HealthCheck, MachineState, RestartPolicy};
     use coffer_store::{MachineConfig, NewMachine};
 
-    fn config() -> MachineConfig {
+    pub(super) fn config() -> MachineConfig {
         MachineConfig {
             command: vec!["sleep".into(), "1".into()],
             env: [("PLAIN".to_string(), "1".to_string())].into(),
@@ -2221,4 +2205,284 @@ mod all {
     pub use super::machine_scenarios::*;
     pub use super::release_scenarios::*;
     pub use super::scenarios::*;
+}
+
+/// Schema v7 drops `secret_members`: each version's kept listing becomes the record of its
+/// values. What a coffer of schema v6 wrote, including versions from before v4 that have no
+/// listing, must read the same after the upgrade, on both engines.
+mod upgrade_to_v7 {
+    use super::*;
+    use coffer_store::NewMachine;
+    use sqlx::AnyPool;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn sqlite() {
+        let dir = tempfile::tempdir().unwrap();
+        data_of_v6_reads_the_same(testing::sqlite_url_in(dir.path())).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn postgres() {
+        let Some(admin) = testing::require_postgres() else {
+            return;
+        };
+        let db = testing::fresh_postgres_database(&admin).await;
+        data_of_v6_reads_the_same(DatabaseUrl::parse(&db).unwrap()).await;
+        testing::drop_postgres_database(&admin, &db).await;
+    }
+
+    /// A bound parameter.
+    enum P<'a> {
+        T(&'a str),
+        I(i64),
+        B(&'a [u8]),
+        Null,
+    }
+
+    async fn exec(pool: &AnyPool, sql: &str, params: &[P<'_>]) {
+        let mut q = sqlx::query(sql);
+        for p in params {
+            q = match p {
+                P::T(t) => q.bind(t.to_string()),
+                P::I(i) => q.bind(*i),
+                P::B(b) => q.bind(b.to_vec()),
+                P::Null => q.bind(None::<String>),
+            };
+        }
+        q.execute(pool).await.unwrap();
+    }
+
+    async fn text(pool: &AnyPool, sql: &str) -> String {
+        use sqlx::Row;
+        sqlx::query(sql).fetch_one(pool).await.unwrap().get(0)
+    }
+
+    /// A value row: name, version, digest, created and updated; the ciphertext is derived.
+    async fn value_row(pool: &AnyPool, app: &str, name: &str, v: i64, d: &str, c: i64, u: i64) {
+        let ct = format!("sealed({name}@{v})");
+        exec(
+            pool,
+            "INSERT INTO secret_values \
+             (app_id, name, version, ciphertext, digest, value_len, created_at, updated_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+            &[
+                P::T(app),
+                P::T(name),
+                P::I(v),
+                P::B(ct.as_bytes()),
+                P::T(d),
+                P::I(d.len() as i64),
+                P::I(c),
+                P::I(u),
+            ],
+        )
+        .await;
+    }
+
+    /// A version row and its members (name, value version).
+    async fn version_rows(
+        pool: &AnyPool,
+        app: &str,
+        version: i64,
+        listing: Option<&str>,
+        members: &[(&str, i64)],
+    ) {
+        exec(
+            pool,
+            "INSERT INTO secret_versions (app_id, version, actor, created_at, changes, listing) \
+             VALUES ($1, $2, $3, $4, $5, $6)",
+            &[
+                P::T(app),
+                P::I(version),
+                P::T("tester"),
+                P::I(1),
+                P::T("[]"),
+                listing.map_or(P::Null, P::T),
+            ],
+        )
+        .await;
+        for (name, value) in members {
+            exec(
+                pool,
+                "INSERT INTO secret_members (app_id, version, name, value_version) \
+                 VALUES ($1, $2, $3, $4)",
+                &[P::T(app), P::I(version), P::T(name), P::I(*value)],
+            )
+            .await;
+        }
+    }
+
+    fn listed(name: &str, v: i64, d: &str, c: i64, u: i64, deployed: bool) -> ListedSecret {
+        ListedSecret {
+            name: secret(name),
+            value_version: v,
+            digest: d.into(),
+            value_len: d.len() as i64,
+            created_at: c,
+            updated_at: u,
+            deployed,
+        }
+    }
+
+    /// The names and value versions of a snapshot, with the ciphertext each read.
+    fn held(snapshot: &[StoredSecret]) -> Vec<(&str, i64, String)> {
+        snapshot
+            .iter()
+            .map(|s| {
+                let ct = String::from_utf8(s.ciphertext.clone()).unwrap();
+                (s.name.as_str(), s.value_version, ct)
+            })
+            .collect()
+    }
+
+    async fn data_of_v6_reads_the_same(url: DatabaseUrl) {
+        let pool = testing::database_at_schema(&url, 6).await.unwrap();
+        // App "old", written before v4 (no listings): version 1 sets B and A, version 2 unsets
+        // both, version 3 has B's value of version 1 again (as a rollback would) with new
+        // values of A and C; deployed at 1.
+        exec(
+            &pool,
+            "INSERT INTO apps (id, name, created_at, secrets_version, deployed_version) \
+             VALUES ($1, $2, $3, $4, $5)",
+            &[P::T("id-old"), P::T("old"), P::I(1), P::I(3), P::I(1)],
+        )
+        .await;
+        for (name, v, d, c, u) in [
+            ("B", 1, "db1", 100, 100),
+            ("A", 1, "da1", 100, 100),
+            ("A", 3, "da3x", 100, 300),
+            ("C", 3, "dc3", 300, 300),
+        ] {
+            value_row(&pool, "id-old", name, v, d, c, u).await;
+        }
+        version_rows(&pool, "id-old", 1, None, &[("B", 1), ("A", 1)]).await;
+        version_rows(&pool, "id-old", 2, None, &[]).await;
+        version_rows(&pool, "id-old", 3, None, &[("C", 3), ("B", 1), ("A", 3)]).await;
+        // App "new", written since v4: its listing is kept as it is.
+        let kept = r#"[{"n":"K","v":1,"d":"dk1","l":3,"c":5,"u":5}]"#;
+        exec(
+            &pool,
+            "INSERT INTO apps (id, name, created_at, secrets_version, deployed_version) \
+             VALUES ($1, $2, $3, $4, $5)",
+            &[P::T("id-new"), P::T("new"), P::I(1), P::I(1), P::I(1)],
+        )
+        .await;
+        value_row(&pool, "id-new", "K", 1, "dk1", 5, 5).await;
+        version_rows(&pool, "id-new", 1, Some(kept), &[("K", 1)]).await;
+
+        let store = Store::open(&url, OpenMode::MustExist).await.unwrap();
+
+        // The records are the same, listed and snapshot.
+        let (app, now) = store.app_with_listing(&app_name("old")).await.unwrap();
+        assert_eq!((app.secrets_version, app.deployed_version), (3, 1));
+        assert_eq!(
+            now,
+            vec![
+                listed("A", 3, "da3x", 100, 300, false),
+                listed("B", 1, "db1", 100, 100, true),
+                listed("C", 3, "dc3", 300, 300, false),
+            ]
+        );
+        assert_eq!(
+            store.listing("id-old", 1, 1).await.unwrap(),
+            vec![
+                listed("A", 1, "da1", 100, 100, true),
+                listed("B", 1, "db1", 100, 100, true),
+            ]
+        );
+        assert!(store.listing("id-old", 2, 1).await.unwrap().is_empty());
+        assert!(store.snapshot("id-old", 2).await.unwrap().is_empty());
+        assert_eq!(
+            held(&store.snapshot("id-old", 1).await.unwrap()),
+            [
+                ("A", 1, "sealed(A@1)".to_string()),
+                ("B", 1, "sealed(B@1)".to_string())
+            ]
+        );
+        assert_eq!(
+            held(&store.snapshot("id-old", 3).await.unwrap()),
+            [
+                ("A", 3, "sealed(A@3)".to_string()),
+                ("B", 1, "sealed(B@1)".to_string()),
+                ("C", 3, "sealed(C@3)".to_string())
+            ]
+        );
+        assert_not_found(store.snapshot("id-old", 4).await, "secrets version");
+        // Sorted by name, as the store writes listings.
+        let first = text(
+            &pool,
+            "SELECT listing FROM secret_versions WHERE app_id = 'id-old' AND version = 1",
+        )
+        .await;
+        let first: Vec<serde_json::Value> = serde_json::from_str(&first).unwrap();
+        assert_eq!(
+            first
+                .iter()
+                .map(|e| e["n"].as_str().unwrap())
+                .collect::<Vec<_>>(),
+            ["A", "B"]
+        );
+        assert_eq!(
+            text(
+                &pool,
+                "SELECT listing FROM secret_versions WHERE app_id = 'id-new' AND version = 1"
+            )
+            .await,
+            kept,
+            "a kept listing is left as it was"
+        );
+        assert_eq!(
+            store.listing("id-new", 1, 1).await.unwrap(),
+            vec![listed("K", 1, "dk1", 5, 5, true)]
+        );
+
+        // A boot reads the members from the listing.
+        store
+            .register_host("h1", "dev", "http://127.0.0.1:1", "ab", b"hash")
+            .await
+            .unwrap();
+        store
+            .create_machine(NewMachine {
+                id: "m1".into(),
+                app_id: "id-old".into(),
+                host_id: "h1".into(),
+                name: "m-1".into(),
+                config: super::machine_scenarios::config(),
+                secrets_version: 3,
+                release_version: 0,
+            })
+            .await
+            .unwrap();
+        assert_eq!(
+            store.boot_facts("m1").await.unwrap().members,
+            [
+                ("A".to_string(), 3),
+                ("B".to_string(), 1),
+                ("C".to_string(), 3)
+            ]
+            .into()
+        );
+
+        // A write on top of a migrated version keeps what it does not change.
+        store
+            .write_v(change("id-old", 3, vec![value("D", "4")], &["A"], false))
+            .await
+            .unwrap();
+        assert_eq!(
+            held(&store.snapshot("id-old", 4).await.unwrap()),
+            [
+                ("B", 1, "sealed(B@1)".to_string()),
+                ("C", 3, "sealed(C@3)".to_string()),
+                ("D", 4, "sealed(D=4)".to_string())
+            ]
+        );
+
+        // The members' table is gone.
+        assert!(sqlx::query("SELECT count(*) FROM secret_members")
+            .fetch_one(&pool)
+            .await
+            .is_err());
+        pool.close().await;
+        store.close().await;
+    }
 }
