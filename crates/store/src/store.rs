@@ -465,16 +465,14 @@ impl Store {
         let listing_of = |wanted: i64| rows.iter().find(|(v, _)| *v == wanted).map(|(_, l)| l);
         let current = listing_of(version).ok_or(StoreError::NotFound("secrets version"))?;
         let current = kept_listing(current.as_deref(), version)?;
+        // As `app_with_listing`: a deployed version above 0 whose row is missing is corrupt.
         let deployed = if deployed_version == version {
             None
+        } else if deployed_version == 0 {
+            Some(HashMap::new())
         } else {
-            // No such version deploys nothing of this one.
-            Some(match listing_of(deployed_version) {
-                Some(listing) => {
-                    listing_members(kept_listing(listing.as_deref(), deployed_version)?)?
-                }
-                None => HashMap::new(),
-            })
+            let listing = listing_of(deployed_version).and_then(|l| l.as_deref());
+            Some(listing_members(kept_listing(listing, deployed_version)?)?)
         };
         listed_secrets(current, deployed.as_ref())
     }
@@ -520,13 +518,25 @@ impl Store {
         Ok((app, listed_secrets(current, deployed.as_ref())?))
     }
 
+    /// Whether the version exists (a snapshot without rows is an empty version only if it
+    /// does). A version without its listing is corrupt: its members are unknown.
     async fn version_exists(&self, app_id: &str, version: i64) -> Result<bool> {
-        let row = sqlx::query("SELECT 1 FROM secret_versions WHERE app_id = $1 AND version = $2")
-            .bind(app_id)
-            .bind(version)
-            .fetch_optional(&self.read)
-            .await?;
-        Ok(row.is_some())
+        let row = sqlx::query(
+            "SELECT CASE WHEN listing IS NULL THEN 0 ELSE 1 END AS listed \
+             FROM secret_versions WHERE app_id = $1 AND version = $2",
+        )
+        .bind(app_id)
+        .bind(version)
+        .fetch_optional(&self.read)
+        .await?;
+        match row {
+            None => Ok(false),
+            Some(row) => {
+                let listed: i64 = row.try_get("listed")?;
+                kept_listing((listed == 1).then_some(""), version)?;
+                Ok(true)
+            }
+        }
     }
 
     /// Writes the next secrets version in one transaction, or nothing at all.
@@ -1129,7 +1139,8 @@ pub(crate) fn version_entries(
 }
 
 /// The `listing` column of a version with these secrets: sorted by name, so that equal
-/// versions have equal listings.
+/// versions have equal listings. (The listings schema v7 derived for versions written before
+/// v4 are sorted too, but spaced as the database writes JSON.)
 pub(crate) fn listing_json<'a>(entries: impl IntoIterator<Item = &'a ListingEntry>) -> String {
     let mut entries: Vec<&ListingEntry> = entries.into_iter().collect();
     entries.sort_by(|a, b| a.name.cmp(&b.name));

@@ -2324,6 +2324,14 @@ mod upgrade_to_v7 {
         }
     }
 
+    #[track_caller]
+    fn assert_corrupt<T: std::fmt::Debug>(r: Result<T, StoreError>) {
+        assert!(
+            matches!(r, Err(StoreError::Corrupt(_))),
+            "expected Corrupt, got {r:?}"
+        );
+    }
+
     /// The names and value versions of a snapshot, with the ciphertext each read.
     fn held(snapshot: &[StoredSecret]) -> Vec<(&str, i64, String)> {
         snapshot
@@ -2369,6 +2377,20 @@ mod upgrade_to_v7 {
         .await;
         value_row(&pool, "id-new", "K", 1, "dk1", 5, 5).await;
         version_rows(&pool, "id-new", 1, Some(kept), &[("K", 1)]).await;
+        // PostgreSQL has had no foreign keys on these rows since v5, so a member whose value is
+        // missing could be there (SQLite's keys refuse it).
+        let postgres = url.engine() == Engine::Postgres;
+        if postgres {
+            exec(
+                &pool,
+                "INSERT INTO apps (id, name, created_at, secrets_version, deployed_version) \
+                 VALUES ($1, $2, $3, $4, $5)",
+                &[P::T("id-broken"), P::T("broken"), P::I(1), P::I(1), P::I(1)],
+            )
+            .await;
+            value_row(&pool, "id-broken", "Y", 1, "dy1", 5, 5).await;
+            version_rows(&pool, "id-broken", 1, None, &[("X", 1), ("Y", 1)]).await;
+        }
 
         let store = Store::open(&url, OpenMode::MustExist).await.unwrap();
 
@@ -2477,11 +2499,35 @@ mod upgrade_to_v7 {
             ]
         );
 
-        // The members' table is gone.
+        // A member without its value is kept, and its version reads as corrupt rather than as
+        // a version without that secret.
+        if postgres {
+            let listing = text(
+                &pool,
+                "SELECT listing FROM secret_versions WHERE app_id = 'id-broken' AND version = 1",
+            )
+            .await;
+            let listing: Vec<serde_json::Value> = serde_json::from_str(&listing).unwrap();
+            assert_eq!(listing.len(), 2);
+            assert_eq!(
+                (&listing[0]["n"], &listing[0]["d"]),
+                (&"X".into(), &None::<String>.into())
+            );
+            assert_corrupt(store.snapshot("id-broken", 1).await);
+            assert_corrupt(store.app_with_listing(&app_name("broken")).await);
+        }
+
+        // The members' table is gone, and no version can lose its listing.
         assert!(sqlx::query("SELECT count(*) FROM secret_members")
             .fetch_one(&pool)
             .await
             .is_err());
+        let forget = "UPDATE secret_versions SET listing = NULL WHERE app_id = 'id-new'";
+        assert!(sqlx::query(forget).execute(&pool).await.is_err());
+        let unlisted = "INSERT INTO secret_versions (app_id, version, actor, created_at, changes) \
+                        VALUES ('id-new', 2, 'tester', 1, '[]')";
+        assert!(sqlx::query(unlisted).execute(&pool).await.is_err());
+        assert_eq!(store.listing("id-new", 1, 1).await.unwrap().len(), 1);
         pool.close().await;
         store.close().await;
     }

@@ -12,11 +12,14 @@
 -- Versions written before v4 have no listing yet: derive it from their members and values,
 -- as the store did when it wrote one (names sorted by bytes, as Rust sorts them), so that
 -- every version has one from now on.
+-- A member whose value row is missing (which nothing should have written) keeps its name and
+-- value version, with nulls for the rest: reads of that version then fail as corrupt, as a
+-- snapshot missing a value does, instead of the version losing the secret without a word.
 UPDATE secret_versions sv SET listing = COALESCE((
     SELECT json_agg(json_build_object(
         'n', m.name, 'v', m.value_version, 'd', v.digest, 'l', v.value_len,
         'c', v.created_at, 'u', v.updated_at) ORDER BY m.name COLLATE "C")
-    FROM secret_members m JOIN secret_values v
+    FROM secret_members m LEFT JOIN secret_values v
         ON v.app_id = m.app_id AND v.name = m.name AND v.version = m.value_version
     WHERE m.app_id = sv.app_id AND m.version = sv.version
 )::text, '[]') WHERE listing IS NULL;
