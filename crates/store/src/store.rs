@@ -220,41 +220,39 @@ impl Store {
 /// Applies the migrations after the database's schema version, up to version `upto` (tests
 /// stop early, to write what an older coffer wrote).
 pub(crate) async fn migrate_in(engine: Engine, tx: &mut AnyConnection, upto: i64) -> Result<()> {
+    if let Some(lock) = engine::migration_lock(engine) {
+        sqlx::query(lock).execute(&mut *tx).await?;
+    }
+    sqlx::query("CREATE TABLE IF NOT EXISTS coffer_schema (version BIGINT NOT NULL)")
+        .execute(&mut *tx)
+        .await?;
+    let current: Option<i64> = sqlx::query_scalar("SELECT MAX(version) FROM coffer_schema")
+        .fetch_one(&mut *tx)
+        .await?;
+    let current = current.unwrap_or(0);
+    let migrations = engine::migrations(engine);
+    let known = migrations.last().map_or(0, |m| m.version);
+    if current > known {
+        return Err(StoreError::Corrupt(format!(
+            "the database schema is at version {current}, newer than this coffer knows \
+                 ({known}); upgrade coffer"
+        )));
+    }
+    for m in migrations
+        .iter()
+        .filter(|m| m.version > current && m.version <= upto)
     {
-        if let Some(lock) = engine::migration_lock(engine) {
-            sqlx::query(lock).execute(&mut *tx).await?;
-        }
-        sqlx::query("CREATE TABLE IF NOT EXISTS coffer_schema (version BIGINT NOT NULL)")
+        // A plain `&str` runs unprepared, so a file of several statements is fine on both
+        // engines. (`sqlx::raw_sql` would do the same, but its future is not `Send` for
+        // every lifetime, which makes `Store::open` unusable in `tokio::spawn`.)
+        tx.execute(m.sql).await?;
+        sqlx::query("INSERT INTO coffer_schema (version) VALUES ($1)")
+            .bind(m.version)
             .execute(&mut *tx)
             .await?;
-        let current: Option<i64> = sqlx::query_scalar("SELECT MAX(version) FROM coffer_schema")
-            .fetch_one(&mut *tx)
-            .await?;
-        let current = current.unwrap_or(0);
-        let migrations = engine::migrations(engine);
-        let known = migrations.last().map_or(0, |m| m.version);
-        if current > known {
-            return Err(StoreError::Corrupt(format!(
-                "the database schema is at version {current}, newer than this coffer knows \
-                 ({known}); upgrade coffer"
-            )));
-        }
-        for m in migrations
-            .iter()
-            .filter(|m| m.version > current && m.version <= upto)
-        {
-            // A plain `&str` runs unprepared, so a file of several statements is fine on both
-            // engines. (`sqlx::raw_sql` would do the same, but its future is not `Send` for
-            // every lifetime, which makes `Store::open` unusable in `tokio::spawn`.)
-            tx.execute(m.sql).await?;
-            sqlx::query("INSERT INTO coffer_schema (version) VALUES ($1)")
-                .bind(m.version)
-                .execute(&mut *tx)
-                .await?;
-            tracing::info!(engine = %engine, version = m.version, "applied schema migration");
-        }
-        Ok(())
+        tracing::info!(engine = %engine, version = m.version, "applied schema migration");
     }
+    Ok(())
 }
 
 impl Store {
@@ -531,11 +529,8 @@ impl Store {
         .await?;
         match row {
             None => Ok(false),
-            Some(row) => {
-                let listed: i64 = row.try_get("listed")?;
-                kept_listing((listed == 1).then_some(""), version)?;
-                Ok(true)
-            }
+            Some(row) if row.try_get::<i64, _>("listed")? == 1 => Ok(true),
+            Some(_) => kept_listing(None, version).map(|_| true),
         }
     }
 
