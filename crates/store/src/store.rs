@@ -396,20 +396,8 @@ impl Store {
         // On the path of every boot grant. The version's kept listing names the value of each
         // of its secrets; each is read by its key. A value the listing names but the store
         // lacks is corruption, never a smaller snapshot.
-        let lm = engine::listing_members(self.engine);
-        let sql = format!(
-            "SELECT {name} AS name, {vv} AS value_version, v.ciphertext, v.digest, \
-             v.value_len, v.created_at, v.updated_at \
-             FROM secret_versions sv {join} \
-             LEFT JOIN secret_values v \
-             ON v.app_id = sv.app_id AND v.name = {name} AND v.version = {vv} \
-             WHERE sv.app_id = $1 AND sv.version = $2",
-            name = lm.name,
-            vv = lm.value_version,
-            join = lm.join,
-        );
         let mut secrets = self
-            .hot_read(&sql, args![app_id, version], |row| {
+            .hot_read(snapshot_sql(self.engine), args![app_id, version], |row| {
                 let name = secret_name(row.text("name")?)?;
                 let value_version = row.int("value_version")?;
                 let Some(ciphertext) = row.bytes_opt("ciphertext")? else {
@@ -861,14 +849,7 @@ impl Store {
         let inserted = if self.engine == Engine::Postgres {
             let write = self.clone();
             alone_on_postgres(async move {
-                let args = args![
-                    &k.app_id,
-                    &k.public_key,
-                    &k.wrapped_private_key,
-                    &k.wrapped_digest_key,
-                    k.created_at
-                ];
-                let done = sqlx_query(INSERT, args)
+                let done = sqlx_query(INSERT, &app_key_args(&k))
                     .persistent(true)
                     .execute(&write.write)
                     .await?;
@@ -877,14 +858,8 @@ impl Store {
             .await?
         } else {
             self.write_tx(move |tx| {
-                let args = args![
-                    &k.app_id,
-                    &k.public_key,
-                    &k.wrapped_private_key,
-                    &k.wrapped_digest_key,
-                    k.created_at
-                ];
-                tx.execute(INSERT, args).map_err(BodyError::Failed)
+                tx.execute(INSERT, &app_key_args(&k))
+                    .map_err(BodyError::Failed)
             })
             .await?
         };
@@ -1429,6 +1404,42 @@ fn prefixed_app_columns(alias: &str) -> String {
 fn parse_listing(json: &str) -> Result<Vec<ListingEntry>> {
     serde_json::from_str(json)
         .map_err(|e| StoreError::Corrupt(format!("listing of a secrets version: {e}")))
+}
+
+/// The statement of [`Store::snapshot`] on `engine`, built once: it runs at every boot grant.
+fn snapshot_sql(engine: Engine) -> &'static str {
+    fn build(engine: Engine) -> String {
+        let lm = engine::listing_members(engine);
+        format!(
+            "SELECT {name} AS name, {vv} AS value_version, v.ciphertext, v.digest, \
+             v.value_len, v.created_at, v.updated_at \
+             FROM secret_versions sv {join} \
+             LEFT JOIN secret_values v \
+             ON v.app_id = sv.app_id AND v.name = {name} AND v.version = {vv} \
+             WHERE sv.app_id = $1 AND sv.version = $2",
+            name = lm.name,
+            vv = lm.value_version,
+            join = lm.join,
+        )
+    }
+    static SQLITE: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| build(Engine::Sqlite));
+    static POSTGRES: std::sync::LazyLock<String> =
+        std::sync::LazyLock::new(|| build(Engine::Postgres));
+    match engine {
+        Engine::Sqlite => &SQLITE,
+        Engine::Postgres => &POSTGRES,
+    }
+}
+
+/// The parameters of `insert_app_key`'s statement.
+fn app_key_args(k: &AppKeyRecord) -> [Arg<'_>; 5] {
+    [
+        Arg::from(k.app_id.as_str()),
+        Arg::from(k.public_key.as_slice()),
+        Arg::from(k.wrapped_private_key.as_slice()),
+        Arg::from(k.wrapped_digest_key.as_slice()),
+        Arg::from(k.created_at),
+    ]
 }
 
 /// PostgreSQL: a write that is one statement, run alone in the database's implicit transaction
